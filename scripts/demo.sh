@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Localize the objects in examples/ with Grad-CAM; results go to out/. Extra args pass through.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+set +u
+# shellcheck disable=SC1091
+. .venv/bin/activate
+set -u
+exec wsolkit localize examples --method gradcam --target top1 --out out "$@"

@@ -1,0 +1,1 @@
+"""The ``wsolkit`` command line."""

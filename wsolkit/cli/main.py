@@ -1,0 +1,143 @@
+"""``wsolkit`` command line: ``localize`` and ``methods``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from wsolkit.errors import InputError, TargetError, WSOLError
+
+EXIT_OK, EXIT_BAD_ITEMS, EXIT_USAGE = 0, 1, 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of all subcommands."""
+    parser = argparse.ArgumentParser(
+        prog="wsolkit", description="Weakly supervised object localization with classifiers."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("methods", help="list the heatmap methods")
+    run = commands.add_parser("localize", help="heatmaps and boxes for image files")
+    run.add_argument("paths", nargs="+", help="image files, folders or glob patterns")
+    run.add_argument("--out", required=True, type=Path, help="output folder")
+    run.add_argument("--method", default="gradcam", help="heatmap method (see 'wsolkit methods')")
+    run.add_argument("--target", default="top1",
+                     help="top1, topK, a class index or an exact class name (default top1)")
+    run.add_argument("--model", default="efficientnet_lite0",
+                     help="efficientnet_lite0 (embedded), torchvision:ARCH, timm:NAME or .pt file")
+    run.add_argument("--weights", default=None, help="state dict for torchvision:/timm: models")
+    run.add_argument("--layer", default=None, help="layer to hook, by module name")
+    run.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
+    run.add_argument("--threshold", default="fraction",
+                     choices=["fixed", "fraction", "mean", "otsu"],
+                     help="how the heatmap is thresholded into boxes (default fraction)")
+    run.add_argument("--threshold-value", type=float, default=0.3,
+                     help="threshold parameter (fraction of max: 0.3)")
+    run.add_argument("--all-components", action="store_true",
+                     help="one box per connected component instead of the largest only")
+    run.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                     help="method option, e.g. max_channels=128 for scorecam (repeatable)")
+    run.add_argument("--recursive", action="store_true", help="also search subfolders")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit code (0 ok, 1 some items failed, 2 usage error)."""
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "methods":
+            return _methods()
+        return _localize(args)
+    except WSOLError as error:
+        print(f"wsolkit: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("wsolkit: interrupted", file=sys.stderr)
+        return 130
+
+
+def _methods() -> int:
+    from wsolkit.maps import METHODS
+
+    width = max(len(name) for name in METHODS)
+    for name, method in METHODS.items():
+        print(f"{name:<{width}}  {method.summary}")
+    return EXIT_OK
+
+
+def _localize(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from wsolkit.apps.localize import LocalizeSettings, localize_files
+    from wsolkit.data.images import expand_paths
+    from wsolkit.maps import get_method
+    from wsolkit.models import load_model
+
+    get_method(args.method)  # fail on a typo before loading anything
+    options = _parse_options(args.option)
+    files, problems = expand_paths(args.paths, recursive=args.recursive)
+    if not files:
+        for item, reason in problems:
+            print(f"wsolkit: {item}: {reason}", file=sys.stderr)
+        raise InputError("no image files found in " + " ".join(args.paths))
+    model = load_model(args.model, weights=args.weights)
+    settings = LocalizeSettings(
+        method=args.method,
+        target=_parse_target(args.target, model.class_names),
+        layer=args.layer,
+        batch_size=args.batch_size,
+        threshold=args.threshold,
+        threshold_value=None if args.threshold == "otsu" else args.threshold_value,
+        components="all" if args.all_components else "largest",
+        options=options,
+    )
+    with tqdm(total=len(files), unit="img", disable=args.quiet, file=sys.stderr) as bar:
+        report = localize_files(model, files, args.out, settings, progress=bar.update)
+    failures = [(item, f"{item}: {reason}") for item, reason in problems] + report.failures
+    print(f"wsolkit: {len(report.records)} image(s) localized with {args.method}; "
+          f"results in {args.out / 'results.json'}", file=sys.stderr)
+    if failures:
+        print(f"wsolkit: {len(failures)} item(s) failed:", file=sys.stderr)
+        for _item, message in failures:
+            print(f"  {message}", file=sys.stderr)
+        return EXIT_BAD_ITEMS
+    return EXIT_OK
+
+
+def _parse_target(text: str, class_names: Sequence[str] | None) -> str | int:
+    if text.startswith("top") or text == "gt":
+        if text == "gt":
+            raise TargetError("--target gt needs ground-truth labels; use top1, topK or a class")
+        return text
+    if text.lstrip("-").isdigit():
+        return int(text)
+    names = [name.lower() for name in class_names or []]
+    if text.lower() in names:
+        return names.index(text.lower())
+    raise TargetError(f"--target {text!r}: not top1/topK, a class index or a class name")
+
+
+def _parse_options(items: Sequence[str]) -> dict:
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InputError(f"--option {item!r}: expected KEY=VALUE")
+        options[key] = _literal(value)
+    return options
+
+
+def _literal(value: str) -> object:
+    for convert in (int, float):
+        try:
+            return convert(value)
+        except ValueError:
+            pass
+    return {"none": None, "true": True, "false": False}.get(value.lower(), value)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,306 @@
+"""MaxBoxAcc and MaxBoxAccV2, following the wsolevaluation protocol (Choe et al., CVPR 2020).
+
+Per image, as in ``BoxEvaluator`` / ``compute_bboxes_from_scoremaps`` of wsolevaluation:
+
+1. The heatmap is resized to 224x224 (``cv2.resize``, ``INTER_CUBIC``, in float64) and
+   min-max normalized to [0, 1]; a constant map or one with a NaN becomes all zeros.
+2. The GT boxes (inclusive corners, image-file pixels) are rescaled to 224x224 as
+   ``int(x * 224 / width)``, ``int(y * 224 / height)``.
+3. For each score-map threshold ``t`` (default ``np.arange(0, 1, 0.01)``), the uint8 map
+   ``(map * 255).astype(uint8)`` is binarized at ``int(t * max)`` (pixels strictly above it),
+   contours are found (``RETR_TREE``, ``CHAIN_APPROX_SIMPLE``) and each contour gives the box
+   ``x, y, min(x + w, 223), min(y + h, 223)`` of its ``cv2.boundingRect``; no contour gives
+   ``[0, 0, 0, 0]``.
+4. IoU uses inclusive corners (``area = (x1 - x0 + 1) * (y1 - y0 + 1)``). The image counts as
+   a hit at ``t`` when the best IoU over (predicted box, GT box) pairs is ``>= iou / 100``.
+
+MaxBoxAcc (V1) uses only the contour of largest ``cv2.contourArea`` and IoU 50. MaxBoxAccV2
+uses every contour and averages, over IoU 30/50/70, the best accuracy over thresholds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import cv2
+import numpy as np
+
+from wsolkit.errors import InputError
+
+__all__ = ["BoxAccuracy"]
+
+RESIZE_LENGTH = 224
+_V1_IOU = 50
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+    """Convert a numpy array, array-like or CPU/GPU torch tensor to a numpy array."""
+    if hasattr(value, "detach") and hasattr(value, "cpu"):
+        value = value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def normalize_scoremap(scoremap: np.ndarray) -> np.ndarray:
+    """Min-max normalize a map to [0, 1] (float64); constant or NaN-containing maps give zeros.
+
+    Args:
+        scoremap: ``(H, W)`` float array.
+
+    Returns:
+        A new ``(H, W)`` float64 array.
+    """
+    cam = np.array(scoremap, dtype=np.float64)
+    if np.isnan(cam).any() or cam.min() == cam.max():
+        return np.zeros_like(cam)
+    cam -= cam.min()
+    cam /= cam.max()
+    return cam
+
+
+def resize_boxes(boxes: np.ndarray, image_size: tuple[int, int], length: int) -> np.ndarray:
+    """Rescale inclusive-corner boxes from ``image_size`` (w, h) to ``length`` x ``length``.
+
+    Coordinates are truncated to int after scaling, as wsolevaluation's ``resize_bbox`` does.
+
+    Args:
+        boxes: ``(K, 4)`` ``x0, y0, x1, y1``.
+        image_size: ``(width, height)`` of the image the boxes refer to.
+        length: Side of the square target size.
+
+    Returns:
+        ``(K, 4)`` int64 array.
+    """
+    width, height = (float(v) for v in image_size)
+    scale = np.array([length, length, length, length], dtype=np.float64)
+    denom = np.array([width, height, width, height], dtype=np.float64)
+    return (np.asarray(boxes, dtype=np.float64) * scale / denom).astype(np.int64)
+
+
+def boxes_from_scoremap(
+    scoremap: np.ndarray, thresholds: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All contour boxes of a [0, 1] score map at each threshold, wsolevaluation style.
+
+    Maps that share the same integer uint8 threshold share one contour search.
+
+    Args:
+        scoremap: ``(H, W)`` float map in [0, 1].
+        thresholds: ``(T,)`` score-map thresholds in [0, 1).
+
+    Returns:
+        ``boxes``: ``(B, 4)`` int64 inclusive-corner boxes, all thresholds concatenated in
+        threshold order (at least one per threshold; ``[0, 0, 0, 0]`` when no contour);
+        ``counts``: ``(T,)`` number of boxes per threshold;
+        ``largest``: ``(T,)`` index into ``boxes`` of the box of the largest contour
+        (first one on ties) at each threshold.
+    """
+    height, width = scoremap.shape
+    image = (scoremap * 255).astype(np.uint8)
+    peak = float(image.max())
+    levels = (np.asarray(thresholds, dtype=np.float64) * peak).astype(np.int64)
+
+    per_level: dict[int, tuple[np.ndarray, int]] = {}
+    for level in np.unique(levels).tolist():
+        _, binary = cv2.threshold(image, level, 255, cv2.THRESH_BINARY)
+        contours = cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[-2]
+        if len(contours) == 0:
+            per_level[level] = (np.zeros((1, 4), dtype=np.int64), 0)
+            continue
+        rects = np.array([cv2.boundingRect(c) for c in contours], dtype=np.int64).reshape(-1, 4)
+        level_boxes = np.empty_like(rects)
+        level_boxes[:, 0] = rects[:, 0]
+        level_boxes[:, 1] = rects[:, 1]
+        level_boxes[:, 2] = np.minimum(rects[:, 0] + rects[:, 2], width - 1)
+        level_boxes[:, 3] = np.minimum(rects[:, 1] + rects[:, 3], height - 1)
+        areas = [cv2.contourArea(c) for c in contours]
+        per_level[level] = (level_boxes, int(np.argmax(areas)))
+
+    chunks = [per_level[level] for level in levels.tolist()]
+    counts = np.array([len(b) for b, _ in chunks], dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    largest = starts + np.array([k for _, k in chunks], dtype=np.int64)
+    return np.concatenate([b for b, _ in chunks], axis=0), counts, largest
+
+
+def box_iou_inclusive(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
+    """IoU of every pair of inclusive-corner boxes (``area = (x1-x0+1)*(y1-y0+1)``).
+
+    Args:
+        boxes_a: ``(A, 4)`` ``x0, y0, x1, y1``.
+        boxes_b: ``(B, 4)`` ``x0, y0, x1, y1``.
+
+    Returns:
+        ``(A, B)`` float64 IoU; pairs with a non-positive union get 0.
+    """
+    a = np.asarray(boxes_a)[:, None, :]
+    b = np.asarray(boxes_b)[None, :, :]
+    inter_w = np.maximum(0, np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]) + 1)
+    inter_h = np.maximum(0, np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]) + 1)
+    inter = inter_w * inter_h
+    area_a = (a[..., 2] - a[..., 0] + 1) * (a[..., 3] - a[..., 1] + 1)
+    area_b = (b[..., 2] - b[..., 0] + 1) * (b[..., 3] - b[..., 1] + 1)
+    union = area_a + area_b - inter
+    valid = union > 0
+    return np.where(valid, inter / np.where(valid, union, 1), 0.0)
+
+
+class BoxAccuracy:
+    """Accumulating MaxBoxAcc / MaxBoxAccV2 (and top-1 localization) over images.
+
+    Call ``update`` once per image, then ``compute``; ``reset`` starts over.
+
+    Args:
+        cam_curve_interval: Spacing of the score-map thresholds ``np.arange(0, 1, interval)``
+            (wsolevaluation uses 0.01 in training logs and 0.001 for final numbers).
+        iou_thresholds: IoU thresholds in percent for MaxBoxAccV2.
+        multi_contour_v2: Use every contour for V2 (the wsolevaluation V2 protocol). V1
+            always uses the largest contour only.
+    """
+
+    def __init__(
+        self,
+        cam_curve_interval: float = 0.01,
+        iou_thresholds: Sequence[int] = (30, 50, 70),
+        multi_contour_v2: bool = True,
+    ) -> None:
+        interval = float(cam_curve_interval)
+        if not (np.isfinite(interval) and 0 < interval <= 1):
+            raise InputError(f"cam_curve_interval must be in (0, 1]; got {cam_curve_interval!r}")
+        ious = [int(v) for v in iou_thresholds]
+        if not ious or any(not 0 < v <= 100 for v in ious) or len(set(ious)) != len(ious):
+            raise InputError(
+                f"iou_thresholds must be distinct percentages in (0, 100]; got "
+                f"{list(iou_thresholds)!r}"
+            )
+        self.cam_curve_interval = interval
+        self.thresholds = np.arange(0, 1, interval)
+        self.iou_thresholds = tuple(ious)
+        self.multi_contour_v2 = bool(multi_contour_v2)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every accumulated image."""
+        self._count = 0
+        self._hits_v2 = np.zeros((len(self.iou_thresholds), len(self.thresholds)), np.int64)
+        self._hits_v1: list[np.ndarray] = []
+        self._correct: list[bool] = []
+
+    def update(
+        self,
+        heatmap: np.ndarray,
+        gt_boxes: np.ndarray,
+        image_size: tuple[int, int],
+        correct_class: bool | None = None,
+    ) -> None:
+        """Add one image.
+
+        Args:
+            heatmap: ``(H, W)`` float map in [0, 1] (numpy or torch), at any resolution; it is
+                resized to 224x224 and min-max normalized as in wsolevaluation.
+            gt_boxes: ``(K, 4)`` GT boxes ``x0, y0, x1, y1`` with **inclusive** corners in
+                pixels of the image file (as in ``localization.txt``), ``K >= 1``.
+            image_size: ``(width, height)`` of the image file the boxes refer to.
+            correct_class: Whether the classifier's top-1 class was right, for top-1
+                localization. Give it for every image or for none.
+
+        Raises:
+            InputError: A shape, value or size is invalid, or ``correct_class`` is given for
+                some images but not others.
+        """
+        cam = _to_numpy(heatmap)
+        if cam.ndim != 2 or cam.shape[0] < 1 or cam.shape[1] < 1:
+            raise InputError(f"heatmap must be a non-empty (H, W) array; got shape {cam.shape}")
+        if cam.dtype.kind not in "fiub":
+            raise InputError(f"heatmap must be a real-valued array; got dtype {cam.dtype}")
+        cam = cam.astype(np.float64)
+        finite = cam[~np.isnan(cam)]
+        if finite.size and (finite.min() < 0 or finite.max() > 1):
+            raise InputError(
+                f"heatmap values must be in [0, 1]; got min {finite.min():g}, max {finite.max():g}"
+            )
+
+        boxes = _to_numpy(gt_boxes)
+        if boxes.ndim != 2 or boxes.shape[1] != 4 or boxes.shape[0] < 1:
+            raise InputError(f"gt_boxes must have shape (K, 4) with K >= 1; got {boxes.shape}")
+        boxes = boxes.astype(np.float64)
+        if (
+            not np.isfinite(boxes).all()
+            or (boxes < 0).any()
+            or (boxes[:, 2] < boxes[:, 0]).any()
+            or (boxes[:, 3] < boxes[:, 1]).any()
+        ):
+            raise InputError("gt_boxes must be finite x0, y0, x1, y1 with 0 <= x0 <= x1, y0 <= y1")
+
+        try:
+            width, height = (int(v) for v in image_size)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"image_size must be (width, height); got {image_size!r}") from exc
+        if width <= 0 or height <= 0:
+            raise InputError(f"image_size must be positive (width, height); got {image_size!r}")
+
+        if self._count and (correct_class is None) != (not self._correct):
+            raise InputError(
+                "correct_class must be given for every image or for none "
+                f"(image {self._count} differs from the earlier ones)"
+            )
+
+        side = RESIZE_LENGTH
+        resized = cv2.resize(cam, (side, side), interpolation=cv2.INTER_CUBIC)
+        scoremap = normalize_scoremap(resized)
+        gt = resize_boxes(boxes, (width, height), side)
+
+        pred, counts, largest = boxes_from_scoremap(scoremap, self.thresholds)
+        best_iou_per_box = box_iou_inclusive(pred, gt).max(axis=1)  # (B,)
+
+        v1_iou = best_iou_per_box[largest]  # (T,)
+        if self.multi_contour_v2:
+            starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+            v2_iou = np.maximum.reduceat(best_iou_per_box, starts)  # (T,)
+        else:
+            v2_iou = v1_iou
+        iou_levels = np.array(self.iou_thresholds, dtype=np.float64)[:, None] / 100
+        self._hits_v2 += v2_iou[None, :] >= iou_levels
+        self._hits_v1.append(v1_iou >= _V1_IOU / 100)
+        if correct_class is not None:
+            self._correct.append(bool(correct_class))
+        self._count += 1
+
+    def compute(self) -> dict[str, Any]:
+        """Summarize the accumulated images.
+
+        Returns:
+            ``MaxBoxAcc`` (V1, %, largest contour, IoU 50), ``MaxBoxAccV2`` (%, mean over the
+            IoU thresholds of the best accuracy), ``best_threshold`` (the score-map threshold
+            of MaxBoxAcc; the first one on ties), ``curve`` (V2 accuracy in % per threshold,
+            keyed by IoU percent), ``curve_v1`` (V1 accuracy in % per threshold),
+            ``max_box_acc_v2`` (best V2 accuracy per IoU), ``thresholds``, ``count``; and,
+            when ``correct_class`` was given, ``top1_loc`` (% of images with the right class
+            and a V1 hit at ``best_threshold``) and ``gt_known_loc`` (= ``MaxBoxAcc``).
+
+        Raises:
+            InputError: No image was added.
+        """
+        if self._count == 0:
+            raise InputError("BoxAccuracy.compute: no images were added with update()")
+        n = float(self._count)
+        hits_v1 = np.stack(self._hits_v1)  # (N, T)
+        acc_v1 = hits_v1.sum(axis=0) * 100.0 / n
+        best = int(np.argmax(acc_v1))
+        acc_v2 = self._hits_v2 * 100.0 / n  # (I, T)
+        max_v2 = acc_v2.max(axis=1)
+        result: dict[str, Any] = {
+            "MaxBoxAcc": float(acc_v1[best]),
+            "MaxBoxAccV2": float(np.mean(max_v2)),
+            "best_threshold": float(self.thresholds[best]),
+            "curve": {iou: acc_v2[k].tolist() for k, iou in enumerate(self.iou_thresholds)},
+            "curve_v1": acc_v1.tolist(),
+            "max_box_acc_v2": {iou: float(max_v2[k]) for k, iou in enumerate(self.iou_thresholds)},
+            "thresholds": self.thresholds.tolist(),
+            "count": self._count,
+        }
+        if self._correct:
+            correct = np.array(self._correct, dtype=bool)
+            result["top1_loc"] = float((correct & hits_v1[:, best]).sum() * 100.0 / n)
+            result["gt_known_loc"] = result["MaxBoxAcc"]
+        return result

@@ -1,0 +1,116 @@
+"""`Classifier`: a classification network together with what localization needs of it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from wsolkit.errors import InputError, ModelError
+from wsolkit.models.layers import CamHead, detect_cam_head
+
+# mean/std of ImageNet-trained torchvision and timm models.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class Classifier:
+    """A classifier plus its preprocessing, class names and default layers.
+
+    Attributes:
+        module: the network; maps an NCHW float batch to (N, classes) logits.
+        name: a short name used in outputs (e.g. ``efficientnet_lite0``).
+        class_names: one display name per class, or None.
+        input_size: (height, width) images are resized to by :meth:`preprocess`.
+        mean: per-channel mean subtracted from RGB values in [0, 1].
+        std: per-channel divisor applied after the mean.
+        feature_layer: default layer for CAM-family methods (the one feeding the head).
+        fc_layer: the linear layer of the global-average-pool + linear head.
+        objectness_layer: default layer of the class-agnostic objectness map.
+    """
+
+    module: nn.Module
+    name: str = "model"
+    class_names: Sequence[str] | None = None
+    input_size: tuple[int, int] = (224, 224)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    feature_layer: str | None = None
+    fc_layer: str | None = None
+    objectness_layer: str | None = None
+    _detected: CamHead | None = field(default=None, repr=False)
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the module's first parameter (CPU for a parameterless module)."""
+        param = next(self.module.parameters(), None)
+        return param.device if param is not None else torch.device("cpu")
+
+    def class_name(self, index: int) -> str:
+        """Short display name of class ``index`` (first synonym), or ``class <index>``."""
+        if self.class_names is None or not 0 <= index < len(self.class_names):
+            return f"class {index}"
+        return self.class_names[index]
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        """Resize an RGB PIL image to ``input_size`` and normalize it to a CHW tensor."""
+        if not isinstance(image, Image.Image) or image.mode != "RGB":
+            raise InputError("preprocess expects an RGB PIL image (see wsolkit.load_image)")
+        height, width = self.input_size
+        resized = image.resize((width, height), Image.Resampling.BILINEAR)
+        array = np.asarray(resized, dtype=np.float32) / 255.0
+        tensor = torch.from_numpy(array).permute(2, 0, 1)
+        mean = torch.tensor(self.mean).view(3, 1, 1)
+        std = torch.tensor(self.std).view(3, 1, 1)
+        return (tensor - mean) / std
+
+    def preprocess_batch(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """Preprocess several PIL images into one NCHW batch on the model's device."""
+        return torch.stack([self.preprocess(image) for image in images]).to(self.device)
+
+    def cam_head(self, sample: torch.Tensor) -> CamHead:
+        """The (feature layer, fc layer) pair of the CAM head, detected once if not named."""
+        if self.feature_layer is not None and self.fc_layer is not None:
+            return CamHead(self.feature_layer, self.fc_layer)
+        if self._detected is None:
+            self._detected = detect_cam_head(self.module, sample[:1])
+        return CamHead(
+            self.feature_layer or self._detected.feature_layer,
+            self.fc_layer or self._detected.fc_layer,
+        )
+
+
+def as_classifier(
+    model: Classifier | nn.Module, layer: str | None = None, fc: str | None = None
+) -> Classifier:
+    """Wrap a bare ``nn.Module`` as a :class:`Classifier`, or override a classifier's layers.
+
+    Args:
+        model: a :class:`Classifier` or any ``nn.Module`` returning (N, classes) logits.
+        layer: feature layer name to use by default (``model.named_modules()`` naming).
+        fc: name of the linear layer of the global-average-pool + linear head.
+    """
+    if isinstance(model, Classifier):
+        if layer is None and fc is None:
+            return model
+        return replace(
+            model,
+            feature_layer=layer or model.feature_layer,
+            objectness_layer=layer or model.objectness_layer,
+            fc_layer=fc or model.fc_layer,
+            _detected=None,
+        )
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"expected a torch.nn.Module or Classifier, got {type(model).__name__}")
+    return Classifier(
+        module=model,
+        name=type(model).__name__,
+        feature_layer=layer,
+        fc_layer=fc,
+        objectness_layer=layer,
+    )

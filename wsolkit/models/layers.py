@@ -1,0 +1,110 @@
+"""Finding layers of a model by name and detecting its global-average-pool + linear head."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from wsolkit.errors import LayerError, ModelError
+
+
+def get_layer(model: nn.Module, name: str) -> nn.Module:
+    """Return the submodule called ``name`` (as in ``model.named_modules()``).
+
+    Raises:
+        LayerError: naming the layer and the closest existing names.
+    """
+    modules = dict(model.named_modules())
+    if name in modules and name != "":
+        return modules[name]
+    close = difflib.get_close_matches(name, [n for n in modules if n], n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    raise LayerError(f"layer {name!r} not found in {type(model).__name__}{hint}")
+
+
+@dataclass(frozen=True)
+class CamHead:
+    """The layer feeding global average pooling and the linear layer that follows it."""
+
+    feature_layer: str
+    fc_layer: str
+
+
+def find_linear(model: nn.Module, name: str | None, in_features: int | None = None) -> nn.Linear:
+    """Return the named linear layer, or the last ``nn.Linear`` with ``in_features`` inputs.
+
+    Raises:
+        LayerError: if the named module is not ``nn.Linear``.
+        ModelError: if no suitable linear layer exists.
+    """
+    if name is not None:
+        layer = get_layer(model, name)
+        if not isinstance(layer, nn.Linear):
+            raise LayerError(f"layer {name!r} is a {type(layer).__name__}, not nn.Linear")
+        return layer
+    linears = [
+        m for m in model.modules()
+        if isinstance(m, nn.Linear) and (in_features is None or m.in_features == in_features)
+    ]
+    if not linears:
+        raise ModelError(
+            f"no nn.Linear classifier with {in_features} inputs found in "
+            f"{type(model).__name__}; name it with fc=..."
+        )
+    return linears[-1]
+
+
+def detect_cam_head(model: nn.Module, sample: torch.Tensor) -> CamHead:
+    """Find the layer whose output is globally pooled into the final linear classifier.
+
+    Runs one forward pass on ``sample`` (one image is enough) with temporary hooks on every
+    module and picks the last module, in completion order, whose output is a spatial map with
+    as many channels as the last linear layer has inputs.
+
+    Raises:
+        ModelError: if the model has no such head.
+    """
+    shapes: dict[str, torch.Size] = {}
+    order: list[str] = []
+
+    def record(name: str):
+        def hook(_module, _inputs, output):
+            if isinstance(output, torch.Tensor):
+                shapes[name] = output.shape
+                order.append(name)
+        return hook
+
+    handles = [
+        m.register_forward_hook(record(n)) for n, m in model.named_modules() if n
+    ]
+    try:
+        with torch.no_grad():
+            logits = model(sample)
+    finally:
+        for handle in handles:
+            handle.remove()
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
+        raise ModelError(f"{type(model).__name__} does not return (N, classes) logits")
+    linears = [
+        (n, m) for n, m in model.named_modules()
+        if isinstance(m, nn.Linear) and m.out_features == logits.shape[1]
+    ]
+    if not linears:
+        raise ModelError(
+            f"{type(model).__name__} has no nn.Linear producing its {logits.shape[1]} logits; "
+            "CAM needs a global-average-pool + linear head (name it with fc=...)"
+        )
+    fc_name, fc = linears[-1]
+    candidates = [
+        n for n in order
+        if len(shapes[n]) == 4 and shapes[n][1] == fc.in_features and shapes[n][2:].numel() > 1
+    ]
+    if not candidates:
+        raise ModelError(
+            f"no spatial layer with {fc.in_features} channels feeds {fc_name!r}; "
+            "name the feature layer with layer=..."
+        )
+    return CamHead(feature_layer=candidates[-1], fc_layer=fc_name)

@@ -1,0 +1,170 @@
+"""`load_model`: the embedded default model, torchvision/timm models, or a user's checkpoint."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from wsolkit.errors import ModelError
+from wsolkit.models.classifier import Classifier, as_classifier
+from wsolkit.models.efficientnet_lite import build_efficientnet_lite0
+
+DEFAULT_MODEL = "efficientnet_lite0"
+
+# Chosen by `python benchmarks/objectness_layer.py` on shared/data/imagenet-dev (see README).
+EFFICIENTNET_LITE0_OBJECTNESS_LAYER = "features.stage6"
+
+
+@lru_cache(maxsize=1)
+def imagenet_class_names() -> tuple[str, ...]:
+    """The 1000 ImageNet-1k class names in index order (first synonym of each synset)."""
+    text = resources.files("wsolkit.models").joinpath("imagenet_classes.txt").read_text("utf-8")
+    names = []
+    for line in text.splitlines():
+        _synset, _, synonyms = line.partition(" ")
+        names.append(synonyms.split(",")[0].strip())
+    return tuple(names)
+
+
+def load_model(
+    name: str = DEFAULT_MODEL,
+    weights: str | Path | None = None,
+    device: str | torch.device = "cpu",
+) -> Classifier:
+    """Load a classifier ready for localization.
+
+    Args:
+        name: ``efficientnet_lite0`` (embedded, the default), ``torchvision:<arch>``
+            (e.g. ``torchvision:resnet50``), ``timm:<name>``, or a path to a file saved with
+            ``torch.save(model)`` or ``torch.jit.save``.
+        weights: optional state-dict file for ``torchvision:``/``timm:`` architectures; without
+            it their pretrained weights are used (which must already be in the local cache).
+        device: where to put the model.
+
+    Returns:
+        A :class:`Classifier` in eval mode.
+
+    Raises:
+        ModelError: unknown name, missing optional package, unreadable file.
+    """
+    if name == DEFAULT_MODEL:
+        classifier = _embedded()
+    elif name.startswith("torchvision:"):
+        classifier = _torchvision(name.split(":", 1)[1], weights)
+    elif name.startswith("timm:"):
+        classifier = _timm(name.split(":", 1)[1], weights)
+    elif Path(name).suffix in {".pt", ".pth", ".ts"} or Path(name).is_file():
+        classifier = _checkpoint(Path(name))
+    else:
+        raise ModelError(
+            f"unknown model {name!r}: use {DEFAULT_MODEL}, torchvision:<arch>, timm:<name> "
+            "or a .pt file"
+        )
+    classifier.module.to(device)
+    return classifier
+
+
+def _embedded() -> Classifier:
+    return Classifier(
+        module=build_efficientnet_lite0(),
+        name=DEFAULT_MODEL,
+        class_names=imagenet_class_names(),
+        input_size=(224, 224),
+        # The Lite models expect (x*255 - 127) / 128 for RGB x in [0, 1].
+        mean=(127 / 255,) * 3,
+        std=(128 / 255,) * 3,
+        feature_layer="features.head",
+        fc_layer="fc",
+        objectness_layer=EFFICIENTNET_LITE0_OBJECTNESS_LAYER,
+    )
+
+
+def _load_state_dict(module: nn.Module, weights: str | Path) -> None:
+    path = Path(weights)
+    if not path.is_file():
+        raise ModelError(f"{path}: weights file not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - torch raises many types for a bad file
+        raise ModelError(f"{path}: not a readable state dict ({error})") from error
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as error:
+        first = str(error).splitlines()[0]
+        raise ModelError(f"{path}: weights do not fit the architecture ({first})") from error
+
+
+def _torchvision(arch: str, weights: str | Path | None) -> Classifier:
+    try:
+        import torchvision
+    except ImportError as error:
+        raise ModelError(
+            "torchvision models need torchvision: pip install torchvision"
+        ) from error
+    try:
+        module = torchvision.models.get_model(arch, weights=None if weights else "DEFAULT")
+    except Exception as error:  # noqa: BLE001 - unknown arch or weights not cached offline
+        raise ModelError(f"torchvision:{arch}: cannot build the model ({error})") from error
+    if weights:
+        _load_state_dict(module, weights)
+    classifier = as_classifier(module.eval())
+    classifier.name = f"torchvision:{arch}"
+    classifier.class_names = _imagenet_names_if(module)
+    return classifier
+
+
+def _timm(model_name: str, weights: str | Path | None) -> Classifier:
+    try:
+        import timm
+    except ImportError as error:
+        raise ModelError("timm models need timm: pip install timm") from error
+    try:
+        module = timm.create_model(model_name, pretrained=weights is None)
+    except Exception as error:  # noqa: BLE001 - unknown name or weights not cached offline
+        raise ModelError(f"timm:{model_name}: cannot build the model ({error})") from error
+    if weights:
+        _load_state_dict(module, weights)
+    config = getattr(module, "pretrained_cfg", {}) or {}
+    classifier = as_classifier(module.eval())
+    classifier.name = f"timm:{model_name}"
+    classifier.class_names = _imagenet_names_if(module)
+    classifier.mean = tuple(config.get("mean", classifier.mean))
+    classifier.std = tuple(config.get("std", classifier.std))
+    size = config.get("input_size")
+    if size:
+        classifier.input_size = (int(size[1]), int(size[2]))
+    return classifier
+
+
+def _checkpoint(path: Path) -> Classifier:
+    if not path.is_file():
+        raise ModelError(f"{path}: model file not found")
+    try:
+        module = torch.jit.load(str(path), map_location="cpu")
+    except Exception:  # noqa: BLE001 - not TorchScript; try a pickled module next
+        try:
+            # A whole pickled module needs weights_only=False: only load trusted files.
+            module = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as error:  # noqa: BLE001
+            raise ModelError(f"{path}: cannot load model ({error})") from error
+    if not isinstance(module, nn.Module):
+        raise ModelError(
+            f"{path}: holds a {type(module).__name__}, not a model; a state dict needs its "
+            "architecture, e.g. --model torchvision:resnet50 --weights FILE"
+        )
+    classifier = as_classifier(module.eval())
+    classifier.name = path.name
+    classifier.class_names = _imagenet_names_if(module)
+    return classifier
+
+
+def _imagenet_names_if(module: nn.Module) -> tuple[str, ...] | None:
+    linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
+    if linears and linears[-1].out_features == 1000:
+        return imagenet_class_names()
+    return None
