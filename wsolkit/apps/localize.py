@@ -10,7 +10,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from wsolkit.apps.outputs import OutputNamer, write_json
+from wsolkit.apps.outputs import OutputNamer
+from wsolkit.data.atomic import write_json_atomic
 from wsolkit.data.images import load_image
 from wsolkit.errors import ImageError, InputError
 from wsolkit.maps import get_method
@@ -95,7 +96,7 @@ def localize_files(
                 )
         if progress is not None:
             progress(len(batch))
-    write_json(out_dir / RESULTS_FILE, _summary(classifier, settings, report))
+    write_json_atomic(out_dir / RESULTS_FILE, _summary(classifier, settings, report))
     return report
 
 

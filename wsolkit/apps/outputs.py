@@ -1,32 +1,9 @@
-"""Writing job outputs atomically and naming them without clobbering inputs."""
+"""Naming job outputs so that they never clobber inputs or each other."""
 
 from __future__ import annotations
 
-import json
 import os
-import secrets
 from pathlib import Path
-
-from wsolkit.errors import InputError
-
-
-def write_json(path: Path, data: object) -> None:
-    """Write ``data`` as indented JSON via a temporary file and ``os.replace``.
-
-    Raises:
-        InputError: if the file cannot be written.
-    """
-    temp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
-    try:
-        with open(temp, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except OSError as error:
-        temp.unlink(missing_ok=True)
-        raise InputError(f"cannot write {path}: {error.strerror or error}") from None
 
 
 class OutputNamer:

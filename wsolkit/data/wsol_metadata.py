@@ -2,64 +2,53 @@
 
 A metadata folder holds plain-text files, one record per line, fields separated by commas:
 
-- ``image_ids.txt``: ``<image_id>`` (an image path relative to the folder); defines the set
-  and the order of the images.
+- ``image_ids.txt``: ``<image_id>`` (an image path relative to the data folder); defines the
+  set and the order of the images.
 - ``class_labels.txt``: ``<image_id>,<class index>``
 - ``image_sizes.txt``: ``<image_id>,<width>,<height>``
-- ``localization.txt``: ``<image_id>,<x0>,<y0>,<x1>,<y1>``, one line per box; an image can have
-  several boxes. Pixel coordinates of the image file, **corners inclusive** (the wsolevaluation
-  convention: a box covering pixel columns 3..5 is ``x0=3, x1=5``). This differs from the
-  wsolkit box convention (continuous edges, ``x1 = x0 + width``); the reader returns the
-  numbers as written, and ``wsolkit.eval.BoxAccuracy`` expects them in this form.
+- ``localization.txt``: one line per box or per mask; an image can have several. Each line is
+  one of
+
+  - a **box line** ``<image_id>,<x0>,<y0>,<x1>,<y1>`` (ImageNet, CUB): pixel coordinates of the
+    image file, **corners inclusive** (a box covering pixel columns 3..5 is ``x0=3, x1=5``).
+    The reader converts them to the wsolkit edge convention (``x1 = x0 + width``) by adding 1
+    to ``x1`` and ``y1``, so ``Sample.boxes`` is ``x0, y0, x1 + 1, y1 + 1``.
+  - a **mask line** ``<image_id>,<mask_path>,<ignore_path>`` (OpenImages): three fields whose
+    second is not a number. The masks of all mask lines of an image are united into its
+    foreground; ``ignore_path`` (may be empty) names a mask of pixels to leave out of scoring.
+    Paths are relative to the data folder. In both files a nonzero pixel is "on"; as in
+    wsolevaluation, ignore pixels that are also foreground count as foreground.
+
 - ``class_names.txt`` (optional): one class name per line, in class-index order.
 
-Fields are split on every comma, as wsolevaluation does, so image ids cannot contain one.
-Blank lines are skipped; line numbers in error messages count them. Records in the label,
-size or box files whose image id is not listed in ``image_ids.txt`` are ignored
-(``image_ids.txt`` defines the set, as in wsolevaluation). Image files are not opened or
-checked here.
+Fields are split on every comma, as wsolevaluation does, so image ids and mask paths cannot
+contain one. Blank lines are skipped; line numbers in error messages count them. Records in the
+label, size or localization files whose image id is not listed in ``image_ids.txt`` are ignored
+(``image_ids.txt`` defines the set, as in wsolevaluation). Image and mask files are not opened
+or checked at construction; masks are read by ``Sample.load_mask``, which checks their size
+against ``image_sizes.txt``.
 """
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Iterator
-from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
+from wsolkit.data.base import SampleDataset
+from wsolkit.data.mask_files import read_mask_file
+from wsolkit.data.sample import Sample
 from wsolkit.errors import InputError
 
-__all__ = ["WSOLMetadataDataset", "WSOLSample"]
+__all__ = ["WSOLMetadataDataset"]
 
 _IMAGE_IDS = "image_ids.txt"
 _CLASS_LABELS = "class_labels.txt"
 _IMAGE_SIZES = "image_sizes.txt"
 _LOCALIZATION = "localization.txt"
 _CLASS_NAMES = "class_names.txt"
-
-
-@dataclass(frozen=True)
-class WSOLSample:
-    """One image record of a wsolevaluation metadata folder.
-
-    Attributes:
-        image_id: The id as written in ``image_ids.txt`` (a path relative to the root).
-        path: ``root / image_id``; not checked for existence.
-        label: Class index from ``class_labels.txt``.
-        size: ``(width, height)`` of the image file, from ``image_sizes.txt``.
-        boxes: ``(K, 4)`` float32 ``x0, y0, x1, y1`` from ``localization.txt``, in pixel
-            coordinates of the image file with **inclusive** corners (wsolevaluation
-            convention, not the wsolkit continuous-edge convention). ``K`` is 0 only when
-            the dataset was opened with ``require_boxes=False`` and has no box for the image.
-    """
-
-    image_id: str
-    path: Path
-    label: int
-    size: tuple[int, int]
-    boxes: np.ndarray
 
 
 def _records(path: Path) -> Iterator[tuple[int, str]]:
@@ -95,25 +84,80 @@ def _int_fields(fields: list[str]) -> list[int] | None:
     return values
 
 
-class WSOLMetadataDataset:
-    """Image ids, class labels, sizes and GT boxes of a wsolevaluation metadata folder.
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
-    All files are parsed and cross-checked at construction; images are not loaded.
+
+def _load_masks(
+    mask_paths: tuple[Path, ...],
+    ignore_paths: tuple[Path, ...],
+    size: tuple[int, int],
+    image_id: str,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read and unite an image's masks; return ``(foreground, ignore)`` (H, W) bool."""
+    width, height = size
+
+    def read(path: Path) -> np.ndarray:
+        values = read_mask_file(path)
+        if values.shape != (height, width):
+            raise InputError(
+                f"{path}: mask is {values.shape[1]}x{values.shape[0]} but {_IMAGE_SIZES} gives "
+                f"{width}x{height} for image id '{image_id}'"
+            )
+        return values != 0
+
+    foreground = np.zeros((height, width), bool)
+    for path in mask_paths:
+        foreground |= read(path)
+    ignore = np.zeros((height, width), bool)
+    for path in ignore_paths:
+        ignore |= read(path)
+    ignore &= ~foreground
+    return foreground, ignore
+
+
+class WSOLMetadataDataset(SampleDataset):
+    """Image ids, class labels, sizes, GT boxes and masks of a wsolevaluation metadata folder.
+
+    All text files are parsed and cross-checked at construction; images and masks are not
+    loaded. Each :class:`Sample` has ``labels = (class_index,)``, ``size`` from
+    ``image_sizes.txt``, ``boxes`` in wsolkit edge coordinates (inclusive corners + 1 on
+    ``x1, y1``), ``box_labels`` the image's class, no ignored boxes, and a ``mask_loader`` when
+    the image has mask lines (else None).
 
     Args:
-        root: The metadata folder (e.g. ``shared/data/imagenet-dev``). Image paths are
-            resolved relative to it.
+        root: The metadata folder (e.g. ``shared/data/imagenet-dev``).
         require_boxes: If True (default), ``localization.txt`` must exist and every image
-            must have at least one box. If False, a missing ``localization.txt`` is allowed
-            (e.g. classification-only sets) and images without boxes get a ``(0, 4)`` array.
+            must have at least one box or mask line. If False, a missing ``localization.txt``
+            is allowed (e.g. classification-only sets) and images without one get no boxes and
+            no masks.
+        data_root: Folder the image ids and mask paths are relative to (wsolevaluation keeps
+            ``metadata/`` apart from ``dataset/``); defaults to ``root``.
+
+    Attributes:
+        root: The metadata folder.
+        data_root: The folder images and masks are resolved against.
+        kind: ``"wsol"``.
 
     Raises:
         InputError: A folder or file is missing, a line is malformed (the message names the
-            file and line number), or an image id lacks a label, size or box.
+            file and line number), or an image id lacks a label, size or localization.
     """
 
-    def __init__(self, root: str | Path, require_boxes: bool = True) -> None:
+    kind = "wsol"
+
+    def __init__(
+        self,
+        root: str | Path,
+        require_boxes: bool = True,
+        data_root: str | Path | None = None,
+    ) -> None:
         self.root = Path(root)
+        self.data_root = self.root if data_root is None else Path(data_root)
         if not self.root.is_dir():
             raise InputError(f"{self.root}: WSOL metadata folder not found")
         required = [_IMAGE_IDS, _CLASS_LABELS, _IMAGE_SIZES]
@@ -128,7 +172,10 @@ class WSOLMetadataDataset:
         labels = self._read_labels(known)
         sizes = self._read_sizes(known)
         loc_path = self.root / _LOCALIZATION
-        boxes = self._read_boxes(known) if loc_path.is_file() else {}
+        boxes: dict[str, list[list[float]]] = {}
+        masks: dict[str, tuple[list[str], list[str]]] = {}
+        if loc_path.is_file():
+            boxes, masks = self._read_localization(known)
         self._class_names = self._read_class_names()
 
         for image_id in self._image_ids:
@@ -140,8 +187,8 @@ class WSOLMetadataDataset:
                 raise InputError(
                     f"{self.root / _IMAGE_SIZES}: no image size for image id '{image_id}'"
                 )
-            if require_boxes and image_id not in boxes:
-                raise InputError(f"{loc_path}: no box for image id '{image_id}'")
+            if require_boxes and image_id not in boxes and image_id not in masks:
+                raise InputError(f"{loc_path}: no box or mask for image id '{image_id}'")
 
         if self._class_names is not None:
             n_classes = len(self._class_names)
@@ -155,13 +202,18 @@ class WSOLMetadataDataset:
 
         self._labels = [labels[i][0] for i in self._image_ids]
         self._sizes = [sizes[i] for i in self._image_ids]
-        empty = np.zeros((0, 4), dtype=np.float32)
-        self._boxes = [
-            np.asarray(boxes[i], dtype=np.float32).reshape(-1, 4) if i in boxes else empty
-            for i in self._image_ids
-        ]
-        for array in self._boxes:
-            array.flags.writeable = False
+        self._boxes = []
+        for image_id in self._image_ids:
+            array = np.asarray(boxes.get(image_id, []), dtype=np.float64).reshape(-1, 4)
+            array[:, 2:] += 1.0  # inclusive corners -> pixel edges
+            self._boxes.append(array.astype(np.float32))
+        self._masks = {
+            image_id: (
+                tuple(self.data_root / p for p in mask_list),
+                tuple(self.data_root / p for p in ignore_list),
+            )
+            for image_id, (mask_list, ignore_list) in masks.items()
+        }
 
     # -- parsing -----------------------------------------------------------------------------
 
@@ -228,11 +280,24 @@ class WSOLMetadataDataset:
             lines[image_id] = number
         return sizes
 
-    def _read_boxes(self, known: set[str]) -> dict[str, list[list[float]]]:
+    def _read_localization(
+        self, known: set[str]
+    ) -> tuple[dict[str, list[list[float]]], dict[str, tuple[list[str], list[str]]]]:
         path = self.root / _LOCALIZATION
         boxes: dict[str, list[list[float]]] = {}
+        masks: dict[str, tuple[list[str], list[str]]] = {}
         for number, line in _records(path):
             fields = line.split(",")
+            if len(fields) == 3 and fields[0] and not _is_number(fields[1].strip()):
+                image_id, mask_path, ignore_path = (f.strip() for f in fields)
+                if not mask_path:
+                    raise InputError(f"{path}:{number}: empty mask path")
+                if image_id in known:
+                    mask_list, ignore_list = masks.setdefault(image_id, ([], []))
+                    mask_list.append(mask_path)
+                    if ignore_path and ignore_path not in ignore_list:
+                        ignore_list.append(ignore_path)
+                continue
             coords: list[float] | None = None
             if len(fields) == 5 and fields[0]:
                 try:
@@ -240,7 +305,10 @@ class WSOLMetadataDataset:
                 except ValueError:
                     coords = None
             if coords is None or not all(np.isfinite(coords)):
-                raise InputError(f"{path}:{number}: expected 'image_id,x0,y0,x1,y1'")
+                raise InputError(
+                    f"{path}:{number}: expected 'image_id,x0,y0,x1,y1' "
+                    f"or 'image_id,mask_path,ignore_path'"
+                )
             x0, y0, x1, y1 = coords
             if min(coords) < 0 or x1 < x0 or y1 < y0:
                 raise InputError(
@@ -249,7 +317,7 @@ class WSOLMetadataDataset:
                 )
             if fields[0] in known:
                 boxes.setdefault(fields[0], []).append(coords)
-        return boxes
+        return boxes, masks
 
     def _read_class_names(self) -> list[str] | None:
         path = self.root / _CLASS_NAMES
@@ -259,43 +327,21 @@ class WSOLMetadataDataset:
 
     # -- access ------------------------------------------------------------------------------
 
-    @property
-    def image_ids(self) -> list[str]:
-        """Image ids in ``image_ids.txt`` order (a copy)."""
-        return list(self._image_ids)
-
-    @property
-    def class_names(self) -> list[str] | None:
-        """Names from ``class_names.txt`` in class-index order, or None if it is absent."""
-        return None if self._class_names is None else list(self._class_names)
-
-    def __len__(self) -> int:
-        return len(self._image_ids)
-
-    def __getitem__(self, index: int) -> WSOLSample:
-        """Return the record of the ``index``-th image (negative indices count from the end).
-
-        Raises:
-            IndexError: ``index`` is out of range.
-        """
-        i = operator.index(index)
-        n = len(self._image_ids)
-        if i < 0:
-            i += n
-        if not 0 <= i < n:
-            raise IndexError(f"index {index} is out of range for {n} images")
+    def _sample(self, i: int) -> Sample:
         image_id = self._image_ids[i]
-        return WSOLSample(
+        label = self._labels[i]
+        boxes = self._boxes[i].copy()
+        mask_loader = None
+        if image_id in self._masks:
+            mask_paths, ignore_paths = self._masks[image_id]
+            mask_loader = partial(_load_masks, mask_paths, ignore_paths, self._sizes[i], image_id)
+        return Sample(
             image_id=image_id,
-            path=self.root / image_id,
-            label=self._labels[i],
+            path=self.data_root / image_id,
+            labels=(label,),
+            boxes=boxes,
+            box_labels=np.full(len(boxes), label, np.int64),
+            box_ignore=np.zeros(len(boxes), bool),
             size=self._sizes[i],
-            boxes=self._boxes[i].copy(),
+            mask_loader=mask_loader,
         )
-
-    def __iter__(self) -> Iterator[WSOLSample]:
-        for i in range(len(self)):
-            yield self[i]
-
-    def __repr__(self) -> str:
-        return f"WSOLMetadataDataset(root={str(self.root)!r}, images={len(self)})"

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import torch
+from PIL import Image
 
 from wsolkit.maps.base import ForwardPass, HeatmapMethod, HeatmapResult
 from wsolkit.maps.registry import METHODS, get_method, method_names, register
 from wsolkit.maps.targets import Targets, TargetSpec, resolve_targets
-from wsolkit.models.classifier import Classifier
+from wsolkit.models.classifier import Classifier, as_classifier
 
 
 def heatmaps(
     model: Classifier | torch.nn.Module,
-    images: torch.Tensor,
+    images: torch.Tensor | Sequence[Image.Image | str | os.PathLike],
     method: str = "gradcam",
     target: TargetSpec = "top1",
     layer: str | None = None,
@@ -26,7 +28,9 @@ def heatmaps(
     Args:
         model: a :class:`~wsolkit.models.Classifier` (e.g. from :func:`wsolkit.load_model`) or
             any ``nn.Module`` classifier (then name ``layer``, or let the CAM head be detected).
-        images: (N, C, H, W) float batch, preprocessed for the model.
+        images: (N, C, H, W) float batch, preprocessed for the model; or a list of RGB PIL
+            images or image paths, which are loaded and preprocessed with the model's own
+            preprocessing (maps are then at the model's input size).
         method: a name from :func:`method_names` (``wsolkit methods`` lists them).
         target: ``"top1"``, ``"topK"``, ``"gt"`` (with ``labels``), class index(es), or a
             callable mapping (N, classes) logits to (N,) scores.
@@ -38,7 +42,20 @@ def heatmaps(
     Returns:
         A :class:`HeatmapResult`; ``maps`` is (N, H, W) float32 in [0, 1].
     """
-    return get_method(method)(model, layer=layer, **options)(images, target=target, labels=labels)
+    classifier = as_classifier(model)
+    if isinstance(images, (list, tuple)):
+        images = _preprocess(classifier, images)
+    runner = get_method(method)(classifier, layer=layer, **options)
+    return runner(images, target=target, labels=labels)
+
+
+def _preprocess(
+    classifier: Classifier, images: Sequence[Image.Image | str | os.PathLike]
+) -> torch.Tensor:
+    from wsolkit.data.images import load_image
+
+    loaded = [im if isinstance(im, Image.Image) else load_image(im) for im in images]
+    return classifier.preprocess_batch([im.convert("RGB") for im in loaded])
 
 
 __all__ = [

@@ -15,7 +15,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from wsolkit.errors import InputError, LayerError
+from wsolkit.errors import InputError, LayerError, ModelError
 from wsolkit.maps.hooks import capture_layer, eval_mode
 from wsolkit.maps.targets import Targets, TargetSpec, resolve_targets
 from wsolkit.models.classifier import Classifier, as_classifier
@@ -49,7 +49,10 @@ class ForwardPass:
         """(N, K, h, w) gradient of each image's target score w.r.t. the hooked activations."""
         if not self.activations.requires_grad:
             raise RuntimeError("this method must set needs_gradients = True")
-        (grads,) = torch.autograd.grad(self.scores().sum(), self.activations)
+        # The score is computed here, after the forward pass: record its graph even when the
+        # caller runs the method under torch.no_grad().
+        with torch.enable_grad():
+            (grads,) = torch.autograd.grad(self.scores().sum(), self.activations)
         return grads
 
 
@@ -103,6 +106,11 @@ class HeatmapMethod:
         if upsample not in UPSAMPLING:
             raise InputError(f"upsample={upsample!r}: use one of {', '.join(UPSAMPLING)}")
         self.classifier = as_classifier(model, fc=fc)
+        if isinstance(self.classifier.module, torch.jit.ScriptModule):
+            raise ModelError(
+                "TorchScript models cannot be hooked for heatmaps; save the model with "
+                "torch.save(model) or use its architecture with a state dict instead"
+            )
         self.layer = layer
         self.upsample = upsample
 
@@ -136,7 +144,10 @@ class HeatmapMethod:
             A :class:`HeatmapResult` with one map per (image, target) pair.
         """
         images = check_images(images).to(self.classifier.device)
-        with eval_mode(self.module):
+        # Hooks and gradients need normal tensors, also inside a caller's torch.inference_mode().
+        with torch.inference_mode(False), eval_mode(self.module):
+            if images.is_inference():
+                images = images.clone()
             layer = self.layer or self.default_layer(images)
             first = self.forward(images, layer, target=target, labels=labels)
             if first.targets.expanded:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -83,7 +84,10 @@ def resolve_targets(
             raise TargetError(f"target {target!r} asks for more classes than the {num_classes}")
         classes = logits.detach().topk(k, dim=1).indices.cpu()
         return Targets(classes.reshape(-1), images.repeat_interleave(k))
-    if isinstance(target, int) and not isinstance(target, bool):
+    single = isinstance(target, numbers.Integral) or (
+        isinstance(target, torch.Tensor) and target.ndim == 0
+    )
+    if single and not isinstance(target, bool):  # one class for every image (also numpy ints)
         return _explicit([target] * count, count, num_classes, "target")
     return _explicit(target, count, num_classes, "target")
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import os
-import secrets
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from wsolkit.data.atomic import write_bytes_atomic
 from wsolkit.errors import InputError
 from wsolkit.refine.resize import resize_map
 
@@ -238,19 +238,6 @@ def save_png(path: str | os.PathLike[str], image: np.ndarray) -> None:
         raise InputError(
             f"image for {target} must be a non-empty (H, W, 3) or (H, W) uint8 numpy array"
         )
-    directory = target.parent
-    if not directory.is_dir():
-        raise InputError(f"cannot write {target}: directory {directory} does not exist")
     buffer = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(image)).save(buffer, format="PNG")
-    temp = directory / f".{target.name}.{secrets.token_hex(6)}.tmp"
-    try:
-        descriptor = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(buffer.getvalue())
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, target)
-    except OSError as error:
-        temp.unlink(missing_ok=True)
-        raise InputError(f"cannot write {target}: {error.strerror or error}") from None
+    write_bytes_atomic(target, buffer.getvalue())
