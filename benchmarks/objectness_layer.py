@@ -13,7 +13,9 @@ What it measures: on ``shared/data/imagenet-dev`` (the wsolevaluation metadata l
 map ``result.maps[i]`` goes, with the image's GT boxes and file size, into one
 ``wsolkit.eval.BoxAccuracy`` per layer (wsolevaluation protocol: thresholds
 ``np.arange(0, 1, 0.01)`` on the min-max normalized map; MaxBoxAcc = largest contour at IoU 50,
-MaxBoxAccV2 = all contours, mean over IoU 30/50/70).
+MaxBoxAccV2 = all contours, mean over IoU 30/50/70). The dataset gives boxes in wsolkit edge
+coordinates (``x1 = x0 + width``); they are turned back into the inclusive corners of
+``localization.txt`` that ``BoxAccuracy`` takes.
 
 Prints a markdown table ``layer | resolution | channels | MaxBoxAcc | MaxBoxAccV2 |
 best threshold`` and the line ``best layer by MaxBoxAccV2: <layer>`` (the chosen default,
@@ -109,19 +111,20 @@ def main() -> None:
     for first in range(0, len(samples), args.batch_size):
         batch = samples[first:first + args.batch_size]
         x = model.preprocess_batch([load_image(sample.path) for sample in batch])
+        gt_boxes = [sample.boxes for sample in batch]
         if not shapes:
             shapes = layer_shapes(model, layers, x)
         for layer in layers:
             result = wsolkit.heatmaps(model, x, method="objectness", layer=layer)
             for i, sample in enumerate(batch):
-                objectness[layer].update(result.maps[i], sample.boxes, sample.size)
+                objectness[layer].update(result.maps[i], gt_boxes[i], sample.size)
         for name in methods:
             result = wsolkit.heatmaps(model, x, method=name, target="top1")
             method_layer[name] = result.layer
             correct = (result.classes == torch.tensor([s.label for s in batch])).tolist()
             for i, sample in enumerate(batch):
                 nonzero_min[name] += bool(result.maps[i].min() > 0)
-                method_acc[name].update(result.maps[i], sample.boxes, sample.size,
+                method_acc[name].update(result.maps[i], gt_boxes[i], sample.size,
                                         correct_class=correct[i])
         done = first + len(batch)
         print(f"[{done}/{len(samples)} images, {time.perf_counter() - start:.0f}s]", flush=True)

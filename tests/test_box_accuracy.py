@@ -13,6 +13,13 @@ from wsolkit.eval.box_accuracy import (
 SIZE = (224, 224)
 
 
+def edges(boxes):
+    """Inclusive-corner boxes (as the hand-worked cases are written) -> wsolkit edges."""
+    out = np.array(boxes)
+    out[..., 2:] += 1
+    return out
+
+
 def rect_map(x0, y0, x1, y1, value=1.0, base=None):
     """224x224 map with `value` on pixel columns x0..x1 and rows y0..y1 (inclusive)."""
     m = np.zeros((224, 224), np.float32) if base is None else base
@@ -34,7 +41,7 @@ def test_rect_map_box_follows_protocol():
 
 def test_gt_equal_to_blob_gives_100():
     metric = BoxAccuracy()
-    metric.update(rect_map(50, 60, 149, 139), np.array([[50, 60, 149, 139]]), SIZE)
+    metric.update(rect_map(50, 60, 149, 139), edges([[50, 60, 149, 139]]), SIZE)
     out = metric.compute()
     # IoU = (100 * 80) / (101 * 81) at every threshold: a hit for all IoU levels.
     assert out["MaxBoxAcc"] == 100.0
@@ -48,7 +55,7 @@ def test_gt_equal_to_blob_gives_100():
 
 def test_gt_far_from_blob_gives_0():
     metric = BoxAccuracy()
-    metric.update(rect_map(10, 10, 60, 60), np.array([[150, 150, 220, 220]]), SIZE)
+    metric.update(rect_map(10, 10, 60, 60), edges([[150, 150, 220, 220]]), SIZE)
     out = metric.compute()
     assert out["MaxBoxAcc"] == 0.0
     assert out["MaxBoxAccV2"] == 0.0
@@ -69,7 +76,7 @@ def test_iou_at_one_half_by_hand(gt_y1, iou, v1, v2):
     np.testing.assert_array_equal(boxes, [[0, 0, 99, 99]])
     assert box_iou_inclusive(boxes, gt)[0, 0] == iou
     metric = BoxAccuracy()
-    metric.update(m, gt, SIZE)
+    metric.update(m, edges(gt), SIZE)
     out = metric.compute()
     assert out["MaxBoxAcc"] == v1
     assert out["MaxBoxAccV2"] == pytest.approx(v2)
@@ -91,12 +98,12 @@ def test_two_blobs_v1_misses_v2_hits():
     rect_map(150, 150, 179, 179, base=m)  # small blob, 30 x 30
     gt = np.array([[150, 150, 179, 179]])  # GT is the small blob only
     metric = BoxAccuracy()
-    metric.update(m, gt, SIZE)
+    metric.update(m, edges(gt), SIZE)
     out = metric.compute()
     assert out["MaxBoxAcc"] == 0.0  # the largest contour is the big blob at every threshold
     assert out["MaxBoxAccV2"] == 100.0  # IoU 900 / 961 with the small blob's box
     v1_only = BoxAccuracy(multi_contour_v2=False)
-    v1_only.update(m, gt, SIZE)
+    v1_only.update(m, edges(gt), SIZE)
     assert v1_only.compute()["MaxBoxAccV2"] == 0.0
 
 
@@ -106,7 +113,7 @@ def test_threshold_sweep_and_best_threshold():
     m = rect_map(10, 10, 109, 109, value=0.5)
     rect_map(150, 150, 179, 179, base=m)
     metric = BoxAccuracy()
-    metric.update(m, np.array([[150, 150, 179, 179]]), SIZE)
+    metric.update(m, edges([[150, 150, 179, 179]]), SIZE)
     out = metric.compute()
     curve = np.array(out["curve_v1"])
     np.testing.assert_array_equal(curve[:50], 0.0)
@@ -126,11 +133,11 @@ def test_box_rescaling_from_448_image():
     m = rect_map(50, 60, 149, 139)
     gt_448 = np.array([[100, 120, 299, 279]], dtype=np.float32)
     metric = BoxAccuracy()
-    metric.update(m, gt_448, (448, 448))
+    metric.update(m, edges(gt_448), (448, 448))
     assert metric.compute()["MaxBoxAcc"] == 100.0
     # the same boxes read as 224 x 224 pixels do not match the blob
     metric = BoxAccuracy()
-    metric.update(m, gt_448, (224, 224))
+    metric.update(m, edges(gt_448), (224, 224))
     assert metric.compute()["MaxBoxAcc"] == 0.0
 
 
@@ -139,7 +146,7 @@ def test_map_at_image_resolution_is_resized():
     m = np.zeros((448, 448), np.float32)
     m[120:280, 100:300] = 1.0
     metric = BoxAccuracy()
-    metric.update(m, np.array([[100, 120, 299, 279]]), (448, 448))
+    metric.update(m, edges([[100, 120, 299, 279]]), (448, 448))
     assert metric.compute()["MaxBoxAcc"] == 100.0
 
 
@@ -147,7 +154,7 @@ def test_low_resolution_map():
     m = np.zeros((7, 7), np.float32)
     m[1:4, 1:4] = 1.0
     metric = BoxAccuracy()
-    metric.update(m, np.array([[32, 32, 127, 127]]), SIZE)
+    metric.update(m, edges([[32, 32, 127, 127]]), SIZE)
     assert metric.compute()["MaxBoxAcc"] == 100.0
 
 
@@ -160,7 +167,7 @@ def test_constant_or_nan_map_gives_zero_box(value):
     np.testing.assert_array_equal(counts, np.ones(10))
     np.testing.assert_array_equal(largest, np.arange(10))
     metric = BoxAccuracy()
-    metric.update(m, np.array([[0, 0, 10, 10]]), SIZE)  # IoU 1 / 121 with [0, 0, 0, 0]
+    metric.update(m, edges([[0, 0, 10, 10]]), SIZE)  # IoU 1 / 121 with [0, 0, 0, 0]
     assert metric.compute()["MaxBoxAcc"] == 0.0
 
 
@@ -176,10 +183,10 @@ def test_accumulates_over_images_and_best_gt_box():
     metric = BoxAccuracy()
     hit = rect_map(50, 60, 149, 139)
     # two GT boxes: the far one does not matter, the best pair counts
-    metric.update(hit, np.array([[200, 200, 220, 220], [50, 60, 149, 139]]), SIZE)
-    metric.update(hit, np.array([[0, 0, 20, 20]]), SIZE)
-    metric.update(hit, np.array([[50, 60, 149, 139]]), SIZE)
-    metric.update(hit, np.array([[180, 0, 223, 30]]), SIZE)
+    metric.update(hit, edges([[200, 200, 220, 220], [50, 60, 149, 139]]), SIZE)
+    metric.update(hit, edges([[0, 0, 20, 20]]), SIZE)
+    metric.update(hit, edges([[50, 60, 149, 139]]), SIZE)
+    metric.update(hit, edges([[180, 0, 223, 30]]), SIZE)
     out = metric.compute()
     assert out["count"] == 4
     assert out["MaxBoxAcc"] == 50.0
@@ -190,10 +197,10 @@ def test_top1_loc():
     metric = BoxAccuracy()
     hit = rect_map(50, 60, 149, 139)
     gt_hit, gt_miss = np.array([[50, 60, 149, 139]]), np.array([[0, 0, 20, 20]])
-    metric.update(hit, gt_hit, SIZE, correct_class=True)
-    metric.update(hit, gt_hit, SIZE, correct_class=False)
-    metric.update(hit, gt_miss, SIZE, correct_class=True)
-    metric.update(hit, gt_hit, SIZE, correct_class=True)
+    metric.update(hit, edges(gt_hit), SIZE, correct_class=True)
+    metric.update(hit, edges(gt_hit), SIZE, correct_class=False)
+    metric.update(hit, edges(gt_miss), SIZE, correct_class=True)
+    metric.update(hit, edges(gt_hit), SIZE, correct_class=True)
     out = metric.compute()
     assert out["MaxBoxAcc"] == 75.0
     assert out["gt_known_loc"] == 75.0
@@ -203,23 +210,23 @@ def test_top1_loc():
 def test_correct_class_for_some_images_only_is_rejected():
     metric = BoxAccuracy()
     m, gt = rect_map(50, 60, 149, 139), np.array([[50, 60, 149, 139]])
-    metric.update(m, gt, SIZE, correct_class=True)
+    metric.update(m, edges(gt), SIZE, correct_class=True)
     with pytest.raises(InputError, match="correct_class"):
-        metric.update(m, gt, SIZE)
+        metric.update(m, edges(gt), SIZE)
     metric = BoxAccuracy()
-    metric.update(m, gt, SIZE)
+    metric.update(m, edges(gt), SIZE)
     with pytest.raises(InputError, match="correct_class"):
-        metric.update(m, gt, SIZE, correct_class=False)
+        metric.update(m, edges(gt), SIZE, correct_class=False)
 
 
 def test_reset_clears():
     metric = BoxAccuracy()
     m = rect_map(50, 60, 149, 139)
-    metric.update(m, np.array([[50, 60, 149, 139]]), SIZE, correct_class=True)
+    metric.update(m, edges([[50, 60, 149, 139]]), SIZE, correct_class=True)
     metric.reset()
     with pytest.raises(InputError, match="no images"):
         metric.compute()
-    metric.update(m, np.array([[0, 0, 20, 20]]), SIZE)  # no correct_class now: allowed
+    metric.update(m, edges([[0, 0, 20, 20]]), SIZE)  # no correct_class now: allowed
     out = metric.compute()
     assert out["count"] == 1 and out["MaxBoxAcc"] == 0.0 and "top1_loc" not in out
 
@@ -227,7 +234,7 @@ def test_reset_clears():
 def test_thresholds_are_configurable():
     metric = BoxAccuracy(cam_curve_interval=0.001, iou_thresholds=(50,))
     assert len(metric.thresholds) == 1000
-    metric.update(rect_map(50, 60, 149, 139), np.array([[50, 60, 149, 139]]), SIZE)
+    metric.update(rect_map(50, 60, 149, 139), edges([[50, 60, 149, 139]]), SIZE)
     out = metric.compute()
     assert list(out["curve"]) == [50] and len(out["curve_v1"]) == 1000
     assert out["MaxBoxAccV2"] == 100.0
@@ -236,7 +243,7 @@ def test_thresholds_are_configurable():
 def test_inputs_not_modified_and_torch_accepted():
     torch = pytest.importorskip("torch")
     m = rect_map(50, 60, 149, 139)
-    gt = np.array([[100, 120, 299, 279]], dtype=np.float32)
+    gt = edges(np.array([[100, 120, 299, 279]], dtype=np.float32))
     m_before, gt_before = m.copy(), gt.copy()
     metric = BoxAccuracy()
     metric.update(m, gt, (448, 448))
@@ -255,6 +262,7 @@ def test_inputs_not_modified_and_torch_accepted():
         (np.zeros((224, 224)), np.zeros((0, 4)), SIZE, "gt_boxes"),
         (np.zeros((224, 224)), [[0, 0, 1]], SIZE, "gt_boxes"),
         (np.zeros((224, 224)), [[5, 0, 1, 1]], SIZE, "gt_boxes"),
+        (np.zeros((224, 224)), [[3, 0, 3, 1]], SIZE, "gt_boxes"),  # zero width in edges
         (np.zeros((224, 224)), [[0, 0, 1, 1]], (0, 224), "image_size"),
         (np.zeros((224, 224)), [[0, 0, 1, 1]], (224,), "image_size"),
     ],

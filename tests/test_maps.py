@@ -297,7 +297,7 @@ def test_objectness_default_layer(tiny_model, tiny_images):
 
 def test_embedded_default_layers(embedded_model, chelsea_batch):
     result = heatmaps(embedded_model, chelsea_batch, "objectness")
-    assert result.layer == "features.stage6" and result.raw.shape == (1, 7, 7)
+    assert result.layer == "features.head" and result.raw.shape == (1, 7, 7)
     result = heatmaps(embedded_model, chelsea_batch, "gradcam")
     assert result.layer == "features.head" and result.maps.shape == (1, 224, 224)
     assert result.maps.dtype == torch.float32 and float(result.maps.max()) == 1.0

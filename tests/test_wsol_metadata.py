@@ -4,7 +4,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from wsolkit.data.wsol_metadata import WSOLMetadataDataset, WSOLSample
+from wsolkit.data.sample import Sample
+from wsolkit.data.wsol_metadata import WSOLMetadataDataset
 from wsolkit.errors import InputError
 
 SHARED = Path(__file__).resolve().parents[2] / "shared/data"
@@ -63,14 +64,19 @@ def test_reads_imagenet_dev(dev):
     assert all(0 <= s.label < 1000 for s in samples)
 
     first = ds[0]
-    assert isinstance(first, WSOLSample)
+    assert isinstance(first, Sample)
     assert first.image_id == FIRST_ID
     assert first.path == dev / FIRST_ID
-    assert first.label == 472
+    assert first.label == 472 and first.labels == (472,)
     assert first.boxes.dtype == np.float32
     assert first.boxes.shape == (8, 4)
-    np.testing.assert_array_equal(first.boxes[0], [9, 106, 50, 177])
-    np.testing.assert_array_equal(first.boxes[1], [169, 114, 226, 136])
+    # localization.txt: 9,106,50,177 and 169,114,226,136 (inclusive) -> edges (+1 on x1, y1)
+    np.testing.assert_array_equal(first.boxes[0], [9, 106, 51, 178])
+    np.testing.assert_array_equal(first.boxes[1], [169, 114, 227, 137])
+    np.testing.assert_array_equal(first.box_labels, [472] * 8)
+    assert first.box_labels.dtype == np.int64
+    assert first.box_ignore.dtype == bool and not first.box_ignore.any()
+    assert not first.has_mask
     assert ds[-1].image_id == ds.image_ids[-1]
     assert _digest(dev) == before
 
@@ -81,7 +87,7 @@ def test_sample_is_frozen_and_boxes_are_copies(dev):
     with pytest.raises(AttributeError):
         sample.label = 3  # type: ignore[misc]
     sample.boxes[:] = -1
-    np.testing.assert_array_equal(ds[0].boxes[0], [9, 106, 50, 177])
+    np.testing.assert_array_equal(ds[0].boxes[0], [9, 106, 51, 178])
     ids = ds.image_ids
     ids.clear()
     assert len(ds.image_ids) == 394
@@ -105,9 +111,9 @@ def test_small_folder_contents(tmp_path):
     assert ds.image_ids == ["a/1.jpg", "a/2.jpg", "b/3.jpg"]
     s = ds[0]
     assert s.label == 0 and s.size == (100, 80) and s.path == root / "a/1.jpg"
-    np.testing.assert_array_equal(s.boxes, [[1, 2, 30, 40], [10, 11, 12, 13]])
+    np.testing.assert_array_equal(s.boxes, [[1, 2, 31, 41], [10, 11, 13, 14]])
     assert ds[1].label == 2 and ds[1].size == (50, 60)
-    np.testing.assert_array_equal(ds[2].boxes, [[5, 6, 7, 8]])
+    np.testing.assert_array_equal(ds[2].boxes, [[5, 6, 8, 9]])
     assert _digest(root) == before
 
 
@@ -272,3 +278,96 @@ def test_reads_imagenet_sample_without_boxes():
     ds = WSOLMetadataDataset(SAMPLE, require_boxes=False)
     assert len(ds) == 1000
     assert sorted(s.label for s in ds) == list(range(1000))
+
+
+# -- mask lines (wsolevaluation's OpenImages split) ----------------------------------------------
+
+
+def _png(path: Path, values) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.asarray(values, np.uint8), mode="L").save(path)
+
+
+def _mask_folder(tmp_path: Path, localization: str) -> Path:
+    root = _write(
+        tmp_path / "m",
+        image_ids="a.jpg\nb.jpg\n",
+        class_labels="a.jpg,3\nb.jpg,1\n",
+        image_sizes="a.jpg,6,4\nb.jpg,6,4\n",
+        localization=localization,
+    )
+    one = np.zeros((4, 6), np.uint8)
+    one[0, :2] = 255
+    two = np.zeros((4, 6), np.uint8)
+    two[3, 5] = 1  # any nonzero value is foreground
+    ignore = np.zeros((4, 6), np.uint8)
+    ignore[0, :4] = 255  # overlaps mask one at (0, 0) and (0, 1): foreground wins
+    _png(root / "masks/a1.png", one)
+    _png(root / "masks/a2.png", two)
+    _png(root / "ignore/a.png", ignore)
+    _png(root / "masks/small.png", np.zeros((4, 5), np.uint8))
+    return root
+
+
+def test_mask_lines_union_and_ignore(tmp_path):
+    root = _mask_folder(
+        tmp_path, "a.jpg,masks/a1.png,ignore/a.png\nb.jpg,1,1,2,2\na.jpg,masks/a2.png,\n"
+    )
+    before = _digest(root)
+    ds = WSOLMetadataDataset(root)
+    a, b = ds[0], ds[1]
+    assert a.has_mask and not b.has_mask
+    assert a.boxes.shape == (0, 4) and a.labels == (3,)
+    np.testing.assert_array_equal(b.boxes, [[1, 1, 3, 3]])
+    foreground, ignore = a.load_mask()
+    assert foreground.dtype == bool and foreground.shape == (4, 6)
+    expected = np.zeros((4, 6), bool)
+    expected[0, :2] = True
+    expected[3, 5] = True
+    np.testing.assert_array_equal(foreground, expected)
+    expected_ignore = np.zeros((4, 6), bool)
+    expected_ignore[0, 2:4] = True
+    np.testing.assert_array_equal(ignore, expected_ignore)
+    with pytest.raises(InputError, match="no masks"):
+        b.load_mask()
+    assert _digest(root) == before
+
+
+def test_mask_of_wrong_size_names_file_and_sizes(tmp_path):
+    root = _mask_folder(tmp_path, "a.jpg,masks/small.png,\nb.jpg,1,1,2,2\n")
+    sample = WSOLMetadataDataset(root)[0]  # masks are not opened at construction
+    with pytest.raises(InputError) as info:
+        sample.load_mask()
+    message = str(info.value)
+    assert "small.png" in message and "5x4" in message and "6x4" in message
+    assert "\n" not in message
+
+
+def test_missing_mask_file_fails_at_load(tmp_path):
+    root = _mask_folder(tmp_path, "a.jpg,masks/none.png,\nb.jpg,1,1,2,2\n")
+    sample = WSOLMetadataDataset(root)[0]
+    with pytest.raises(InputError, match="none.png"):
+        sample.load_mask()
+
+
+def test_mask_paths_relative_to_data_root(tmp_path):
+    root = _mask_folder(tmp_path, "a.jpg,m/masks/a1.png,\nb.jpg,1,1,2,2\n")
+    ds = WSOLMetadataDataset(root, data_root=tmp_path)
+    assert ds[0].path == tmp_path / "a.jpg"
+    assert ds[0].load_mask()[0].sum() == 2
+
+
+@pytest.mark.parametrize(
+    "localization, line_no",
+    [
+        ("a.jpg,masks/a1.png,\nb.jpg,1,2\n", 2),  # 3 fields, second numeric: a bad box line
+        ("a.jpg,,\nb.jpg,1,1,2,2\n", 1),  # empty mask path
+        ("a.jpg,masks/a1.png\nb.jpg,1,1,2,2\n", 1),  # 2 fields
+    ],
+)
+def test_malformed_mask_lines(tmp_path, localization, line_no):
+    root = _mask_folder(tmp_path, localization)
+    with pytest.raises(InputError, match=rf"localization\.txt:{line_no}: "):
+        WSOLMetadataDataset(root)

@@ -27,3 +27,7 @@ class InputError(WSOLError):
 
 class ModelError(WSOLError):
     """A model cannot be loaded or lacks what a method needs (e.g. a CAM head)."""
+
+
+class DependencyError(WSOLError):
+    """An optional package needed by the requested feature is not installed."""

@@ -43,7 +43,7 @@ class LocalizeSettings:
     layer: str | None = None
     batch_size: int = 16
     threshold: str = "fraction"
-    threshold_value: float | None = 0.3
+    threshold_value: float | None = 0.25
     components: str = "largest"
     options: dict = field(default_factory=dict)
 

@@ -33,15 +33,47 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--threshold", default="fraction",
                      choices=["fixed", "fraction", "mean", "otsu"],
                      help="how the heatmap is thresholded into boxes (default fraction)")
-    run.add_argument("--threshold-value", type=float, default=0.3,
-                     help="threshold parameter (fraction of max: 0.3)")
+    run.add_argument("--threshold-value", type=float, default=0.25,
+                     help="threshold parameter (default: 0.25 of the max, best for gradcam and cam "
+                          "on imagenet-dev, benchmarks/objectness_layer.py --methods)")
     run.add_argument("--all-components", action="store_true",
                      help="one box per connected component instead of the largest only")
     run.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                      help="method option, e.g. max_channels=128 for scorecam (repeatable)")
     run.add_argument("--recursive", action="store_true", help="also search subfolders")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_evaluate(commands)
     return parser
+
+
+def _add_evaluate(commands: argparse._SubParsersAction) -> None:
+    run = commands.add_parser(
+        "evaluate", help="score a method on a dataset (WSOL protocol: boxes, masks)"
+    )
+    run.add_argument("dataset", type=Path,
+                     help="wsolevaluation metadata folder, images+masks folder, COCO JSON or "
+                          "VOC folder (format detected)")
+    run.add_argument("--method", default="cam", help="heatmap method, or 'all' (default cam)")
+    run.add_argument("--model", default="efficientnet_lite0", help="as for 'localize'")
+    run.add_argument("--weights", default=None, help="state dict for torchvision:/timm: models")
+    run.add_argument("--layer", default=None, help="layer to hook, by module name")
+    run.add_argument("--target", default="auto", choices=["auto", "gt", "top1"],
+                     help="class explained: gt label, top1 prediction, or auto (gt when the "
+                          "dataset's labels are the model's classes)")
+    run.add_argument("--limit", type=int, default=None, help="score only the first N images")
+    run.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+    run.add_argument("--cam-curve-interval", type=float, default=0.01,
+                     help="spacing of the map thresholds (default 0.01)")
+    run.add_argument("--maps", type=Path, default=None,
+                     help="score precomputed <image_id>.npy maps from this folder")
+    run.add_argument("--save-maps", type=Path, default=None,
+                     help="save each 224x224 map as <image_id>.npy in this folder")
+    run.add_argument("--out", type=Path, default=Path("out/evaluate"),
+                     help="report folder (default out/evaluate)")
+    run.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                     help="method option (repeatable); with --method all, given to the "
+                          "methods that take it")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -50,6 +82,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "methods":
             return _methods()
+        if args.command == "evaluate":
+            from wsolkit.cli.evaluate import run_evaluate
+
+            return run_evaluate(args, _parse_options(args.option))
         return _localize(args)
     except WSOLError as error:
         print(f"wsolkit: error: {error}", file=sys.stderr)

@@ -1,5 +1,20 @@
 """Localization metrics (accumulating ``update`` / ``compute`` / ``reset``)."""
 
 from wsolkit.eval.box_accuracy import BoxAccuracy
+from wsolkit.eval.detection import DetectionAP, average_precision, box_iou
+from wsolkit.eval.pixel import BoxMaskIoU, PixelMetrics
+from wsolkit.eval.pointing import PointingAP, PointingGame, peak, peaks, point_hits
 
-__all__ = ["BoxAccuracy"]
+__all__ = [
+    "BoxAccuracy",
+    "BoxMaskIoU",
+    "DetectionAP",
+    "PixelMetrics",
+    "PointingAP",
+    "PointingGame",
+    "average_precision",
+    "box_iou",
+    "peak",
+    "peaks",
+    "point_hits",
+]

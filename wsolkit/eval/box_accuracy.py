@@ -4,8 +4,10 @@ Per image, as in ``BoxEvaluator`` / ``compute_bboxes_from_scoremaps`` of wsoleva
 
 1. The heatmap is resized to 224x224 (``cv2.resize``, ``INTER_CUBIC``, in float64) and
    min-max normalized to [0, 1]; a constant map or one with a NaN becomes all zeros.
-2. The GT boxes (inclusive corners, image-file pixels) are rescaled to 224x224 as
-   ``int(x * 224 / width)``, ``int(y * 224 / height)``.
+2. The GT boxes are given in the wsolkit edge convention (``x1 = x0 + width``, image-file
+   pixels, as ``Sample.boxes``) and turned back into wsolevaluation's inclusive corners
+   (``x1 - 1``, ``y1 - 1``; exact for the integer boxes of ``localization.txt``), then rescaled
+   to 224x224 as ``int(x * 224 / width)``, ``int(y * 224 / height)``.
 3. For each score-map threshold ``t`` (default ``np.arange(0, 1, 0.01)``), the uint8 map
    ``(map * 255).astype(uint8)`` is binarized at ``int(t * max)`` (pixels strictly above it),
    contours are found (``RETR_TREE``, ``CHAIN_APPROX_SIMPLE``) and each contour gives the box
@@ -198,8 +200,10 @@ class BoxAccuracy:
         Args:
             heatmap: ``(H, W)`` float map in [0, 1] (numpy or torch), at any resolution; it is
                 resized to 224x224 and min-max normalized as in wsolevaluation.
-            gt_boxes: ``(K, 4)`` GT boxes ``x0, y0, x1, y1`` with **inclusive** corners in
-                pixels of the image file (as in ``localization.txt``), ``K >= 1``.
+            gt_boxes: ``(K, 4)`` GT boxes ``x0, y0, x1, y1`` in wsolkit **edge** coordinates
+                (``x1 = x0 + width``) in pixels of the image file, as ``Sample.boxes`` gives
+                them; ``K >= 1``, ``x1 > x0``, ``y1 > y0``. A box from ``localization.txt``
+                (inclusive corners) is ``x0, y0, x1 + 1, y1 + 1`` here.
             image_size: ``(width, height)`` of the image file the boxes refer to.
             correct_class: Whether the classifier's top-1 class was right, for top-1
                 localization. Give it for every image or for none.
@@ -227,10 +231,14 @@ class BoxAccuracy:
         if (
             not np.isfinite(boxes).all()
             or (boxes < 0).any()
-            or (boxes[:, 2] < boxes[:, 0]).any()
-            or (boxes[:, 3] < boxes[:, 1]).any()
+            or (boxes[:, 2] <= boxes[:, 0]).any()
+            or (boxes[:, 3] <= boxes[:, 1]).any()
         ):
-            raise InputError("gt_boxes must be finite x0, y0, x1, y1 with 0 <= x0 <= x1, y0 <= y1")
+            raise InputError(
+                "gt_boxes must be finite pixel-edge x0, y0, x1, y1 with 0 <= x0 < x1, "
+                "0 <= y0 < y1"
+            )
+        boxes[:, 2:] -= 1.0  # edges -> wsolevaluation's inclusive corners
 
         try:
             width, height = (int(v) for v in image_size)
@@ -265,6 +273,19 @@ class BoxAccuracy:
         if correct_class is not None:
             self._correct.append(bool(correct_class))
         self._count += 1
+
+    def per_image_hits(self, threshold: float) -> np.ndarray:
+        """(N,) bool: each image's V1 hit (IoU >= 0.5) at the sweep threshold nearest ``threshold``.
+
+        Used for top-k localization at the dataset's best threshold.
+
+        Raises:
+            InputError: No image was added.
+        """
+        if self._count == 0:
+            raise InputError("BoxAccuracy.per_image_hits: no images were added with update()")
+        index = int(np.argmin(np.abs(self.thresholds - threshold)))
+        return np.stack(self._hits_v1)[:, index]
 
     def compute(self) -> dict[str, Any]:
         """Summarize the accumulated images.

@@ -250,7 +250,8 @@ class DetectionAP:
             ignore = _to_numpy(gt_ignore)
             if ignore.shape != (len(gt),):
                 raise InputError(f"gt_ignore must have shape ({len(gt)},); got {ignore.shape}")
-            if ignore.size and (ignore.dtype.kind not in "biu" or not np.isin(ignore, (0, 1)).all()):
+            valid = ignore.dtype.kind in "biu" and np.isin(ignore, (0, 1)).all()
+            if ignore.size and not valid:
                 raise InputError("gt_ignore must hold booleans (or 0/1)")
             ignore = ignore.astype(bool)
 

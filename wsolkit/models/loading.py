@@ -16,7 +16,7 @@ from wsolkit.models.efficientnet_lite import build_efficientnet_lite0
 DEFAULT_MODEL = "efficientnet_lite0"
 
 # Chosen by `python benchmarks/objectness_layer.py` on shared/data/imagenet-dev (see README).
-EFFICIENTNET_LITE0_OBJECTNESS_LAYER = "features.stage6"
+EFFICIENTNET_LITE0_OBJECTNESS_LAYER = "features.head"
 
 
 @lru_cache(maxsize=1)

@@ -1,0 +1,85 @@
+"""``wsolkit evaluate``: score heatmap methods on a dataset and write reports."""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from wsolkit.apps.evaluate import EvaluateSettings, evaluate
+from wsolkit.apps.report import markdown_table, write_report
+from wsolkit.data import open_dataset
+from wsolkit.data.atomic import write_bytes_atomic, write_json_atomic
+from wsolkit.errors import InputError
+from wsolkit.maps import get_method, method_names
+
+EXIT_OK, EXIT_BAD_ITEMS = 0, 1
+
+
+def run_evaluate(args: argparse.Namespace, options: dict) -> int:
+    """Run ``wsolkit evaluate``; returns the exit code (1 when some images failed)."""
+    methods = method_names() if args.method == "all" else [args.method]
+    for name in methods:
+        get_method(name)
+    if args.maps is not None and args.method == "all":
+        raise InputError("--maps scores one set of maps; it cannot be combined with --method all")
+    if args.limit is not None and args.limit < 1:
+        raise InputError(f"--limit {args.limit}: must be at least 1")
+    dataset = open_dataset(args.dataset)
+    model = None
+    if args.maps is None:
+        from wsolkit.models import load_model
+
+        model = load_model(args.model, weights=args.weights)
+    name = args.dataset.name or str(args.dataset)
+    rows, failed = [], 0
+    for method in methods:
+        settings = EvaluateSettings(
+            method=method, target=args.target, layer=args.layer, batch_size=args.batch_size,
+            limit=args.limit, cam_curve_interval=args.cam_curve_interval,
+            options=_options_for(method, options, strict=len(methods) == 1),
+        )
+        total = min(len(dataset), args.limit or len(dataset))
+        with tqdm(total=total, unit="img", desc=method, disable=args.quiet,
+                  file=sys.stderr) as bar:
+            evaluation = evaluate(dataset, settings, model, maps_dir=args.maps,
+                                  save_maps_dir=_maps_folder(args.save_maps, method, methods),
+                                  progress=bar.update)
+        out_dir = args.out / method if len(methods) > 1 else args.out
+        numbers = write_report(evaluation, out_dir, name)
+        rows.append((evaluation.method, numbers))
+        failed = max(failed, len(evaluation.failures))
+        _print_failures(evaluation.failures)
+    table = markdown_table(rows)
+    print(f"\n{name} ({args.target} target)\n\n{table}")
+    if len(methods) > 1:
+        args.out.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(args.out / "comparison.md", f"# {name}\n\n{table}".encode())
+        write_json_atomic(args.out / "comparison.json",
+                          {"dataset": name, "rows": [{"method": m, **n} for m, n in rows]})
+    print(f"wsolkit: reports in {args.out}", file=sys.stderr)
+    return EXIT_BAD_ITEMS if failed else EXIT_OK
+
+
+def _options_for(method: str, options: dict, strict: bool) -> dict:
+    if strict:
+        return options
+    accepted = inspect.signature(get_method(method).__init__).parameters
+    return {key: value for key, value in options.items() if key in accepted}
+
+
+def _maps_folder(root: Path | None, method: str, methods: list[str]) -> Path | None:
+    if root is None:
+        return None
+    return root / method if len(methods) > 1 else root
+
+
+def _print_failures(failures: list[tuple[str, str]]) -> None:
+    if not failures:
+        return
+    print(f"wsolkit: {len(failures)} image(s) could not be scored:", file=sys.stderr)
+    for _image_id, message in failures:
+        print(f"  {message}", file=sys.stderr)
