@@ -69,9 +69,7 @@ def plan(methods: list[str]) -> list[Row]:
         target = 1.10 if name in ("cam", "objectness") else None
         target = 1.15 if name in GRADIENT_METHODS else target
         rows.append(Row(name, target=target))
-        if name == "objectness":
-            rows.append(Row(name, layer="features.head", target=1.10))
-        if name in ("gradcam", "layercam"):
+        if name in ("gradcam", "layercam", "objectness"):
             rows.append(Row(name, layer=INTERMEDIATE_LAYER))
     return rows
 

@@ -35,7 +35,7 @@ if ! (cd / && python -c "import torch" >/dev/null 2>&1); then
 fi
 
 echo "setup: installing wsolkit (editable) with dev tools"
-python -m pip install -q -e ".[dev]"
+python -m pip install -q -e ".[dev,crf]"
 # Reference implementation for the F-measure/MAE cross-check test; its pins on numpy < 2 and
 # opencv < 5 are stale, so install it without them (scikit-image/-learn come with [dev]).
 python -m pip install -q --no-deps "pysodmetrics==1.6.2"

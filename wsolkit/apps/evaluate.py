@@ -8,7 +8,12 @@ normalization, as wsolevaluation does), so computed maps, maps of other sizes lo
   GT-known localization (:class:`~wsolkit.eval.BoxAccuracy`), pointing game;
 - masks (mask folders, OpenImages-style metadata, COCO): PxAP, pixel IoU and mIoU, F-measure
   ODS / OIS, MAE (:class:`~wsolkit.eval.PixelMetrics`), with masks resized to 224x224 by
-  nearest neighbour and ignore pixels left out.
+  nearest neighbour and ignore pixels left out;
+- every class (COCO, VOC, when the model's classes are the dataset's, e.g. a fine-tuned
+  model): one map per class of the dataset for every image (:class:`_ClassScorer`), scored by
+  the per-class pointing game, pointing AP (:class:`~wsolkit.eval.PointingAP`) and detection
+  AP (:class:`~wsolkit.eval.DetectionAP`). With other models the class spaces differ and only
+  the class-agnostic scores above are computed.
 """
 
 from __future__ import annotations
@@ -16,24 +21,34 @@ from __future__ import annotations
 import io
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 from PIL import Image
 
 from wsolkit.data.atomic import write_bytes_atomic
 from wsolkit.data.images import load_image
 from wsolkit.data.sample import Sample
 from wsolkit.errors import ImageError, InputError, WSOLError
-from wsolkit.eval import BoxAccuracy, PixelMetrics, PointingGame
+from wsolkit.eval import (
+    BoxAccuracy,
+    DetectionAP,
+    PixelMetrics,
+    PointingAP,
+    PointingGame,
+    peaks,
+)
 from wsolkit.eval.box_accuracy import normalize_scoremap
-from wsolkit.maps import get_method
+from wsolkit.maps import HeatmapMethod, get_method
 from wsolkit.models.classifier import Classifier
-from wsolkit.refine import scale_boxes
+from wsolkit.refine import localize, scale_boxes
 
 PROTOCOL_SIZE = 224
 TARGETS = ("auto", "gt", "top1")
+MULTI_LABEL_KINDS = ("coco", "voc")
 
 
 @dataclass
@@ -49,6 +64,9 @@ class EvaluateSettings:
         limit: score only the first N images.
         cam_curve_interval: spacing of the map thresholds (0.01: 100 thresholds).
         options: extra method options.
+        detection_threshold: multi-label scoring only (see :class:`_ClassScorer`): a class
+            map's connected components at ``detection_threshold`` x its maximum are its
+            detections.
     """
 
     method: str = "cam"
@@ -58,6 +76,7 @@ class EvaluateSettings:
     limit: int | None = None
     cam_curve_interval: float = 0.01
     options: dict = field(default_factory=dict)
+    detection_threshold: float = 0.5
 
 
 @dataclass
@@ -90,6 +109,16 @@ class _Batch:
     sizes: list[tuple[int, int]]
     top5: list[list[int] | None]
     layer: str | None = None
+    class_maps: list[Callable[[], _ClassMaps]] = field(default_factory=list)
+
+
+@dataclass
+class _ClassMaps:
+    """The map of every class for one image."""
+
+    grids: np.ndarray  # (C, 224, 224) float32 protocol maps
+    peak_values: np.ndarray  # (C,) maximum of each raw layer-resolution map
+    probabilities: np.ndarray  # (C,) softmax of the image's logits
 
 
 def evaluate(
@@ -111,7 +140,10 @@ def evaluate(
         progress: called with the number of images done after each batch.
 
     Returns:
-        An :class:`Evaluation`; images that could not be scored are in ``failures``.
+        An :class:`Evaluation`; images that could not be scored are in ``failures``. For a
+        COCO or VOC dataset whose classes are the classifier's (:func:`labels_are_model_classes`)
+        and computed maps, ``metrics`` also has ``pointing_per_class``, ``pointing_ap`` and
+        ``detection_ap`` from the maps of every class (see :class:`_ClassScorer`).
 
     Raises:
         InputError: nothing to score, bad settings, or every image failed.
@@ -125,20 +157,20 @@ def evaluate(
         raise InputError("the dataset has neither boxes nor masks to score maps against")
     target = _resolve_target(settings.target, dataset, classifier, maps_dir)
     scorer = _Scorer(has_boxes, has_masks, settings.cam_curve_interval, target == "gt")
+    class_scorer = _class_scorer(dataset, classifier, maps_dir, has_boxes, settings)
     failures: list[tuple[str, str]] = []
     images: list[ScoredImage] = []
     layer = None
     batches = (
         _loaded_batches(samples, maps_dir, settings.batch_size, failures)
         if maps_dir is not None
-        else _computed_batches(samples, classifier, settings, target, failures)
+        else _computed_batches(samples, classifier, settings, target, failures,
+                               class_scorer.num_classes if class_scorer else None)
     )
     for batch, done in batches:
-        for sample, heatmap, size, top5 in zip(
-            batch.samples, batch.maps, batch.sizes, batch.top5, strict=True
-        ):
+        for index, sample in enumerate(batch.samples):
             try:
-                images.append(scorer.add(sample, heatmap, size, top5))
+                images.append(_score(batch, index, scorer, class_scorer))
             except WSOLError as error:
                 failures.append((sample.image_id, str(error)))
                 continue
@@ -149,14 +181,28 @@ def evaluate(
             progress(done)
     if not images:
         raise InputError(f"no image could be scored ({len(failures)} failed)")
+    metrics = scorer.compute()
+    if class_scorer is not None:
+        metrics.update(class_scorer.compute())
     return Evaluation(
         method=settings.method if maps_dir is None else f"maps:{maps_dir}",
         target=target,
         layer=layer,
-        metrics=scorer.compute(),
+        metrics=metrics,
         images=images,
         failures=failures,
     )
+
+
+def _score(batch: _Batch, index: int, scorer: _Scorer,
+           class_scorer: _ClassScorer | None) -> ScoredImage:
+    """Score one image of a batch; every map is made before any metric is updated."""
+    sample, size = batch.samples[index], batch.sizes[index]
+    class_maps = batch.class_maps[index]() if class_scorer is not None else None
+    scored = scorer.add(sample, batch.maps[index], size, batch.top5[index])
+    if class_scorer is not None:
+        class_scorer.add(sample, class_maps, size)
+    return scored
 
 
 def labels_are_model_classes(dataset: object, classifier: Classifier) -> bool:
@@ -170,6 +216,19 @@ def labels_are_model_classes(dataset: object, classifier: Classifier) -> bool:
         and classifier.class_names is not None
         and len(names) == len(classifier.class_names)
     )
+
+
+def _class_scorer(dataset: object, classifier: Classifier | None, maps_dir: Path | None,
+                  has_boxes: bool, settings: EvaluateSettings) -> _ClassScorer | None:
+    """A scorer of every class's maps when the dataset is multi-label and the classes match."""
+    threshold = settings.detection_threshold
+    if not (isinstance(threshold, int | float) and 0 < threshold <= 1):
+        raise InputError(f"--detection-threshold {threshold!r}: must be in (0, 1]")
+    if (maps_dir is not None or classifier is None or not has_boxes
+            or getattr(dataset, "kind", None) not in MULTI_LABEL_KINDS
+            or not labels_are_model_classes(dataset, classifier)):
+        return None
+    return _ClassScorer(len(dataset.class_names), float(threshold))
 
 
 def _resolve_target(target: str, dataset: object, classifier: Classifier | None,
@@ -196,6 +255,7 @@ def _computed_batches(
     settings: EvaluateSettings,
     target: str,
     failures: list[tuple[str, str]],
+    class_count: int | None = None,
 ) -> Iterator[tuple[_Batch, int]]:
     if settings.batch_size < 1:
         raise InputError(f"--batch-size {settings.batch_size}: must be at least 1")
@@ -219,8 +279,27 @@ def _computed_batches(
                 batch.maps.append(result.maps[index].cpu().numpy())
                 batch.sizes.append(image.size)
                 batch.top5.append(top5[index])
+                if class_count:
+                    batch.class_maps.append(partial(
+                        _class_maps, method, tensor[index:index + 1], class_count,
+                        settings.batch_size))
             batch.layer = result.layer
         yield batch, len(chunk)
+
+
+def _class_maps(method: HeatmapMethod, image: torch.Tensor, num_classes: int,
+                chunk: int) -> _ClassMaps:
+    """Maps of every class of one (1, C, H, W) image, ``chunk`` maps per forward pass."""
+    grids, values, logits = [], [], None
+    for start in range(0, num_classes, chunk):
+        classes = list(range(start, min(start + chunk, num_classes)))
+        result = method(image.repeat(len(classes), 1, 1, 1), target=classes)
+        grids.extend(protocol_map(heatmap) for heatmap in result.maps.cpu().numpy())
+        values.append(result.raw.flatten(1).amax(1).cpu().numpy())
+        logits = result.logits[0] if logits is None else logits
+    probabilities = logits.float().softmax(0).cpu().numpy()
+    return _ClassMaps(np.stack(grids), np.concatenate(values).astype(np.float64),
+                      probabilities.astype(np.float64))
 
 
 def _loaded_batches(
@@ -307,13 +386,17 @@ class _Scorer:
     def add(self, sample: Sample, heatmap: np.ndarray, size: tuple[int, int],
             top5: list[int] | None) -> ScoredImage:
         grid = protocol_map(heatmap)
-        self.constant_maps += int(not grid.any())
+        mask = None
+        if self.pixels is not None and sample.has_mask:
+            mask = self._load_mask(sample, size)  # may fail: before any metric is updated
         scored = ScoredImage(sample, grid, np.zeros((0, 4), np.float32), None,
                              top5[0] if top5 else None)
         if self.box_accuracy is not None:
             scored.boxes = self._add_boxes(sample, grid, size, top5)
-        if self.pixels is not None and sample.has_mask:
-            scored.mask = self._add_mask(sample, grid, size)
+        if mask is not None:
+            scored.mask = mask[0]
+            self.pixels.update(grid, *mask)
+        self.constant_maps += int(not grid.any())
         return scored
 
     def _add_boxes(self, sample: Sample, grid: np.ndarray, size: tuple[int, int],
@@ -321,25 +404,25 @@ class _Scorer:
         boxes = sample.boxes[~sample.box_ignore] if len(sample.box_ignore) else sample.boxes
         if not len(boxes):
             return np.zeros((0, 4), np.float32)
-        correct = None
-        if top5 is not None and self.classes_known:
-            correct = top5[0] == sample.label
+        known = top5 is not None and self.classes_known
+        self.box_accuracy.update(grid, boxes, size,
+                                 correct_class=top5[0] == sample.label if known else None)
+        if known:
             self.top5_hits.append(sample.label in top5)
-        self.box_accuracy.update(grid, boxes, size, correct_class=correct)
         scaled = scale_boxes(boxes, (size[1], size[0]), (PROTOCOL_SIZE, PROTOCOL_SIZE))
         self.pointing.update(grid, scaled)
         return scaled
 
-    def _add_mask(self, sample: Sample, grid: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    @staticmethod
+    def _load_mask(sample: Sample,
+                   size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray | None]:
         foreground, ignore = sample.load_mask()
         if foreground.shape != (size[1], size[0]):
             raise InputError(
                 f"{sample.image_id}: mask is {foreground.shape[1]}x{foreground.shape[0]} but "
                 f"the image is {size[0]}x{size[1]}"
             )
-        fg = _nearest(foreground)
-        self.pixels.update(grid, fg, _nearest(ignore) if ignore.any() else None)
-        return fg
+        return _nearest(foreground), _nearest(ignore) if ignore.any() else None
 
     def compute(self) -> dict:
         metrics: dict = {"constant_maps": self.constant_maps}
@@ -356,6 +439,64 @@ class _Scorer:
     def _top5_loc(self, boxes: dict) -> float:
         hits = self.box_accuracy.per_image_hits(boxes["best_threshold"])
         return float(np.mean(hits & np.array(self.top5_hits)) * 100)
+
+
+class _ClassScorer:
+    """Scores the maps of every class of multi-label images (COCO, VOC).
+
+    Used when the model's classes are the dataset's. Per image, with ``C`` maps brought to the
+    224x224 grid and the GT boxes scaled to it:
+
+    - ``pointing_per_class``: :class:`~wsolkit.eval.PointingGame` of each class present among
+      the image's non-ignored boxes, against those boxes (``class_accuracy``,
+      ``mean_class_accuracy``);
+    - ``pointing_ap``: :class:`~wsolkit.eval.PointingAP`, each class map's peak location (on
+      the grid) as the point and the maximum of its raw layer-resolution map (before ReLU and
+      normalization: for CAM, Oquab et al.'s max-pooled class score) as the confidence; every
+      box, ignored ones included (a crowd region holds the class), makes the image a positive;
+    - ``detection_ap``: :class:`~wsolkit.eval.DetectionAP` (VOC, IoU 0.5) where every
+      8-connected component of a class map at ``threshold`` x its maximum is a detection of
+      that class, scored by its mean heat times the class probability (softmax of the
+      logits), with COCO ``iscrowd`` / VOC ``difficult`` boxes ignored. A constant map gives
+      no detection.
+    """
+
+    def __init__(self, num_classes: int, threshold: float) -> None:
+        self.num_classes = num_classes
+        self.threshold = threshold
+        self.pointing = PointingGame()
+        self.pointing_ap = PointingAP(num_classes)
+        self.detection = DetectionAP(num_classes)
+
+    def add(self, sample: Sample, maps: _ClassMaps, size: tuple[int, int]) -> None:
+        boxes = scale_boxes(sample.boxes, (size[1], size[0]), (PROTOCOL_SIZE, PROTOCOL_SIZE))
+        labels, ignore = sample.box_labels, sample.box_ignore.astype(bool)
+        self.pointing_ap.update(maps.peak_values, peaks(maps.grids)[1], boxes, labels)
+        for c in np.unique(labels[~ignore]).tolist():
+            self.pointing.update(maps.grids[c], boxes[~ignore & (labels == c)], class_id=c)
+        self.detection.update(*self._detections(maps), boxes, labels, ignore)
+
+    def _detections(self, maps: _ClassMaps) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        boxes, scores, labels = [np.zeros((0, 4), np.float32)], [np.zeros(0)], [np.zeros(0, int)]
+        for c, grid in enumerate(maps.grids):
+            if not grid.any():
+                continue
+            found = localize(grid, "fraction", self.threshold, mode="all")
+            boxes.append(found.boxes)
+            scores.append(found.scores * maps.probabilities[c])
+            labels.append(np.full(len(found.boxes), c))
+        return np.concatenate(boxes), np.concatenate(scores), np.concatenate(labels)
+
+    def compute(self) -> dict:
+        """The sections of the metrics that have something to report."""
+        metrics = {}
+        for key, metric in (("pointing_per_class", self.pointing),
+                            ("pointing_ap", self.pointing_ap), ("detection_ap", self.detection)):
+            try:
+                metrics[key] = metric.compute()
+            except InputError:  # e.g. only crowd boxes: nothing to score
+                continue
+        return metrics
 
 
 def _nearest(mask: np.ndarray) -> np.ndarray:

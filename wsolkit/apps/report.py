@@ -22,6 +22,8 @@ HEADLINE = (
     ("boxes", "top1_loc", "top-1 loc", 1),
     ("boxes", "top5_loc", "top-5 loc", 1),
     ("pointing", "accuracy", "pointing", 1),
+    ("pointing_ap", "mAP", "pointing mAP", 1),
+    ("detection_ap", "mAP", "detection mAP", 1),
     ("pixels", "PxAP", "PxAP", 1),
     ("pixels", "F_ODS", "F ODS", 1),
     ("pixels", "F_OIS", "F OIS", 1),

@@ -64,6 +64,10 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     run.add_argument("--cam-curve-interval", type=float, default=0.01,
                      help="spacing of the map thresholds (default 0.01)")
+    run.add_argument("--detection-threshold", type=float, default=0.5,
+                     help="COCO/VOC with a model of the dataset's classes: each class map's "
+                          "connected components at this fraction of its max are detections "
+                          "(default 0.5)")
     run.add_argument("--maps", type=Path, default=None,
                      help="score precomputed <image_id>.npy maps from this folder")
     run.add_argument("--save-maps", type=Path, default=None,
