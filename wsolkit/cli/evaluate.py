@@ -21,11 +21,11 @@ EXIT_OK, EXIT_BAD_ITEMS = 0, 1
 
 def run_evaluate(args: argparse.Namespace, options: dict) -> int:
     """Run ``wsolkit evaluate``; returns the exit code (1 when some images failed)."""
-    methods = method_names() if args.method == "all" else [args.method]
+    methods = method_names() if args.method == "all" else args.method.split(",")
     for name in methods:
         get_method(name)
-    if args.maps is not None and args.method == "all":
-        raise InputError("--maps scores one set of maps; it cannot be combined with --method all")
+    if args.maps is not None and len(methods) > 1:
+        raise InputError("--maps scores one set of maps; give a single --method")
     if args.limit is not None and args.limit < 1:
         raise InputError(f"--limit {args.limit}: must be at least 1")
     dataset = open_dataset(args.dataset)

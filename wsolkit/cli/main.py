@@ -53,7 +53,8 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
     run.add_argument("dataset", type=Path,
                      help="wsolevaluation metadata folder, images+masks folder, COCO JSON or "
                           "VOC folder (format detected)")
-    run.add_argument("--method", default="cam", help="heatmap method, or 'all' (default cam)")
+    run.add_argument("--method", default="cam",
+                     help="heatmap method, a comma-separated list, or 'all' (default cam)")
     run.add_argument("--model", default="efficientnet_lite0", help="as for 'localize'")
     run.add_argument("--weights", default=None, help="state dict for torchvision:/timm: models")
     run.add_argument("--layer", default=None, help="layer to hook, by module name")
