@@ -23,7 +23,7 @@ installed() {
 sys.exit(any(u.find_spec(m) is None for m in sys.argv[1:]))' "$@")
 }
 
-if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] && installed torch wsolkit pytest ruff py_sod_metrics; then
+if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] && installed torch wsolkit pytest ruff py_sod_metrics pydensecrf; then
     exit 0
 fi
 

@@ -1,0 +1,165 @@
+"""Empirical variogram, Gaussian variogram fit and the guided filter radius derived from it."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy.ndimage import gaussian_filter
+
+from wsolkit.errors import InputError
+from wsolkit.refine import (
+    VariogramFit,
+    empirical_variogram,
+    fit_gaussian_variogram,
+    variogram_radius,
+)
+
+
+def gaussian_field(s: float, size: int = 256, seed: int = 0) -> np.ndarray:
+    """White noise convolved (periodically) with a normalized Gaussian of std ``s``."""
+    noise = np.random.default_rng(seed).standard_normal((size, size))
+    return gaussian_filter(noise, s, mode="wrap")
+
+
+def expected_gaussian_variogram(s: float) -> tuple[float, float]:
+    """Analytic (sigma, sill) of the variogram of :func:`gaussian_field`.
+
+    The field's covariance is the kernel's autocorrelation, Gaussian of std ``s * sqrt(2)``:
+    ``C(h) = exp(-h^2 / (4 s^2)) / (4 pi s^2)``. Hence
+    ``gamma(h) = C(0) - C(h) = -C(0) * exp(-h^2 / (2 (s sqrt 2)^2)) + C(0)``:
+    ``sigma = s * sqrt(2)``, ``c2 = -c1 = 1 / (4 pi s^2)``.
+    """
+    return s * math.sqrt(2.0), 1.0 / (4.0 * math.pi * s * s)
+
+
+def test_fit_recovers_sigma_of_gaussian_random_field():
+    s = 3.0
+    field = gaussian_field(s)
+    sigma, sill = expected_gaussian_variogram(s)
+    lags, gamma = empirical_variogram(field)
+    assert lags[-1] == 128
+    fit = fit_gaussian_variogram(lags, gamma)
+    assert abs(fit.sigma / sigma - 1) < 0.2
+    assert abs(fit.c2 / sill - 1) < 0.2
+    assert fit.c1 < 0 and abs(fit.c1 + fit.c2) < 0.1 * fit.c2  # nugget ~ 0
+    assert variogram_radius(field) == math.floor(fit.sigma + 0.5)
+
+
+def test_radius_grows_with_field_scale():
+    radii = [variogram_radius(gaussian_field(s, size=128, seed=1).astype(np.float32))
+             for s in (1.0, 2.0, 4.0)]
+    assert radii == sorted(radii) and radii[0] < radii[-1]
+    for s, radius in zip((1.0, 2.0, 4.0), radii, strict=True):
+        assert abs(radius - s * math.sqrt(2)) <= max(1.0, 0.2 * s * math.sqrt(2))
+
+
+def test_empirical_variogram_by_hand():
+    z = np.array([[0, 1, 3], [2, 2, 0]], dtype=np.float64)
+    # h=1: horizontal diffs 1, 2, 0, -2 (squares 9, 4 pairs); vertical 2, 1, -3 (14, 3 pairs)
+    # h=2: horizontal diffs 3, -2 (13, 2 pairs); no vertical pairs (H = 2)
+    lags, gamma = empirical_variogram(z, max_lag=2)
+    np.testing.assert_array_equal(lags, [1.0, 2.0])
+    np.testing.assert_allclose(gamma, [23 / 14, 13 / 4], rtol=1e-12)
+    lags, gamma = empirical_variogram(z)  # default max_lag = min(2, 3) // 2 = 1
+    np.testing.assert_allclose(gamma, [23 / 14], rtol=1e-12)
+    assert lags.dtype == gamma.dtype == np.float64
+
+
+def test_multichannel_averages_channels():
+    z = np.random.default_rng(0).random((9, 11))
+    _, g1 = empirical_variogram(z)
+    _, g3 = empirical_variogram(np.stack([z, 2 * z, z], axis=-1))
+    np.testing.assert_allclose(g3, g1 * (1 + 4 + 1) / 3, rtol=1e-12)
+    _, g_int = empirical_variogram((z * 10).astype(np.int32))
+    assert g_int.shape == g1.shape
+
+
+def test_fit_recovers_exact_model():
+    truth = VariogramFit(c1=-2.0, c2=2.5, sigma=3.5)
+    lags = np.arange(1, 21, dtype=np.float64)
+    fit = fit_gaussian_variogram(lags, truth(lags))
+    np.testing.assert_allclose([fit.c1, fit.c2, fit.sigma], [-2.0, 2.5, 3.5], rtol=1e-6)
+
+
+def test_constant_image_falls_back_to_sigma_one():
+    lags, gamma = empirical_variogram(np.full((16, 16, 3), 0.7, np.float32))
+    np.testing.assert_array_equal(gamma, 0.0)
+    assert fit_gaussian_variogram(lags, gamma) == VariogramFit(0.0, 0.0, 1.0)
+    assert variogram_radius(np.full((16, 16), 5.0)) == 1
+    assert variogram_radius(np.full((16, 16), 5.0), min_radius=2) == 2
+
+
+def test_white_noise_fits_without_error():
+    noise = np.random.default_rng(3).standard_normal((64, 64))
+    lags, gamma = empirical_variogram(noise)
+    fit = fit_gaussian_variogram(lags, gamma)
+    assert 0.1 <= fit.sigma <= 4 * lags[-1]
+    assert 1 <= variogram_radius(noise) <= 32
+
+
+def test_radius_clipping_and_default_max():
+    field = gaussian_field(4.0, size=64, seed=2)
+    assert variogram_radius(field, max_radius=2) == 2
+    assert variogram_radius(field, min_radius=20) == 20  # default max follows min_radius
+    assert variogram_radius(np.eye(6), max_radius=None) <= 3
+
+
+def test_inputs_not_modified():
+    field = gaussian_field(2.0, size=32).astype(np.float32)
+    copy = field.copy()
+    lags, gamma = empirical_variogram(field)
+    copies = (lags.copy(), gamma.copy())
+    fit_gaussian_variogram(lags, gamma)
+    variogram_radius(field)
+    np.testing.assert_array_equal(field, copy)
+    np.testing.assert_array_equal(lags, copies[0])
+    np.testing.assert_array_equal(gamma, copies[1])
+
+
+@pytest.mark.parametrize(
+    "image,max_lag,match",
+    [
+        (np.zeros((8, 8)), 0, r"max_lag must be an integer in \[1, 7\]"),
+        (np.zeros((8, 8)), 8, r"max_lag must be an integer in \[1, 7\]"),
+        (np.zeros((8, 8)), 2.0, "max_lag must be an integer"),
+        (np.zeros((8,)), None, r"image must be \(H, W\) or \(H, W, C\)"),
+        (np.zeros((1, 1)), None, "at least 2 pixels"),
+        (np.zeros((0, 4)), None, "must not be empty"),
+        (np.full((4, 4), np.nan), None, "NaN or inf"),
+        (np.zeros((4, 4), complex), None, "real numbers"),
+        ([[0.0, 1.0]], None, "numpy array"),
+    ],
+)
+def test_empirical_variogram_errors(image, max_lag, match):
+    with pytest.raises(InputError, match=match):
+        empirical_variogram(image, max_lag)
+
+
+@pytest.mark.parametrize(
+    "lags,gamma,match",
+    [
+        (np.arange(1.0, 4.0), np.zeros(4), "equal length"),
+        (np.arange(1.0, 3.0), np.zeros(2), "at least 3 lags"),
+        (np.arange(0.0, 4.0), np.zeros(4), "lags must be > 0"),
+        (np.arange(1.0, 5.0), np.array([0.0, np.inf, 1.0, 1.0]), "finite"),
+        ([1.0, 2.0, 3.0], np.zeros(3), "numpy arrays"),
+    ],
+)
+def test_fit_errors(lags, gamma, match):
+    with pytest.raises(InputError, match=match):
+        fit_gaussian_variogram(lags, gamma)
+
+
+@pytest.mark.parametrize(
+    "guide,kwargs,match",
+    [
+        (np.zeros((8, 8)), {"min_radius": 0}, "min_radius must be an integer >= 1"),
+        (np.zeros((8, 8)), {"min_radius": 3, "max_radius": 2}, "max_radius must be"),
+        (np.zeros((3, 3)), {}, "at least 4 pixels"),
+    ],
+)
+def test_radius_errors(guide, kwargs, match):
+    with pytest.raises(InputError, match=match):
+        variogram_radius(guide, **kwargs)
