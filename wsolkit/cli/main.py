@@ -7,6 +7,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from wsolkit.cli.annotations import (
+    add_clean_boxes_parser,
+    add_proposals_parser,
+    run_clean_boxes,
+    run_proposals,
+)
+from wsolkit.cli.segment import add_instances_parser, add_segment_parser
 from wsolkit.errors import InputError, TargetError, WSOLError
 
 EXIT_OK, EXIT_BAD_ITEMS, EXIT_USAGE = 0, 1, 2
@@ -43,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--recursive", action="store_true", help="also search subfolders")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_evaluate(commands)
+    add_segment_parser(commands)
+    add_instances_parser(commands)
+    add_clean_boxes_parser(commands)
+    add_proposals_parser(commands)
     return parser
 
 
@@ -91,6 +102,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             from wsolkit.cli.evaluate import run_evaluate
 
             return run_evaluate(args, _parse_options(args.option))
+        if args.command == "clean-boxes":
+            return run_clean_boxes(args)
+        if args.command == "proposals":
+            return run_proposals(args)
+        if args.command in ("segment", "instances"):
+            from wsolkit.cli.segment import run_instances, run_segment
+
+            run = run_segment if args.command == "segment" else run_instances
+            return run(args, _parse_options(args.option))
         return _localize(args)
     except WSOLError as error:
         print(f"wsolkit: error: {error}", file=sys.stderr)

@@ -4,6 +4,7 @@ from wsolkit.eval.box_accuracy import BoxAccuracy
 from wsolkit.eval.detection import DetectionAP, average_precision, box_iou
 from wsolkit.eval.pixel import BoxMaskIoU, PixelMetrics
 from wsolkit.eval.pointing import PointingAP, PointingGame, peak, peaks, point_hits
+from wsolkit.eval.proposals import ProposalRecall
 
 __all__ = [
     "BoxAccuracy",
@@ -12,6 +13,7 @@ __all__ = [
     "PixelMetrics",
     "PointingAP",
     "PointingGame",
+    "ProposalRecall",
     "average_precision",
     "box_iou",
     "peak",

@@ -7,6 +7,7 @@ from wsolkit.maps.base import HeatmapMethod
 from wsolkit.maps.cam import CAM
 from wsolkit.maps.gradcam import GradCAM, GradCAMpp, LayerCAM, XGradCAM
 from wsolkit.maps.objectness import Objectness
+from wsolkit.maps.rcam import RCAM, RCAM1, RCAM2, RCAM3
 from wsolkit.maps.scorecam import ScoreCAM
 from wsolkit.maps.smoothgradcampp import SmoothGradCAMpp
 
@@ -46,5 +47,5 @@ def method_names() -> list[str]:
 
 
 for _method in (CAM, GradCAM, GradCAMpp, SmoothGradCAMpp, XGradCAM, LayerCAM, ScoreCAM,
-                Objectness):
+                Objectness, RCAM1, RCAM2, RCAM3, RCAM):
     register(_method)

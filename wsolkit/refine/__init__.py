@@ -12,7 +12,15 @@ from wsolkit.refine.components import (
     localize,
 )
 from wsolkit.refine.crf import CRFParams, crf_kl_divergences, dense_crf
+from wsolkit.refine.grabcut import (
+    box_prior,
+    expand_box,
+    grabcut,
+    grabcut_box,
+    stratify,
+)
 from wsolkit.refine.guided_filter import guided_filter, guided_upsample_x2
+from wsolkit.refine.nms import box_areas, clip_boxes, expand_boxes, nms, valid_boxes
 from wsolkit.refine.resize import resize_map, scale_boxes
 from wsolkit.refine.threshold import threshold_map, threshold_value
 from wsolkit.refine.variogram import (
@@ -26,19 +34,29 @@ __all__ = [
     "CRFParams",
     "Localization",
     "VariogramFit",
+    "box_areas",
+    "box_prior",
     "boxes_from_mask",
+    "clip_boxes",
     "component_masks",
     "crf_kl_divergences",
     "dense_crf",
     "empirical_variogram",
+    "expand_box",
+    "expand_boxes",
     "fit_gaussian_variogram",
+    "grabcut",
+    "grabcut_box",
     "guided_filter",
     "guided_upsample_x2",
     "largest_component",
     "localize",
+    "nms",
     "resize_map",
     "scale_boxes",
+    "stratify",
     "threshold_map",
     "threshold_value",
+    "valid_boxes",
     "variogram_radius",
 ]

@@ -1,0 +1,215 @@
+"""Mean IoU of heatmap-seeded GrabCut on the shared mask sets, next to its baselines.
+
+Whole-image foreground segmentation on davis (``wsolkit.apps.segment``):
+
+- thresholded heatmap: ``PixelMetrics`` mIoU at the best single threshold over the set;
+- MASON's rule (``--rule paper``) + GrabCut;
+- the default robust rule + GrabCut (``SegmentSettings()``), and with ``--grid`` a small grid.
+
+Box-to-mask on coco-mval (``wsolkit.apps.instances``), box = tight box of the GT mask
+(``mask_box``), scored with ``BoxMaskIoU`` (the 128 "unknown" band ignored):
+
+- plain GrabCut from the box (``grabcut_box``: 5% margin, 5 iterations, whole image);
+- the paper's seeding (crop heatmap, MASON's rule inside the box, full resolution);
+- the default (``InstanceSettings()``), and with ``--grid`` its ablations.
+
+    python benchmarks/segmentation_eval.py davis
+    python benchmarks/segmentation_eval.py coco-mval
+    python benchmarks/segmentation_eval.py all --grid --json benchmarks/results/segmentation.json
+
+Prints markdown tables (mean IoU in %, seconds per image or box on this machine; speed proper
+is measured by ``benchmarks/instances_speed.py``). Scores are deterministic (GrabCut's k-means
+is seeded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from wsolkit.apps.instances import CropHeatmaps, InstanceSettings, instance_masks  # noqa: E402
+from wsolkit.apps.segment import SegmentSettings, segment_heatmap  # noqa: E402
+from wsolkit.data import MaskFolderDataset, load_image, mask_box  # noqa: E402
+from wsolkit.eval import BoxMaskIoU, PixelMetrics  # noqa: E402
+from wsolkit.maps import get_method  # noqa: E402
+from wsolkit.models import load_model  # noqa: E402
+from wsolkit.refine import resize_map  # noqa: E402
+from wsolkit.refine.grabcut import grabcut_box  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data"
+
+
+def davis_rows(data: Path, limit: int | None, grid: bool) -> list[dict]:
+    dataset = MaskFolderDataset(data)
+    samples = list(dataset)[:limit]
+    model = load_model()
+    method = get_method("objectness")(model)
+    images, maps, truths = [], [], []
+    for sample in samples:
+        image = load_image(sample.path)
+        images.append(np.asarray(image))
+        maps.append(method(model.preprocess_batch([image])).maps[0].numpy())
+        truths.append(sample.load_mask())
+
+    rows = []
+    pixel = PixelMetrics()
+    for heat, (fg, ignore) in zip(maps, truths, strict=True):
+        pixel.update(resize_map(heat, fg.shape), fg, ignore)
+    found = pixel.compute()
+    rows.append({"setting": f"thresholded heatmap (best threshold {found['best_threshold']:.2f})",
+                 "mIoU": found["mIoU"], "seconds": None})
+
+    default = SegmentSettings()
+    configs = [("paper rule (MASON) + GrabCut", replace(default, rule="paper", crf=False,
+                                                        border=0.0)),
+               (f"default: {_describe(default)}", default)]
+    if grid:
+        configs += [
+            ("quantile alone (no CRF, no border)", replace(default, crf=False, border=0.0)),
+            ("no CRF", replace(default, crf=False)),
+            ("no border", replace(default, border=0.0)),
+            (None, replace(default, fg=0.9, split=0.6, bg=0.2)),
+            (None, replace(default, fg=0.98)),
+            (None, replace(default, bg=0.6)),
+            (None, replace(default, bg=0.8)),
+            (None, replace(default, split=0.8)),
+            (None, replace(default, border=0.05)),
+            (None, replace(default, rule="otsu", fg=0.5, bg=0.5)),
+            (None, replace(default, max_side=192)),
+            (None, replace(default, max_side=320)),
+        ]
+    for name, settings in configs:
+        metric = BoxMaskIoU()
+        start = time.perf_counter()
+        for image, heat, (fg, ignore) in zip(images, maps, truths, strict=True):
+            mask, _ = segment_heatmap(image, heat, settings)
+            metric.update(mask, fg, ignore)
+        seconds = (time.perf_counter() - start) / len(images)
+        rows.append({"setting": name or _describe(settings), "mIoU": metric.compute()["mIoU"],
+                     "seconds": seconds})
+        print(_row(rows[-1]), file=sys.stderr, flush=True)
+    return rows
+
+
+def coco_rows(data: Path, limit: int | None, grid: bool, baselines: bool) -> list[dict]:
+    dataset = MaskFolderDataset(data)
+    samples = list(dataset)[:limit]
+    model = load_model()
+    items = []
+    for sample in samples:
+        fg, ignore = sample.load_mask()
+        items.append((np.asarray(load_image(sample.path)), mask_box(fg)[0], fg, ignore))
+
+    rows = []
+    if baselines:
+        metric = BoxMaskIoU()
+        start = time.perf_counter()
+        for image, box, fg, ignore in items:
+            metric.update(grabcut_box(image, box, margin=0.05, iterations=5), fg, ignore)
+        rows.append({"setting": "plain GrabCut from the box (5% margin, 5 iterations)",
+                     "mIoU": metric.compute()["mIoU"],
+                     "seconds": (time.perf_counter() - start) / len(items)})
+        print(_row(rows[-1]), file=sys.stderr, flush=True)
+
+    default = InstanceSettings()
+    configs = []
+    if baselines:
+        configs.append(("paper's seeding: heatmap, MASON's rule in the box, full resolution",
+                        replace(default, rule="paper", prior_sigma=None, max_side=None)))
+    configs.append((f"default: {_describe(default)}", default))
+    if grid:
+        configs += [
+            ("heatmap alone (no box prior)", replace(default, prior_sigma=None)),
+            ("box prior alone (heat_power 0)", replace(default, heat_power=0.0)),
+            (None, replace(default, heat_power=1.0)),
+            (None, replace(default, max_side=192)),
+            (None, replace(default, max_side=None)),
+            (None, replace(default, rule="paper")),
+            (None, replace(default, fg=0.8)),
+            (None, replace(default, split=0.0)),
+        ]
+    for name, settings in configs:
+        heatmaps = CropHeatmaps(model, settings)
+        metric = BoxMaskIoU()
+        start = time.perf_counter()
+        for image, box, fg, ignore in items:
+            masks, _ = instance_masks(image, box[None], heatmaps, settings)
+            metric.update(masks[0], fg, ignore)
+        rows.append({"setting": name or _describe(settings), "mIoU": metric.compute()["mIoU"],
+                     "seconds": (time.perf_counter() - start) / len(items)})
+        print(_row(rows[-1]), file=sys.stderr, flush=True)
+    return rows
+
+
+def _describe(settings: SegmentSettings | InstanceSettings) -> str:
+    parts = [f"rule {settings.rule}"]
+    if settings.rule == "quantile":
+        parts.append(f"fg {settings.fg} split {settings.split} bg {settings.bg}")
+    elif settings.rule == "otsu":
+        parts.append(f"fg {settings.fg} bg {settings.bg}")
+    if isinstance(settings, InstanceSettings):
+        prior = "none" if settings.prior_sigma is None else f"{settings.prior_sigma:.3g}"
+        parts.append(f"prior sigma {prior} heat power {settings.heat_power:g} "
+                     f"context {settings.context:g}")
+    else:
+        if settings.border:
+            parts.append(f"border {settings.border:g}")
+        if settings.crf:
+            parts.append("crf")
+    parts.append(f"max side {settings.max_side}")
+    if settings.iterations != 5:
+        parts.append(f"{settings.iterations} iterations")
+    return ", ".join(parts)
+
+
+def _row(row: dict) -> str:
+    seconds = "-" if row["seconds"] is None else f"{row['seconds']:.3f}"
+    return f"| {row['setting']} | {row['mIoU']:.1f} | {seconds} |"
+
+
+def _table(title: str, unit: str, rows: list[dict]) -> str:
+    lines = [f"### {title}", "", f"| setting | mean IoU (%) | s / {unit} |", "|---|---:|---:|"]
+    return "\n".join(lines + [_row(row) for row in rows])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("set", choices=["davis", "coco-mval", "all"])
+    parser.add_argument("--data", type=Path, default=DATA, help="folder holding the sets")
+    parser.add_argument("--limit", type=int, default=None, help="first N images only")
+    parser.add_argument("--grid", action="store_true", help="also the option grid / ablations")
+    parser.add_argument("--no-baselines", action="store_true",
+                        help="coco-mval: skip plain GrabCut and the paper's seeding (slow)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch / OpenCV threads (the scores do not depend on it; on a busy "
+                             "machine 1 avoids OpenMP spin-waiting)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    cv2.setNumThreads(args.threads)
+    out = {}
+    if args.set in ("davis", "all"):
+        out["davis"] = davis_rows(args.data / "davis", args.limit, args.grid)
+        print(_table(f"davis ({args.limit or 'all'} images)", "image", out["davis"]))
+    if args.set in ("coco-mval", "all"):
+        out["coco-mval"] = coco_rows(args.data / "coco-mval", args.limit, args.grid,
+                                     not args.no_baselines)
+        print(_table(f"coco-mval ({args.limit or 'all'} boxes)", "box", out["coco-mval"]))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(out, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

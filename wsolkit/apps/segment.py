@@ -1,0 +1,219 @@
+"""Whole-image foreground segmentation: a heatmap stratified into GrabCut seeds (MASON 3.1).
+
+For each image: heatmap (any registered method, objectness by default) at the model's input
+size -> resized to the GrabCut working size (the image, shrunk so that its longer side is at
+most ``max_side``) -> optionally refined by the dense CRF -> :func:`~wsolkit.refine.grabcut.
+stratify` -> :func:`~wsolkit.refine.grabcut.grabcut` -> mask resized back to the image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from wsolkit.apps.outputs import OutputNamer
+from wsolkit.data.atomic import write_json_atomic
+from wsolkit.data.images import load_image
+from wsolkit.errors import DependencyError, ImageError, InputError
+from wsolkit.models.classifier import Classifier
+from wsolkit.refine.grabcut import RULES, grabcut, stratify
+from wsolkit.refine.resize import resize_map
+
+RESULTS_FILE = "results.json"
+
+
+@dataclass
+class SegmentSettings:
+    """How heatmaps become foreground masks.
+
+    Defaults chosen by measurement on ``shared/data/davis`` (``benchmarks/segmentation_eval.py``,
+    README).
+
+    Attributes:
+        method: registered heatmap method.
+        layer: layer to hook (None: the method's default).
+        target: class explained by class-specific methods (``top1`` or an index).
+        rule: stratification rule (``paper``, ``quantile``, ``otsu``).
+        fg, split, bg: rule parameters (``"default"``: the rule's defaults; None: none).
+        border: sure-background frame along the image edges (fraction of the shorter side).
+        crf: refine the heatmap with the dense CRF before stratifying (needs pydensecrf2).
+        iterations: GrabCut iterations.
+        max_side: GrabCut runs on the image shrunk to this longer side (None: full size).
+        batch_size: images per forward pass.
+        options: extra heatmap-method options.
+    """
+
+    method: str = "objectness"
+    layer: str | None = None
+    target: str | int = "top1"
+    rule: str = "quantile"
+    fg: float | None | str = 0.99
+    split: float | None | str = 0.85
+    bg: float | None | str = 0.7
+    border: float = 0.03
+    crf: bool = True
+    iterations: int = 5
+    max_side: int | None = 256
+    batch_size: int = 16
+    options: dict = field(default_factory=dict)
+
+    def check(self) -> None:
+        """Raise :class:`InputError` for values that cannot work."""
+        if self.rule not in RULES:
+            raise InputError(f"--rule {self.rule!r}: use one of {', '.join(RULES)}")
+        if self.max_side is not None and self.max_side < 8:
+            raise InputError(f"--max-side {self.max_side}: must be at least 8")
+        if self.batch_size < 1:
+            raise InputError(f"--batch-size {self.batch_size}: must be at least 1")
+        if self.iterations < 1:
+            raise InputError(f"--iterations {self.iterations}: must be at least 1")
+
+
+def shrink(image: np.ndarray, max_side: int | None) -> np.ndarray:
+    """The image shrunk (area interpolation) so its longer side is at most ``max_side``."""
+    height, width = image.shape[:2]
+    if max_side is None or max(height, width) <= max_side:
+        return image
+    scale = max_side / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+
+def grow_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Resize a bool mask to ``shape`` (bilinear on 0/1, then >= 0.5)."""
+    if mask.shape == tuple(shape):
+        return mask
+    resized = cv2.resize(mask.astype(np.float32), (shape[1], shape[0]),
+                         interpolation=cv2.INTER_LINEAR)
+    return resized >= 0.5
+
+
+def stratify_options(settings: Any) -> dict[str, Any]:
+    """The ``fg`` / ``split`` / ``bg`` keyword arguments of :func:`stratify` for a rule."""
+    if settings.rule == "paper":
+        return {}
+    names = ("fg", "split", "bg") if settings.rule == "quantile" else ("fg", "bg")
+    return {name: getattr(settings, name) for name in names}
+
+
+def segment_heatmap(
+    image: np.ndarray, heatmap: np.ndarray, settings: SegmentSettings
+) -> tuple[np.ndarray, np.ndarray]:
+    """Foreground mask of one image from its heatmap (any size; resized here).
+
+    Args:
+        image: (H, W, 3) uint8 RGB image (not modified).
+        heatmap: (h, w) float map in [0, 1] (not modified).
+        settings: stratification, CRF and GrabCut settings.
+
+    Returns:
+        ``(mask, labels)``: the (H, W) bool mask and the GrabCut label map at the working
+        size.
+    """
+    work = shrink(image, settings.max_side)
+    heat = resize_map(np.asarray(heatmap, np.float32), work.shape[:2])
+    if settings.crf:
+        from wsolkit.refine.crf import dense_crf
+
+        try:  # pydensecrf refuses read-only buffers (e.g. np.asarray of a PIL image)
+            heat = dense_crf(work if work.flags.writeable else work.copy(), heat)
+        except DependencyError as error:
+            raise DependencyError(f"{error}; or segment without it (--no-crf)") from None
+    labels = stratify(heat, settings.rule, border=settings.border, **stratify_options(settings))
+    mask = grabcut(work, labels, settings.iterations)
+    return grow_mask(mask, image.shape[:2]), labels
+
+
+@dataclass
+class SegmentReport:
+    """What a job produced: one record per image and the items that failed."""
+
+    records: list[dict] = field(default_factory=list)
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    layer: str | None = None
+
+
+def segment_files(
+    classifier: Classifier,
+    paths: Sequence[Path],
+    out_dir: Path,
+    settings: SegmentSettings,
+    progress: Callable[[int], None] | None = None,
+) -> SegmentReport:
+    """Segment the foreground of image files; write masks, overlays and ``results.json``.
+
+    For each image ``<stem>.mask.png`` (0 / 255, the image's size) and ``<stem>.segment.png``
+    (the image with the mask's outside darkened and its outline drawn). Bad images are skipped
+    and reported; nothing is written outside ``out_dir`` and inputs are never overwritten.
+
+    Args:
+        classifier: the model.
+        paths: image files.
+        out_dir: output folder (created if missing).
+        settings: see :class:`SegmentSettings`.
+        progress: called with the number of images finished after each batch.
+
+    Returns:
+        A :class:`SegmentReport`.
+    """
+    from wsolkit.maps import get_method
+    from wsolkit.viz import save_png
+
+    settings.check()
+    method = get_method(settings.method)(classifier, layer=settings.layer, **settings.options)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    namer = OutputNamer(out_dir, list(paths))
+    report = SegmentReport()
+    for batch in _batches(paths, settings.batch_size):
+        loaded = []
+        for path in batch:
+            try:
+                loaded.append((path, load_image(path)))
+            except ImageError as error:
+                report.failures.append((str(path), str(error)))
+        if loaded:
+            tensor = classifier.preprocess_batch([image for _, image in loaded])
+            result = method(tensor, target=settings.target)
+            report.layer = result.layer
+            for row, (path, image) in enumerate(loaded):
+                pixels = np.asarray(image)
+                mask, _ = segment_heatmap(pixels, result.maps[row].cpu().numpy(), settings)
+                mask_file = namer.name(path.stem, ".mask.png")
+                overlay_file = namer.name(path.stem, ".segment.png")
+                save_png(mask_file, mask.astype(np.uint8) * 255)
+                save_png(overlay_file, mask_overlay(pixels, mask))
+                report.records.append({
+                    "image": str(path), "width": image.width, "height": image.height,
+                    "mask": mask_file.name, "overlay": overlay_file.name,
+                    "foreground_fraction": round(float(mask.mean()), 6),
+                })
+        if progress is not None:
+            progress(len(batch))
+    summary = {
+        "model": classifier.name, "layer": report.layer, "settings": asdict(settings),
+        "images": report.records,
+        "failures": [{"path": p, "error": e} for p, e in report.failures],
+    }
+    write_json_atomic(out_dir / RESULTS_FILE, summary)
+    return report
+
+
+def mask_overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The image with the background darkened and the mask's outline drawn in green."""
+    canvas = image.copy()
+    canvas[~mask] = (canvas[~mask] * 0.35).astype(np.uint8)
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL,
+                                   cv2.CHAIN_APPROX_SIMPLE)
+    thickness = max(1, round(min(image.shape[:2]) / 200))
+    cv2.drawContours(canvas, contours, -1, (0, 255, 0), thickness)
+    return canvas
+
+
+def _batches(paths: Sequence[Path], size: int) -> Iterable[Sequence[Path]]:
+    for start in range(0, len(paths), size):
+        yield paths[start:start + size]

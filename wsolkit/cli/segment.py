@@ -1,0 +1,223 @@
+"""``wsolkit segment`` (whole-image foreground) and ``wsolkit instances`` (box-to-mask)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from wsolkit.errors import InputError
+
+EXIT_OK, EXIT_BAD_ITEMS = 0, 1
+_UNSET = "unset"
+
+
+def _fraction_or_none(text: str) -> float | None | str:
+    if text == _UNSET:
+        return _UNSET
+    if text.lower() in ("none", "off"):
+        return None
+    if text.lower() == "default":
+        return "default"
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number, 'none' or 'default'"
+        ) from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} must lie in [0, 1]")
+    return value
+
+
+def _sigma(text: str) -> float | None | str:
+    if text == _UNSET:
+        return _UNSET
+    if text.lower() in ("none", "off"):
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number or 'none'") from None
+
+
+def _max_side(text: str) -> int | None:
+    if text.lower() in ("none", "full"):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer or 'none'") from None
+
+
+def _add_common(run: argparse.ArgumentParser, rule_default: str) -> None:
+    """Options shared by ``segment`` and ``instances``."""
+    run.add_argument("--method", default="objectness",
+                     help="heatmap method (see 'wsolkit methods'; default objectness)")
+    run.add_argument("--model", default="efficientnet_lite0",
+                     help="efficientnet_lite0 (embedded), torchvision:ARCH, timm:NAME or .pt file")
+    run.add_argument("--weights", default=None, help="state dict for torchvision:/timm: models")
+    run.add_argument("--layer", default=None, help="layer to hook, by module name")
+    run.add_argument("--rule", default=_UNSET, choices=["paper", "quantile", "otsu"],
+                     help=f"how the heatmap is stratified into GrabCut seeds (default "
+                          f"{rule_default}; 'paper' is MASON's rule)")
+    for name, text in (("fg", "sure-foreground level"), ("split", "probable fg/bg level"),
+                       ("bg", "sure-background level")):
+        run.add_argument(f"--{name}", type=_fraction_or_none, default=_UNSET,
+                         help=f"{text} of the rule, in [0, 1], 'none' or 'default' (the rule's "
+                              "own); default: the measured default of the command's rule")
+    run.add_argument("--iterations", type=int, default=5, help="GrabCut iterations (default 5)")
+    run.add_argument("--max-side", type=_max_side, default=None,
+                     help="GrabCut working size: longer side in pixels, or 'none' for full size")
+    run.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                     help="heatmap method option (repeatable)")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def add_segment_parser(commands: argparse._SubParsersAction) -> None:
+    """Register ``wsolkit segment``."""
+    run = commands.add_parser(
+        "segment", help="foreground masks of whole images (heatmap-seeded GrabCut)"
+    )
+    run.add_argument("paths", nargs="+", help="image files, folders or glob patterns")
+    run.add_argument("--out", required=True, type=Path, help="output folder")
+    run.add_argument("--target", default="top1",
+                     help="class explained by class-specific methods: top1 or a class index")
+    run.add_argument("--border", type=float, default=None,
+                     help="sure-background frame along the image edges, fraction of the shorter "
+                          "side (default: the measured default)")
+    run.add_argument("--crf", action=argparse.BooleanOptionalAction, default=None,
+                     help="refine the heatmap with the dense CRF before stratifying (default on; "
+                          "needs pydensecrf2)")
+    run.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
+    run.add_argument("--recursive", action="store_true", help="also search subfolders")
+    _add_common(run, "quantile")
+
+
+def add_instances_parser(commands: argparse._SubParsersAction) -> None:
+    """Register ``wsolkit instances``."""
+    run = commands.add_parser(
+        "instances", help="instance masks from boxes (COCO JSON in, COCO JSON with RLE out)"
+    )
+    run.add_argument("images", type=Path,
+                     help="folder of images, or a COCO annotation file (its 'images' name the "
+                          "files; without --boxes its annotations are the boxes)")
+    run.add_argument("--boxes", type=Path, default=None,
+                     help="COCO detections (list of image_id, category_id, bbox, score) or a "
+                          "COCO annotation file")
+    run.add_argument("--out", required=True, type=Path, help="output COCO JSON file")
+    run.add_argument("--context", type=float, default=None,
+                     help="crop context around each box, fraction of its size")
+    run.add_argument("--margin", type=float, default=None,
+                     help="growth of each box for the region GrabCut may label foreground")
+    run.add_argument("--prior-sigma", type=_sigma, default=_UNSET,
+                     help="seed map = heatmap x Gaussian centred on the box with this std (a "
+                          "fraction of the box size), or 'none' for the heatmap alone")
+    run.add_argument("--heat-power", type=float, default=None,
+                     help="exponent of the heatmap in the seed map (0: the box prior alone)")
+    run.add_argument("--overlap", default="smaller_on_top", choices=["smaller_on_top", "none"],
+                     help="overlapping masks: the smaller on top (default) or left overlapping")
+    _add_common(run, "quantile")
+
+
+def _settings_kwargs(args: argparse.Namespace, options: dict, default_rule: str) -> dict:
+    """Keyword arguments of the settings class from the command line.
+
+    Unset rule parameters keep the measured defaults when the rule is the command's default
+    rule, and take the rule's own defaults (``STRATIFY_DEFAULTS``) for another rule.
+    """
+    kwargs = {"method": args.method, "layer": args.layer, "iterations": args.iterations,
+              "options": options}
+    rule = default_rule if args.rule == _UNSET else args.rule
+    kwargs["rule"] = rule
+    for name in ("fg", "split", "bg"):
+        value = getattr(args, name)
+        if value != _UNSET:
+            kwargs[name] = value
+        elif rule != default_rule:
+            kwargs[name] = "default"
+    if args.max_side is not None:
+        kwargs["max_side"] = args.max_side
+    return kwargs
+
+
+def run_segment(args: argparse.Namespace, options: dict | None = None) -> int:
+    """Run ``wsolkit segment``; returns the exit code (1 when some images failed)."""
+    from tqdm import tqdm
+
+    from wsolkit.apps.segment import SegmentSettings, segment_files
+    from wsolkit.cli.main import _parse_options, _parse_target
+    from wsolkit.data.images import expand_paths
+    from wsolkit.maps import get_method
+    from wsolkit.models import load_model
+
+    get_method(args.method)
+    options = _parse_options(args.option) if options is None else options
+    kwargs = _settings_kwargs(args, options, SegmentSettings.rule)
+    kwargs["batch_size"] = args.batch_size
+    if args.crf is not None:
+        kwargs["crf"] = args.crf
+    if args.border is not None:
+        kwargs["border"] = args.border
+    settings = SegmentSettings(**kwargs)
+    settings.check()
+    files, problems = expand_paths(args.paths, recursive=args.recursive)
+    if not files:
+        for item, reason in problems:
+            print(f"wsolkit: {item}: {reason}", file=sys.stderr)
+        raise InputError("no image files found in " + " ".join(args.paths))
+    model = load_model(args.model, weights=args.weights)
+    settings.target = _parse_target(args.target, model.class_names)
+    with tqdm(total=len(files), unit="img", disable=args.quiet, file=sys.stderr) as bar:
+        report = segment_files(model, files, args.out, settings, progress=bar.update)
+    failures = [f"{item}: {reason}" for item, reason in problems]
+    failures += [message for _, message in report.failures]
+    print(f"wsolkit: {len(report.records)} image(s) segmented ({args.method}, rule "
+          f"{settings.rule}); masks and results.json in {args.out}", file=sys.stderr)
+    if failures:
+        print(f"wsolkit: {len(failures)} item(s) failed:", file=sys.stderr)
+        for message in failures:
+            print(f"  {message}", file=sys.stderr)
+        return EXIT_BAD_ITEMS
+    return EXIT_OK
+
+
+def run_instances(args: argparse.Namespace, options: dict | None = None) -> int:
+    """Run ``wsolkit instances``; returns the exit code (1 when some images failed)."""
+    from tqdm import tqdm
+
+    from wsolkit.apps.instances import InstanceSettings, count_images, instances_from_json
+    from wsolkit.cli.main import _parse_options
+    from wsolkit.maps import get_method
+    from wsolkit.models import load_model
+
+    get_method(args.method)
+    options = _parse_options(args.option) if options is None else options
+    kwargs = _settings_kwargs(args, options, InstanceSettings.rule)
+    kwargs["overlap"] = args.overlap
+    for name in ("context", "margin", "heat_power"):
+        if getattr(args, name) is not None:
+            kwargs[name] = getattr(args, name)
+    if args.prior_sigma != _UNSET:
+        kwargs["prior_sigma"] = args.prior_sigma
+    settings = InstanceSettings(**kwargs)
+    settings.check()
+    if not args.images.exists():
+        raise InputError(f"{args.images}: no such file or folder")
+    if args.images.is_dir() and args.boxes is None:
+        raise InputError(f"{args.images}: a folder of images needs --boxes DETECTIONS.json")
+    model = load_model(args.model, weights=args.weights)
+    total = count_images(args.images, args.boxes)
+    with tqdm(total=total or None, unit="img", disable=args.quiet, file=sys.stderr) as bar:
+        report = instances_from_json(model, args.images, args.boxes, args.out, settings,
+                                     progress=bar.update)
+    print(f"wsolkit: {report.segmented} box(es) in {report.images} image(s) segmented; "
+          f"{report.crowd} crowd annotation(s) skipped; wrote {args.out}", file=sys.stderr)
+    for entry, reason in report.skipped:
+        print(f"wsolkit: skipped {entry}: {reason}", file=sys.stderr)
+    if report.failures:
+        print(f"wsolkit: {len(report.failures)} image(s) failed:", file=sys.stderr)
+        for _, message in report.failures:
+            print(f"  {message}", file=sys.stderr)
+        return EXIT_BAD_ITEMS
+    return EXIT_OK

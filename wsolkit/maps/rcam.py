@@ -1,0 +1,744 @@
+"""rCAM (Ha et al.): high-resolution CAMs from multi-scale CAMs, shape maps and a dense CRF.
+
+Multi-scale CAMs are upsampled by guided filters on PCA shape maps, fused by class
+probability and refined by a dense CRF.
+
+The pipeline, per image and target class ``c`` (taken from scale 1 for both scales):
+
+1. **CAMs at two scales** (sec. 3.1): the input resized to ``scales[0]`` and ``scales[1]``
+   (square, bilinear) gives ``CAM_1``, ``CAM_2`` (``wsolkit.maps.cam.CAM`` on the layer feeding
+   the pooled linear head) and the softmax probabilities ``P_1(c)``, ``P_2(c)``.
+2. **Shape maps** (sec. 3.2): the first 3 principal components of the feature vectors of the
+   *shape layers* (:func:`wsolkit.maps.shape.pca_shape_maps`), per image and scale.
+3. **Guided upsampling** (sec. 3.3, :func:`upsample_chain`): x2 steps ``G^f(U^2(M), S)``,
+   bilinear x2 then OpenCV's guided filter with the shape map at that resolution as guide;
+   the radius of each step is the ``sigma`` of a Gaussian fit to the guide's empirical
+   variogram (eq. 1, :func:`wsolkit.refine.variogram.variogram_radius`).
+4. **Fusion** (eq. 5, :func:`fuse`): ``rCAM_3 = rCAM_1 * P_1(c) + rCAM_2 * P_2(c)`` after
+   bilinear upsampling of both to the input size, then min-max normalization.
+5. **Dense CRF** (:func:`refine_crf`): unaries from ``rCAM_3`` and ``1 - rCAM_3`` on the RGB
+   image, a few mean-field iterations; the foreground marginal is the final ``rCAM``.
+
+**Shape layers.** The paper upsamples GoogLeNet's 14x14 CAM with its stride-8 (28x28) layer.
+Here the chain has one step per shape layer, coarse to fine, each layer at twice the previous
+map's resolution. With ``RCAMConfig.shape_layers=None`` they are chosen by probing one
+forward pass (:func:`select_shape_layers`): for 2x and 4x the CAM resolution, the last
+module (in completion order, before the CAM layer) among the least nested ones whose output
+has that resolution. For the embedded EfficientNet-Lite0 that is ``features.stage5`` (the last
+14x14 stage, 112 channels) and ``features.stage3`` (28x28, 40 channels): at 224 the 7x7 CAM
+goes 7 -> 14 -> 28, at 448 the 14x14 CAM goes 14 -> 28 -> 56.
+
+**Cost**: one forward at scale 1 (the base's, which also captures the shape layers) and one
+at scale 2 (4x the pixels at 448), four PCAs and four variogram fits per image (two shape
+layers at two scales), five guided filters and one CRF per map; batches that repeat an image
+(one row per class) share the forwards, PCAs and fits. ``benchmarks/rcam_speed.py`` times it.
+
+**Cross-scale step** (``cross_scale=True``, the paper's eq. 3): the scale-1 chain continues
+with the finest scale-2 shape map when it is finer than the chain's end (EfficientNet-Lite0 at
+224/448: 28 -> 56 with ``features.stage3`` of the 448 input), so ``rCAM_1`` and ``rCAM_2``
+both end at 56x56, as in the paper, before the bilinear step to the input size.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections import Counter
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field, replace
+from typing import ClassVar
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from wsolkit.errors import InputError, LayerError, TargetError
+from wsolkit.maps.base import ForwardPass, HeatmapMethod
+from wsolkit.maps.cam import CAM
+from wsolkit.maps.hooks import capture_layer
+from wsolkit.maps.shape import ShapeMaps, pca_shape_maps_batch
+from wsolkit.maps.targets import Targets, TargetSpec
+from wsolkit.models.classifier import Classifier
+from wsolkit.refine.crf import CRFParams, dense_crf
+from wsolkit.refine.guided_filter import guided_filter, guided_upsample_x2
+from wsolkit.refine.variogram import variogram_radius
+
+STAGES = ("rcam1", "rcam2", "rcam3", "rcam")
+"""Stage names, in pipeline order; each is a registered method."""
+
+FUSE_INPUTS = ("minmax", "raw")
+"""Accepted values of ``RCAMConfig.fuse_inputs``."""
+
+
+@dataclass(frozen=True)
+class RCAMConfig:
+    """Settings of the rCAM pipeline.
+
+    Attributes:
+        scales: (s1, s2) square input sizes of the two scales; the target class and ``P_1``
+            come from s1. An input already of size s1 x s1 is used as is.
+        shape_layers: layers giving the guides of the x2 steps, coarse to fine (each about
+            twice the resolution of the previous map); None picks them automatically
+            (:func:`select_shape_layers`).
+        components: principal components per shape map (OpenCV guides take 1 to 3).
+        eps: guided filter regularization, in squared guide units (shape maps lie in [0, 1]).
+        min_radius: smallest guided filter radius.
+        max_radius: largest guided filter radius (None: half the guide's shorter side).
+        cross_scale: continue the scale-1 chain with the finest scale-2 shape map (eq. 3).
+        fuse_inputs: ``"minmax"`` scales ``rCAM_1``, ``rCAM_2`` to [0, 1] before eq. 5 (their
+            raw CAM units differ between scales), ``"raw"`` fuses them as they are.
+        crf: dense CRF kernel parameters.
+        crf_iterations: mean-field iterations of the CRF.
+    """
+
+    scales: tuple[int, int] = (224, 448)
+    shape_layers: tuple[str, ...] | None = None
+    components: int = 3
+    eps: float = 1e-2
+    min_radius: int = 1
+    max_radius: int | None = None
+    cross_scale: bool = True
+    fuse_inputs: str = "minmax"
+    crf: CRFParams = field(default_factory=CRFParams)
+    crf_iterations: int = 5
+
+    def __post_init__(self) -> None:
+        scales = tuple(self.scales) if isinstance(self.scales, (tuple, list)) else None
+        if scales is None or len(scales) != 2 or not all(_positive_int(s) for s in scales):
+            raise InputError(f"scales={self.scales!r}: must be two positive integers (s1, s2)")
+        object.__setattr__(self, "scales", (int(scales[0]), int(scales[1])))
+        if self.shape_layers is not None:
+            layers = self.shape_layers
+            if isinstance(layers, str) or not isinstance(layers, (tuple, list)) or not layers \
+                    or not all(isinstance(name, str) and name for name in layers):
+                raise InputError(
+                    f"shape_layers={layers!r}: must be a non-empty tuple of layer names or None"
+                )
+            object.__setattr__(self, "shape_layers", tuple(layers))
+        if not _positive_int(self.components) or self.components > 3:
+            raise InputError(f"components={self.components!r}: must be 1, 2 or 3")
+        if isinstance(self.eps, bool) or not isinstance(self.eps, (int, float)) \
+                or not 0 < self.eps < float("inf"):
+            raise InputError(f"eps={self.eps!r}: must be a finite number > 0")
+        if not _positive_int(self.min_radius):
+            raise InputError(f"min_radius={self.min_radius!r}: must be an integer >= 1")
+        if self.max_radius is not None and (
+                not _positive_int(self.max_radius) or self.max_radius < self.min_radius):
+            raise InputError(
+                f"max_radius={self.max_radius!r}: must be None or an integer >= min_radius"
+            )
+        if self.fuse_inputs not in FUSE_INPUTS:
+            raise InputError(
+                f"fuse_inputs={self.fuse_inputs!r}: use one of {', '.join(FUSE_INPUTS)}"
+            )
+        if not isinstance(self.crf, CRFParams):
+            raise InputError(f"crf must be a CRFParams, got {type(self.crf).__name__}")
+        if not _positive_int(self.crf_iterations):
+            raise InputError(f"crf_iterations={self.crf_iterations!r}: must be >= 1")
+
+
+def _positive_int(value: object) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, np.integer)) and value >= 1
+
+
+@dataclass
+class RCAMStages:
+    """Every intermediate result of rCAM for a batch; stages not computed are None.
+
+    Maps are numpy float32; ``(N, H, W)`` maps are at the input tensor's size.
+
+    Attributes:
+        classes: (N,) target class per map (from scale 1).
+        shape_layers: the layers of the x2 steps, coarse to fine.
+        p1: (N,) softmax probability of the class at scale 1.
+        p2: (N,) the same at scale 2.
+        cam1: (N, h1, w1) raw CAM at scale 1.
+        cam2: (N, h2, w2) raw CAM at scale 2.
+        shapes1: per shape layer, one :class:`ShapeMaps` per map at scale 1 (maps of one
+            image, e.g. one per class, share it).
+        shapes2: the same at scale 2.
+        radii1: (N, steps) guided filter radius of each step of the scale-1 chain.
+        radii2: the same for the scale-2 chain.
+        rcam1: (N, H, W) upsampled ``CAM_1`` (chain output, bilinear to the input size; CAM
+            units, not normalized).
+        rcam2: the same for ``CAM_2``.
+        fused: (N, H, W) ``rCAM_1 * P_1 + rCAM_2 * P_2`` before normalization.
+        rcam3: (N, H, W) ``fused`` min-max normalized to [0, 1].
+        rcam: (N, H, W) dense CRF foreground marginal, in [0, 1].
+    """
+
+    classes: np.ndarray
+    shape_layers: tuple[str, ...]
+    p1: np.ndarray | None = None
+    p2: np.ndarray | None = None
+    cam1: np.ndarray | None = None
+    cam2: np.ndarray | None = None
+    shapes1: list[list[ShapeMaps]] | None = None
+    shapes2: list[list[ShapeMaps]] | None = None
+    radii1: np.ndarray | None = None
+    radii2: np.ndarray | None = None
+    rcam1: np.ndarray | None = None
+    rcam2: np.ndarray | None = None
+    fused: np.ndarray | None = None
+    rcam3: np.ndarray | None = None
+    rcam: np.ndarray | None = None
+
+
+# ------------------------------------------------------------------------- stage functions
+
+
+def chain_radii(guides: Sequence[np.ndarray], min_radius: int = 1,
+                max_radius: int | None = None) -> list[int]:
+    """Guided filter radius of each step: ``variogram_radius`` of that step's guide.
+
+    Args:
+        guides: (k, H_i, W_i) shape maps (or (H_i, W_i) single maps), coarse to fine.
+        min_radius: smallest radius.
+        max_radius: largest radius (None: half the guide's shorter side).
+    """
+    return [variogram_radius(_guide_image(guide), min_radius, max_radius) for guide in guides]
+
+
+def upsample_chain(
+    cam: np.ndarray,
+    guides: Sequence[np.ndarray],
+    eps: float,
+    radii: Sequence[int] | None = None,
+    min_radius: int = 1,
+    max_radius: int | None = None,
+) -> np.ndarray:
+    """Upsample a map by successive guided x2 steps ``G^f(U^2(M), S_i)`` (eqs. 2-4).
+
+    Each step is :func:`wsolkit.refine.guided_filter.guided_upsample_x2` (bilinear x2, then
+    OpenCV's guided filter) with guide ``S_i``. A guide that is not exactly twice the map's
+    size (odd input sizes give e.g. 11 -> 21) gets a bilinear resize to the guide's size
+    instead of the x2, then the same guided filter.
+
+    Args:
+        cam: (h, w) float map (not modified).
+        guides: (k, H_i, W_i) shape maps with k <= 3 (or (H_i, W_i) maps), coarse to fine,
+            each larger than the map before it.
+        eps: guided filter regularization, in squared guide units.
+        radii: radius of each step; None computes them with :func:`chain_radii`.
+        min_radius: smallest radius when computing them.
+        max_radius: largest radius when computing them.
+
+    Returns:
+        (H_last, W_last) float32 map (at the input's size if ``guides`` is empty).
+
+    Raises:
+        InputError: a guide not larger than the map it should upsample, or bad radii.
+    """
+    current = np.ascontiguousarray(cam, dtype=np.float32)
+    if current.ndim != 2:
+        raise InputError(f"cam must be (h, w), got shape {current.shape}")
+    images = [_guide_image(guide) for guide in guides]
+    if radii is None:
+        radii = chain_radii(guides, min_radius, max_radius)
+    if len(radii) != len(images):
+        raise InputError(f"{len(radii)} radii given for {len(images)} guides")
+    for guide, radius in zip(images, radii, strict=True):
+        height, width = guide.shape[:2]
+        if (height, width) == (2 * current.shape[0], 2 * current.shape[1]):
+            current = guided_upsample_x2(current, guide, int(radius), float(eps))
+            continue
+        if height <= current.shape[0] or width <= current.shape[1]:
+            raise InputError(
+                f"guide of size {height}x{width} is not larger than the map it should "
+                f"upsample ({current.shape[0]}x{current.shape[1]}); order guides coarse to fine"
+            )
+        resized = cv2.resize(current, (width, height), interpolation=cv2.INTER_LINEAR)
+        current = guided_filter(resized, guide, int(radius), float(eps))
+    return current
+
+
+def fuse(rcam1: np.ndarray, p1: float | np.ndarray, rcam2: np.ndarray,
+         p2: float | np.ndarray, normalize: bool = True) -> np.ndarray:
+    """``rCAM_3 = rCAM_1 * P_1(c) + rCAM_2 * P_2(c)`` (eq. 5), then min-max per map.
+
+    Args:
+        rcam1: (H, W) or (N, H, W) map of scale 1 (at the input size).
+        p1: probability of the target class at scale 1: a scalar or (N,).
+        rcam2: map of scale 2, the same shape as ``rcam1``.
+        p2: probability at scale 2: a scalar or (N,).
+        normalize: min-max normalize each fused map to [0, 1] (a constant map becomes 0).
+
+    Returns:
+        float32 map(s) of ``rcam1``'s shape.
+    """
+    first = np.asarray(rcam1, dtype=np.float32)
+    second = np.asarray(rcam2, dtype=np.float32)
+    if first.shape != second.shape or first.ndim not in (2, 3):
+        raise InputError(
+            f"rcam1 and rcam2 must be (H, W) or (N, H, W) of one shape, got {first.shape} "
+            f"and {second.shape}"
+        )
+    weights = [np.asarray(p, dtype=np.float32) for p in (p1, p2)]
+    if first.ndim == 3:
+        if any(w.size not in (1, first.shape[0]) for w in weights):
+            raise InputError(f"p1 and p2 must be scalars or ({first.shape[0]},) for "
+                             f"{first.shape[0]} maps")
+        weights = [np.broadcast_to(w.reshape(-1), (first.shape[0],))[:, None, None]
+                   for w in weights]
+    elif any(w.size != 1 for w in weights):
+        raise InputError("p1 and p2 must be scalars for (H, W) maps")
+    else:
+        weights = [w.reshape(()) for w in weights]
+    fused = first * weights[0] + second * weights[1]
+    return minmax(fused) if normalize else fused.astype(np.float32)
+
+
+def refine_crf(image: np.ndarray, rcam3: np.ndarray, params: CRFParams | None = None,
+               iterations: int = 5) -> np.ndarray:
+    """Dense CRF on ``rCAM_3``: foreground ``rCAM_3``, background ``1 - rCAM_3``.
+
+    Args:
+        image: (H, W, 3) uint8 RGB image.
+        rcam3: (H, W) map in [0, 1].
+        params: CRF kernel parameters (None: ``CRFParams()``).
+        iterations: mean-field iterations.
+
+    Returns:
+        (H, W) float32 foreground marginal in [0, 1] (the final rCAM).
+    """
+    return dense_crf(image, np.asarray(rcam3, dtype=np.float32), params, iterations)
+
+
+def minmax(maps: np.ndarray) -> np.ndarray:
+    """Min-max normalize an (H, W) map or each map of an (N, H, W) stack (constant -> 0)."""
+    array = np.asarray(maps, dtype=np.float32)
+    axes = (-2, -1)
+    low = array.min(axis=axes, keepdims=True)
+    span = array.max(axis=axes, keepdims=True) - low
+    out = np.zeros_like(array)
+    np.divide(array - low, span, out=out, where=span > 0)
+    return out
+
+
+def to_rgb_uint8(images: torch.Tensor, mean: Sequence[float],
+                 std: Sequence[float]) -> np.ndarray:
+    """Undo ``Classifier.preprocess``: (N, 3, H, W) normalized tensor -> (N, H, W, 3) uint8.
+
+    ``x * std + mean`` per channel gives RGB in [0, 1], scaled to 0..255, rounded and
+    clipped. This recovers the resized image up to rounding only if the batch was made with
+    these ``mean`` and ``std`` (the classifier's own preprocessing).
+
+    Raises:
+        InputError: the batch does not have 3 channels.
+    """
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise InputError(
+            f"the dense CRF needs RGB images, (N, 3, H, W); got {tuple(images.shape)}"
+        )
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    rgb = images.detach().float().cpu() * std_t + mean_t
+    rgb = (rgb * 255.0).round().clamp(0, 255).to(torch.uint8)
+    return np.ascontiguousarray(rgb.permute(0, 2, 3, 1).numpy())
+
+
+# ------------------------------------------------------------------------- shape layers
+
+_PROBED: weakref.WeakKeyDictionary[nn.Module, dict] = weakref.WeakKeyDictionary()
+
+
+def select_shape_layers(module: nn.Module, sample: torch.Tensor, feature_layer: str,
+                        steps: int = 2) -> tuple[str, ...]:
+    """The shape layers of the x2 steps: modules at 2x, 4x, ... the CAM resolution.
+
+    Runs ``module`` once on ``sample`` with temporary hooks on every module. For each factor
+    f = 2, 4, ..., 2**steps, the candidates are the modules that run once, complete before
+    ``feature_layer`` does and output an (N, C, H, W) map with ``H = ceil``-compatible to f
+    times the CAM's height (``f * (h - 1) < H <= f * h``, the same for the width). Of the least
+    nested candidates (fewest dots in the name: whole stages rather than their inner convs),
+    the last to complete is chosen. Factors without a candidate are skipped. The result is
+    cached per module, feature layer and input size.
+
+    Raises:
+        LayerError: no layer at 2x or 4x the CAM resolution (name ``shape_layers``).
+    """
+    key = (feature_layer, tuple(sample.shape[-2:]), steps)
+    cache = _PROBED.setdefault(module, {})
+    if key in cache:
+        return cache[key]
+    shapes: dict[str, torch.Size] = {}
+    calls: Counter[str] = Counter()
+    order: list[str] = []
+
+    def record(name: str):
+        def hook(_module, _inputs, output):
+            calls[name] += 1
+            if isinstance(output, torch.Tensor):
+                shapes[name] = output.shape
+                order.append(name)
+        return hook
+
+    handles = [m.register_forward_hook(record(n)) for n, m in module.named_modules() if n]
+    try:
+        with torch.no_grad():
+            module(sample[:1])
+    finally:
+        for handle in handles:
+            handle.remove()
+    if feature_layer not in shapes or len(shapes[feature_layer]) != 4:
+        raise LayerError(f"layer {feature_layer!r} did not output an (N, C, h, w) map")
+    height, width = shapes[feature_layer][2:]
+    before = order[:order.index(feature_layer)]
+    chosen = []
+    for power in range(1, steps + 1):
+        factor = 2 ** power
+        candidates = [
+            name for name in before
+            if calls[name] == 1 and len(shapes[name]) == 4
+            and factor * (height - 1) < shapes[name][2] <= factor * height
+            and factor * (width - 1) < shapes[name][3] <= factor * width
+        ]
+        if candidates:
+            depth = min(name.count(".") for name in candidates)
+            chosen.append([name for name in candidates if name.count(".") == depth][-1])
+    if not chosen:
+        raise LayerError(
+            f"no layer at 2x or 4x the {height}x{width} resolution of {feature_layer!r}; "
+            "name the shape layers with RCAMConfig(shape_layers=...)"
+        )
+    cache[key] = tuple(chosen)
+    return cache[key]
+
+
+# ------------------------------------------------------------------------- methods
+
+
+@dataclass
+class _ShapeForward(ForwardPass):
+    """The base's forward pass plus the shape layers' outputs captured during it."""
+
+    shape_features: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class _Scale:
+    """One scale's forward pass: CAM, class probabilities and shape maps of unique images."""
+
+    cam: np.ndarray  # (N, h, w)
+    probs: np.ndarray  # (N,)
+    shapes: list[list[ShapeMaps]]  # [layer][unique image]
+
+
+class _RCAMBase(HeatmapMethod):
+    """Shared implementation of the rCAM stages; ``stage`` picks the returned map.
+
+    Args:
+        model: a :class:`~wsolkit.models.Classifier` or a bare ``nn.Module``.
+        layer: the CAM layer (default: the layer feeding the pooled linear head).
+        fc: name of the linear head (detected when omitted).
+        upsample: unused (maps are computed at the input size); kept for the common signature.
+        config: an :class:`RCAMConfig` (default settings when omitted).
+        scales: overrides ``config.scales``; a pair or a string ``"224,448"``.
+        shape_layers: overrides ``config.shape_layers``; names or ``"a,b"``.
+        eps: overrides ``config.eps``.
+        crf_iterations: overrides ``config.crf_iterations``.
+
+    Raw maps (``HeatmapResult.raw``) are at the input size: the upsampled CAM for ``rcam1``,
+    ``rcam2`` (CAM units), ``rCAM_1 * P_1 + rCAM_2 * P_2`` before normalization for ``rcam3``,
+    and for ``rcam`` the CRF marginal times the peak of that fusion (the marginal peaks near 1
+    for any class; the scaling keeps raw peaks usable as class scores and leaves the min-max
+    normalized ``maps`` unchanged). The intermediate results of the last call are kept in
+    ``last_stages`` (``last_stages.rcam`` is the plain marginal); :meth:`stages` computes all
+    of them.
+
+    Scale 2 resizes the preprocessed input tensor (not the original image) to s2 x s2. The
+    target class is resolved on the input as given, which is scale 1 whenever the input is
+    s1 x s1 (as ``Classifier.preprocess`` makes it for the embedded model at 224).
+    """
+
+    stage: ClassVar[str] = "rcam"
+    relu = False
+
+    def __init__(
+        self,
+        model: Classifier | nn.Module,
+        layer: str | None = None,
+        fc: str | None = None,
+        upsample: str = "bilinear",
+        config: RCAMConfig | None = None,
+        scales: Sequence[int] | str | None = None,
+        shape_layers: Sequence[str] | str | None = None,
+        eps: float | None = None,
+        crf_iterations: int | None = None,
+    ) -> None:
+        super().__init__(model, layer=layer, fc=fc, upsample=upsample)
+        config = RCAMConfig() if config is None else config
+        if not isinstance(config, RCAMConfig):
+            raise InputError(f"config must be an RCAMConfig, got {type(config).__name__}")
+        overrides: dict[str, object] = {}
+        if scales is not None:
+            overrides["scales"] = _split(scales, int, "scales")
+        if shape_layers is not None:
+            overrides["shape_layers"] = _split(shape_layers, str, "shape_layers")
+        if eps is not None:
+            overrides["eps"] = eps
+        if crf_iterations is not None:
+            overrides["crf_iterations"] = crf_iterations
+        self.config = replace(config, **overrides) if overrides else config
+        self._cam = CAM(self.classifier, layer=layer, fc=fc)
+        self.last_stages: RCAMStages | None = None
+
+    def stages(self, images: torch.Tensor, target: TargetSpec = "top1",
+               labels: Sequence[int] | torch.Tensor | None = None) -> RCAMStages:
+        """Run the whole pipeline on a batch and return every stage (CRF included)."""
+        runner = RCAM(self.classifier, layer=self.layer, config=self.config)
+        runner(images, target=target, labels=labels)
+        return runner.last_stages
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        layer: str,
+        targets: Targets | None = None,
+        target: TargetSpec = "top1",
+        labels: Sequence[int] | torch.Tensor | None = None,
+    ) -> ForwardPass:
+        """The base's forward pass, also capturing the shape layers when it is scale 1.
+
+        One forward at scale 1 then serves the CAM, ``P_1`` and the scale-1 shape maps.
+        """
+        s1 = self.config.scales[0]
+        names: tuple[str, ...] = ()
+        if self.stage != "rcam2" and tuple(images.shape[-2:]) == (s1, s1):
+            names = self._shape_layers(images, layer)
+        with ExitStack() as stack:
+            captures = [stack.enter_context(capture_layer(self.module, name)) for name in names]
+            result = super().forward(images, layer, targets, target=target, labels=labels)
+        features = {}
+        for capture in captures:
+            if capture.activation is None:
+                raise LayerError(f"layer {capture.name!r} did not run during the forward pass")
+            features[capture.name] = capture.activation
+        return _ShapeForward(result.images, result.layer, result.activations, result.logits,
+                             result.targets, features)
+
+    def _shape_layers(self, images: torch.Tensor, layer: str) -> tuple[str, ...]:
+        return self.config.shape_layers or select_shape_layers(self.module, images[:1], layer)
+
+    def layer_map(self, forward: ForwardPass) -> torch.Tensor:
+        """Run the pipeline up to this method's stage; return its (N, H, W) map."""
+        stages = self.compute(forward, self.stage)
+        self.last_stages = stages
+        if self.stage == "rcam":  # scaled so that raw peaks rank classes like rcam3's
+            out = stages.rcam * stages.fused.max(axis=(1, 2), keepdims=True)
+        else:
+            out = {"rcam1": stages.rcam1, "rcam2": stages.rcam2,
+                   "rcam3": stages.fused}[self.stage]
+        return torch.from_numpy(np.ascontiguousarray(out)).to(forward.activations.device)
+
+    def compute(self, forward: ForwardPass, until: str = "rcam") -> RCAMStages:
+        """All stages needed for ``until`` (one of :data:`STAGES`) from the scale-1 forward."""
+        if until not in STAGES:
+            raise InputError(f"until={until!r}: use one of {', '.join(STAGES)}")
+        targets = forward.targets
+        if targets.score_fn is not None:
+            raise TargetError(f"{self.name} needs class targets, not a callable")
+        config = self.config
+        size = tuple(forward.images.shape[-2:])
+        s1, s2 = config.scales
+        images1 = forward.images if size == (s1, s1) else _resize(forward.images, s1)
+        layers = self._shape_layers(images1, forward.layer)
+        unique, inverse = _unique_rows(forward.images)
+        need1 = until != "rcam2"
+        need2 = until != "rcam1" or config.cross_scale
+        stages = RCAMStages(classes=targets.classes.numpy().copy(), shape_layers=layers)
+        if need1:
+            first = self._scale(forward, images1, unique, inverse, layers, cam=True)
+            stages.cam1, stages.p1, stages.shapes1 = first.cam, first.probs, first.shapes
+        if need2:
+            cam = until != "rcam1"
+            second = self._scale(forward, _resize(forward.images, s2), unique, inverse, layers,
+                                 cam=cam)
+            stages.shapes2 = second.shapes
+            if cam:
+                stages.cam2, stages.p2 = second.cam, second.probs
+
+        radius_of: dict[int, int] = {}
+        if need1:
+            extra = stages.shapes2[-1] if config.cross_scale else None
+            stages.rcam1, stages.radii1 = self._chains(stages.cam1, stages.shapes1, extra,
+                                                       inverse, size, radius_of)
+        if until != "rcam1":
+            stages.rcam2, stages.radii2 = self._chains(stages.cam2, stages.shapes2, None,
+                                                       inverse, size, radius_of)
+        if until in ("rcam3", "rcam"):
+            first_map, second_map = stages.rcam1, stages.rcam2
+            if config.fuse_inputs == "minmax":
+                first_map, second_map = minmax(first_map), minmax(second_map)
+            stages.fused = fuse(first_map, stages.p1, second_map, stages.p2, normalize=False)
+            stages.rcam3 = minmax(stages.fused)
+        if until == "rcam":
+            rgb = to_rgb_uint8(forward.images[unique], self.classifier.mean, self.classifier.std)
+            stages.rcam = np.stack([
+                refine_crf(rgb[inverse[row]], stages.rcam3[row], config.crf,
+                           config.crf_iterations)
+                for row in range(len(stages.rcam3))
+            ])
+        rows = inverse.tolist()  # shape maps of distinct images -> one entry per map
+        for name in ("shapes1", "shapes2"):
+            shapes = getattr(stages, name)
+            if shapes is not None:
+                setattr(stages, name, [[layer[i] for i in rows] for layer in shapes])
+        return stages
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _scale(self, forward: ForwardPass, images: torch.Tensor, unique: torch.Tensor,
+               inverse: torch.Tensor, layers: Sequence[str], cam: bool) -> _Scale:
+        """CAM, P(c) and shape maps at one scale, from one forward of the distinct images.
+
+        When ``images`` is the base's input, the base's forward gives the CAM and the logits,
+        and the extra forward only captures the shape layers.
+        """
+        reused = images is forward.images
+        captured: dict[str, torch.Tensor] = {}  # outputs of the distinct images
+        if reused:
+            activations, logits = forward.activations, forward.logits
+            given = getattr(forward, "shape_features", {})
+            captured = {name: given[name][unique] for name in layers if name in given}
+        missing = [name for name in layers if name not in captured]
+        names = list(dict.fromkeys(([forward.layer] if cam and not reused else []) + missing))
+        if names or not reused:
+            with ExitStack() as stack:
+                captures = [stack.enter_context(capture_layer(self.module, name))
+                            for name in names]
+                with torch.no_grad():
+                    distinct_logits = self.module(images[unique])
+            for capture in captures:
+                if capture.activation is None:
+                    raise LayerError(f"layer {capture.name!r} did not run during the forward pass")
+                captured[capture.name] = capture.activation
+            if not reused:
+                logits = distinct_logits[inverse]
+                activations = captured[forward.layer][inverse] if cam else None
+        classes = forward.targets.classes.to(logits.device)
+        probs = logits.float().softmax(dim=1).gather(1, classes[:, None])[:, 0]
+        cam_map = None
+        if cam:
+            scaled = ForwardPass(images, forward.layer, activations, logits, forward.targets)
+            cam_map = self._cam.layer_map(scaled).detach().float().cpu().numpy()
+        shapes = [pca_shape_maps_batch(captured[name], self.config.components)
+                  for name in layers]
+        return _Scale(cam_map, probs.detach().cpu().numpy(), shapes)
+
+    def _chains(self, cams: np.ndarray, shapes: list[list[ShapeMaps]],
+                extra: list[ShapeMaps] | None, inverse: torch.Tensor, size: tuple[int, int],
+                radius_of: dict[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """Upsample each row's CAM through its image's guides, then bilinear to ``size``.
+
+        ``radius_of`` caches the variogram radius per shape map (by id) across chains: the
+        finest scale-2 map guides the last step of both chains but is fitted once.
+        """
+        config = self.config
+        per_image = []
+        for index in range(len(shapes[0])):
+            guides = [layer[index] for layer in shapes]
+            if extra is not None and _finer(extra[index].maps, guides[-1].maps):
+                guides.append(extra[index])
+            for guide in guides:
+                if id(guide) not in radius_of:
+                    radius_of[id(guide)] = variogram_radius(
+                        guide.guide(), config.min_radius, config.max_radius)
+            per_image.append(([g.maps for g in guides], [radius_of[id(g)] for g in guides]))
+        maps, radii_rows = [], []
+        for row, cam in enumerate(cams):
+            guides, radii = per_image[int(inverse[row])]
+            chained = upsample_chain(cam, guides, config.eps, radii)
+            maps.append(cv2.resize(chained, (size[1], size[0]), interpolation=cv2.INTER_LINEAR))
+            radii_rows.append(radii)
+        return np.stack(maps).astype(np.float32), np.asarray(radii_rows, dtype=np.int64)
+
+
+class RCAM1(_RCAMBase):
+    """rCAM_1: the scale-1 CAM upsampled by guided filters on shape maps (eqs. 2-3)."""
+
+    name = "rcam1"
+    summary = "rCAM stage 1: scale-1 CAM upsampled by guided filters on PCA shape maps"
+    stage = "rcam1"
+
+
+class RCAM2(_RCAMBase):
+    """rCAM_2: the scale-2 (448) CAM upsampled by guided filters on its shape maps (eq. 4)."""
+
+    name = "rcam2"
+    summary = "rCAM stage 2: scale-2 (448) CAM upsampled by guided filters on shape maps"
+    stage = "rcam2"
+
+
+class RCAM3(_RCAMBase):
+    """rCAM_3: ``rCAM_1 * P_1(c) + rCAM_2 * P_2(c)``, normalized (eq. 5)."""
+
+    name = "rcam3"
+    summary = "rCAM stage 3: rCAM1 and rCAM2 fused by their class probabilities"
+    stage = "rcam3"
+
+
+class RCAM(_RCAMBase):
+    """rCAM: dense CRF on rCAM_3 (the paper's final high-resolution CAM)."""
+
+    name = "rcam"
+    summary = "rCAM: multi-scale CAMs, guided-filter upsampling on PCA shape maps, dense CRF"
+    stage = "rcam"
+
+
+# ------------------------------------------------------------------------- small helpers
+
+
+def _split(value: object, kind: type, name: str) -> tuple:
+    if isinstance(value, str):
+        parts = [part.strip() for part in value.split(",") if part.strip()]
+        try:
+            return tuple(kind(part) for part in parts)
+        except ValueError:
+            raise InputError(f"{name}={value!r}: expected comma-separated values") from None
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        raise InputError(f"{name}={value!r}: expected a sequence")
+    return tuple(value)
+
+
+def _resize(images: torch.Tensor, side: int) -> torch.Tensor:
+    """Bilinear resize of an NCHW batch to side x side (pixel centres, no antialiasing)."""
+    if tuple(images.shape[-2:]) == (side, side):
+        return images
+    return F.interpolate(images, size=(side, side), mode="bilinear", align_corners=False)
+
+
+def _unique_rows(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices of the distinct images of a batch and, per row, its distinct image's position.
+
+    Batches of one image repeated once per class (every-class maps) then cost one forward
+    and one set of shape maps per scale. Rows are compared exactly, after a cheap signature.
+    """
+    signatures = images.detach().flatten(1).double().sum(dim=1).tolist()
+    firsts: list[int] = []
+    inverse = []
+    for row, signature in enumerate(signatures):
+        for position, first in enumerate(firsts):
+            if signatures[first] == signature and torch.equal(images[row], images[first]):
+                inverse.append(position)
+                break
+        else:
+            inverse.append(len(firsts))
+            firsts.append(row)
+    return torch.tensor(firsts, dtype=torch.long), torch.tensor(inverse, dtype=torch.long)
+
+
+def _guide_image(guide: np.ndarray) -> np.ndarray:
+    """(k, H, W) or (H, W) shape map -> OpenCV guide (H, W[, k]) float32."""
+    array = np.asarray(guide, dtype=np.float32)
+    if array.ndim == 2:
+        return np.ascontiguousarray(array)
+    if array.ndim != 3 or not 1 <= array.shape[0] <= 3:
+        raise InputError(f"guide must be (k, H, W) with k <= 3 or (H, W), got {array.shape}")
+    return np.ascontiguousarray(array.transpose(1, 2, 0))
+
+
+def _finer(extra: np.ndarray, last: np.ndarray) -> bool:
+    return extra.shape[-2] > last.shape[-2] and extra.shape[-1] > last.shape[-1]

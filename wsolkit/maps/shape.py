@@ -1,0 +1,129 @@
+"""Shape maps: the first principal components of a layer's feature vectors (rCAM, sec. 3.2).
+
+Each spatial position of a (C, h, w) feature map is one sample of a C-dimensional vector; a PCA
+over the h*w samples of one image gives k maps that condense the layer (Ha et al. use the
+first 3 components of GoogLeNet's stride-8 layer as the shape guide of their guided filter).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from wsolkit.errors import InputError
+
+
+@dataclass(frozen=True)
+class ShapeMaps:
+    """The first principal components of one image's feature map.
+
+    Attributes:
+        maps: (k, h, w) float32, each component's projections min-max scaled to [0, 1]
+            (a component with zero variance is all zeros).
+        explained_variance_ratio: (k,) float64 share of the total variance of each component,
+            in descending order.
+        loadings: (k, C) float64 unit principal directions, sign-fixed as ``maps``.
+    """
+
+    maps: np.ndarray
+    explained_variance_ratio: np.ndarray
+    loadings: np.ndarray
+
+    def guide(self) -> np.ndarray:
+        """The maps as an OpenCV guide image: (h, w, k) float32, C-contiguous."""
+        return np.ascontiguousarray(self.maps.transpose(1, 2, 0))
+
+
+def pca_shape_maps(features: torch.Tensor | np.ndarray, components: int = 3) -> ShapeMaps:
+    """PCA of the feature vectors of one image, as k maps at the features' resolution.
+
+    The h*w positions are the samples and the C channels the variables: every channel is
+    centered on its spatial mean, and the principal directions are the eigenvectors of the
+    (C, C) scatter matrix (of the (h*w, h*w) Gram matrix when there are fewer positions than
+    channels; both give the exact PCA). Components beyond the data's rank have zero variance
+    and give all-zero maps. Computed in float64 with torch (on the CPU, following
+    ``torch.set_num_threads``).
+
+    Sign convention: a principal direction's sign is arbitrary, so each component is flipped
+    to make its projection of largest magnitude positive: the position farthest from the mean
+    along the component maps to 1 after scaling. (The guided filter does not care: it fits a
+    local linear model of the guide and is invariant to a contrast inversion.)
+
+    Args:
+        features: (C, h, w) floating tensor or array (not modified).
+        components: number of components k; at most ``min(C, h * w)``.
+
+    Returns:
+        :class:`ShapeMaps` with (k, h, w) maps in [0, 1] and their explained variance ratios.
+
+    Raises:
+        InputError: wrong rank or dtype, non-finite values, or too many components.
+    """
+    tensor = _as_tensor(features, 3, "(C, h, w)")
+    return pca_shape_maps_batch(tensor[None], components)[0]
+
+
+def pca_shape_maps_batch(features: torch.Tensor | np.ndarray,
+                         components: int = 3) -> list[ShapeMaps]:
+    """:func:`pca_shape_maps` of every image of an (N, C, h, w) batch, computed batched."""
+    tensor = _as_tensor(features, 4, "(N, C, h, w)")
+    count, channels, height, width = tensor.shape
+    samples = height * width
+    if isinstance(components, bool) or not isinstance(components, (int, np.integer)) \
+            or not 1 <= components <= min(channels, samples):
+        raise InputError(
+            f"components={components!r}: must be an integer in 1..{min(channels, samples)} "
+            f"for features of shape {tuple(tensor.shape[-3:])}"
+        )
+    data = tensor.detach().to("cpu", torch.float64).reshape(count, channels, samples)
+    data = (data - data.mean(dim=2, keepdim=True)).transpose(1, 2)  # (N, samples, C)
+    total = data.square().sum(dim=(1, 2))  # (N,)
+    if channels <= samples:
+        values, vectors = torch.linalg.eigh(data.transpose(1, 2) @ data)  # ascending
+        values = values.flip(-1)[:, :components].clamp(min=0)
+        loadings = vectors.flip(-1)[:, :, :components]  # (N, C, k)
+        projections = data @ loadings  # (N, samples, k)
+    else:
+        values, vectors = torch.linalg.eigh(data @ data.transpose(1, 2))
+        values = values.flip(-1)[:, :components].clamp(min=0)
+        left = vectors.flip(-1)[:, :, :components]  # (N, samples, k)
+        singular = values.sqrt()
+        projections = left * singular[:, None, :]  # U S
+        safe = torch.where(singular > 0, singular, torch.ones_like(singular))
+        loadings = data.transpose(1, 2) @ left / safe[:, None, :]  # V = X^T U / S
+    peak = projections.abs().argmax(dim=1, keepdim=True)  # (N, 1, k)
+    flip = torch.sign(projections.gather(1, peak))
+    flip = torch.where(flip == 0, torch.ones_like(flip), flip)
+    projections, loadings = projections * flip, loadings * flip
+    safe_total = torch.where(total > 0, total, torch.ones_like(total))
+    ratios = torch.where(total[:, None] > 0, values / safe_total[:, None],
+                         torch.zeros_like(values))
+    low = projections.amin(dim=1, keepdim=True)
+    span = projections.amax(dim=1, keepdim=True) - low
+    keep = (ratios[:, None, :] > 1e-10) & (span > 0)
+    maps = torch.where(keep, (projections - low) / torch.where(span > 0, span, 1.0), 0.0)
+    maps = maps.transpose(1, 2).reshape(count, components, height, width)
+    return [
+        ShapeMaps(maps[i].float().numpy(), ratios[i].numpy(), loadings[i].T.contiguous().numpy())
+        for i in range(count)
+    ]
+
+
+def _as_tensor(features: object, ndim: int, layout: str) -> torch.Tensor:
+    if isinstance(features, np.ndarray):
+        if not np.issubdtype(features.dtype, np.floating):
+            raise InputError(f"features must be floating point, got {features.dtype}")
+        features = torch.from_numpy(features)
+    elif not isinstance(features, torch.Tensor):
+        raise InputError(
+            f"features must be a {layout} tensor or array, got {type(features).__name__}"
+        )
+    if not features.is_floating_point():
+        raise InputError(f"features must be floating point, got {features.dtype}")
+    if features.ndim != ndim or 0 in features.shape:
+        raise InputError(f"features must be a non-empty {layout} map, got {tuple(features.shape)}")
+    if not torch.isfinite(features).all():
+        raise InputError("features contain NaN or infinite values")
+    return features
