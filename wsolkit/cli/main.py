@@ -13,6 +13,7 @@ from wsolkit.cli.annotations import (
     run_clean_boxes,
     run_proposals,
 )
+from wsolkit.cli.finetune import add_finetune_parser, run_finetune
 from wsolkit.cli.segment import add_instances_parser, add_segment_parser
 from wsolkit.errors import InputError, TargetError, WSOLError
 
@@ -54,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_instances_parser(commands)
     add_clean_boxes_parser(commands)
     add_proposals_parser(commands)
+    add_finetune_parser(commands)
     return parser
 
 
@@ -104,6 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_evaluate(args, _parse_options(args.option))
         if args.command == "clean-boxes":
             return run_clean_boxes(args)
+        if args.command == "finetune":
+            return run_finetune(args)
         if args.command == "proposals":
             return run_proposals(args)
         if args.command in ("segment", "instances"):

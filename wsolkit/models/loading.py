@@ -18,6 +18,12 @@ DEFAULT_MODEL = "efficientnet_lite0"
 # Chosen by `python benchmarks/objectness_layer.py` on shared/data/imagenet-dev (see README).
 EFFICIENTNET_LITE0_OBJECTNESS_LAYER = "features.head"
 
+# Module attribute in which save_classifier stores what a Classifier adds to its module.
+CLASSIFIER_INFO = "wsolkit_info"
+_INFO_FIELDS = (
+    "class_names", "input_size", "mean", "std", "feature_layer", "fc_layer", "objectness_layer"
+)
+
 
 @lru_cache(maxsize=1)
 def imagenet_class_names() -> tuple[str, ...]:
@@ -160,7 +166,43 @@ def _checkpoint(path: Path) -> Classifier:
     classifier = as_classifier(module.eval())
     classifier.name = path.name
     classifier.class_names = _imagenet_names_if(module)
+    info = getattr(module, CLASSIFIER_INFO, None)
+    if isinstance(info, dict):  # written by save_classifier: names, preprocessing, layers
+        for key, value in info.items():
+            if key in _INFO_FIELDS:
+                setattr(classifier, key, value)
     return classifier
+
+
+def save_classifier(classifier: Classifier, path: str | Path) -> None:
+    """Save a classifier as a whole pickled module that :func:`load_model` reads back whole.
+
+    Besides the module, the file keeps the class names, input size, mean/std and default layers
+    (as the module attribute ``wsolkit_info``), so ``load_model(path)`` (or ``--model path``)
+    gives the same :class:`Classifier`. The file is written atomically.
+
+    Raises:
+        InputError: the folder of ``path`` does not exist or the write fails.
+    """
+    import io
+
+    from wsolkit.data.atomic import write_bytes_atomic
+
+    info = {key: getattr(classifier, key) for key in _INFO_FIELDS}
+    if info["class_names"] is not None:
+        info["class_names"] = tuple(info["class_names"])
+    module = classifier.module
+    previous = module.__dict__.get(CLASSIFIER_INFO)
+    setattr(module, CLASSIFIER_INFO, info)
+    buffer = io.BytesIO()
+    try:
+        torch.save(module, buffer)
+    finally:
+        if previous is None:
+            delattr(module, CLASSIFIER_INFO)
+        else:
+            setattr(module, CLASSIFIER_INFO, previous)
+    write_bytes_atomic(path, buffer.getvalue())
 
 
 def _imagenet_names_if(module: nn.Module) -> tuple[str, ...] | None:

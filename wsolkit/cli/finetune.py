@@ -1,0 +1,99 @@
+"""``wsolkit finetune``: train adaptation layers on a dataset's image-level labels."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from wsolkit.errors import InputError
+
+
+def add_finetune_parser(commands: argparse._SubParsersAction) -> None:
+    """Add the ``finetune`` subcommand to the ``wsolkit`` parser."""
+    run = commands.add_parser(
+        "finetune",
+        help="fine-tune the classifier on a dataset's labels with two adaptation layers",
+        description="Replace the classifier's last layer with two adaptation layers and train "
+                    "them (multi-label BCE, class-balanced oversampling, noise/rotation/flip "
+                    "augmentation). Writes model.pt (for --model), checkpoint.pt and "
+                    "metrics.json (validation mAP before and after) to --out.",
+    )
+    run.add_argument("dataset", type=Path,
+                     help="wsolevaluation metadata folder, images+masks folder with labels.csv, "
+                          "COCO JSON or VOC folder (format detected)")
+    run.add_argument("--out", required=True, type=Path, help="output folder")
+    run.add_argument("--model", default="efficientnet_lite0",
+                     help="classifier to start from: efficientnet_lite0 (embedded), "
+                          "torchvision:ARCH, timm:NAME or .pt file")
+    run.add_argument("--weights", default=None, help="state dict for torchvision:/timm: models")
+    run.add_argument("--epochs", type=int, default=10, help="passes over the training images "
+                     "(total, also with --resume; default 10)")
+    run.add_argument("--batch-size", type=int, default=16, help="images per step (default 16)")
+    run.add_argument("--lr", type=float, default=1e-4,
+                     help="learning rate of the pretrained layers; 0 freezes them "
+                          "(default 1e-4)")
+    run.add_argument("--head-lr", type=float, default=1e-3,
+                     help="learning rate of the new adaptation layers (default 1e-3)")
+    run.add_argument("--hidden", type=int, default=512,
+                     help="width of the hidden adaptation layer; 0: one linear layer, which "
+                          "keeps CAM usable (default 512)")
+    run.add_argument("--dropout", type=float, default=0.5,
+                     help="dropout after the hidden layer (default 0.5)")
+    run.add_argument("--optimizer", choices=["adam", "sgd"], default="adam",
+                     help="AdamW or SGD with momentum 0.9 (default adam)")
+    run.add_argument("--train-layers", default=None, metavar="NAMES",
+                     help="with --lr > 0, train only these comma-separated backbone modules "
+                          "(e.g. features.stage7,features.head); default: all")
+    run.add_argument("--val-fraction", type=float, default=0.2,
+                     help="fraction of the images held out for validation (default 0.2)")
+    run.add_argument("--balance", type=float, default=0.5,
+                     help="class-balanced oversampling exponent: 0 off, 1 equal counts "
+                          "(default 0.5)")
+    run.add_argument("--max-repeat", type=float, default=3.0,
+                     help="largest oversampling factor of an image (default 3)")
+    run.add_argument("--seed", type=int, default=0,
+                     help="seed of the split, initialization, sampling and augmentation")
+    run.add_argument("--limit", type=int, default=None, help="use only the first N images")
+    run.add_argument("--resume", action="store_true",
+                     help="continue from OUT/checkpoint.pt (same settings; --epochs may grow)")
+    run.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run_finetune(args: argparse.Namespace) -> int:
+    """Run ``wsolkit finetune``; returns the exit code."""
+    import torch
+
+    from wsolkit.data import open_dataset
+    from wsolkit.models import load_model
+    from wsolkit.train import FinetuneSettings, finetune
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise InputError(f"--threads must be >= 1; got {args.threads}")
+        torch.set_num_threads(args.threads)
+    layers = tuple(n.strip() for n in (args.train_layers or "").split(",") if n.strip())
+    settings = FinetuneSettings(
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, head_lr=args.head_lr,
+        hidden=args.hidden, dropout=args.dropout, optimizer=args.optimizer,
+        val_fraction=args.val_fraction, seed=args.seed, balance=args.balance,
+        max_repeat=args.max_repeat, train_layers=layers, limit=args.limit,
+    )
+    settings.check()  # fail on a bad value before loading anything
+    dataset = open_dataset(args.dataset)
+    model = load_model(args.model, weights=args.weights)
+
+    def log(line: str) -> None:
+        print(f"wsolkit: {line}", file=sys.stderr)
+
+    metrics = finetune(model, dataset, args.out, settings, resume=args.resume,
+                       quiet=args.quiet, log=log)
+    before, after = metrics["val_map_before"], metrics["val_map_after"]
+    summary = ("no validation images" if after is None else
+               f"val mAP {100 * before:.1f}% -> {100 * after:.1f}% over "
+               f"{metrics['val_classes_evaluated']} classes")
+    print(f"wsolkit: fine-tuned on {metrics['train_images']} images ({summary}); model in "
+          f"{args.out / metrics['model_file']}, metrics in {args.out / 'metrics.json'}",
+          file=sys.stderr)
+    return 0

@@ -1,0 +1,516 @@
+"""Fine-tune a classifier on a localization dataset's image-level labels with adaptation layers.
+
+The training recipe of Bency et al. (ECCV 2016, sec. 3.2 and 4.1): the last layer is replaced by
+two adaptation layers (:mod:`wsolkit.models.adaptation`), the network is trained with the
+multi-label binary cross-entropy ``-1/K sum_k [p_k log q_k + (1 - p_k) log(1 - q_k)]``, the new
+layers learn faster than the pretrained ones (``head_lr`` vs ``lr``; ``lr=0`` freezes the
+backbone), and under-represented classes are oversampled (:mod:`wsolkit.train.sampling`) with
+noise and rotation augmentation (:mod:`wsolkit.train.augment`).
+
+Outputs in the ``out`` folder, each written atomically after every epoch:
+
+- ``model.pt``: the fine-tuned classifier, for ``wsolkit.load_model(path)`` or ``--model path``
+  (class names, preprocessing and default layers included);
+- ``checkpoint.pt``: model and optimizer state, finished epochs, split, history; what
+  ``resume=True`` continues from;
+- ``metrics.json``: validation mAP before and after, per-epoch loss and mAP, settings.
+
+Reproducibility: every epoch draws its order, augmentation and dropout from generators seeded by
+``(seed, epoch)`` (the caller's global RNG state is left as found), so resuming after epoch k
+gives the same parameters as an uninterrupted run (bit for bit on the CPU). A run interrupted
+inside an epoch resumes from the end of the last finished epoch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from wsolkit.data.atomic import write_bytes_atomic, write_json_atomic
+from wsolkit.data.images import load_image
+from wsolkit.data.sample import Sample
+from wsolkit.errors import InputError
+from wsolkit.eval.detection import average_precision
+from wsolkit.models.adaptation import head_parameter_names, with_adaptation_head
+from wsolkit.models.classifier import Classifier
+from wsolkit.models.layers import get_layer
+from wsolkit.models.loading import save_classifier
+from wsolkit.train.augment import Augment
+from wsolkit.train.sampling import class_balanced_epoch, repeat_factors, split_train_val
+
+__all__ = ["FinetuneSettings", "finetune", "multilabel_map"]
+
+CHECKPOINT = "checkpoint.pt"
+MODEL = "model.pt"
+METRICS = "metrics.json"
+_FORMAT = 1
+# Decoded training images are kept in memory (at the model's input size) up to this many.
+_CACHE_LIMIT = 5000
+
+
+@dataclass(frozen=True)
+class FinetuneSettings:
+    """Everything that decides the result of a fine-tuning run.
+
+    Attributes:
+        epochs: Number of passes over the (oversampled) training images.
+        batch_size: Images per optimizer step.
+        lr: Learning rate of the pretrained layers; 0 freezes them (kept in eval mode).
+        head_lr: Learning rate of the new adaptation layers.
+        hidden: Width of the hidden adaptation layer (0: a single linear layer).
+        dropout: Dropout after the hidden adaptation layer.
+        optimizer: ``adam`` (AdamW) or ``sgd`` (momentum 0.9).
+        weight_decay: Weight decay of both parameter groups.
+        val_fraction: Fraction of the images held out for validation, chosen by ``seed``.
+        seed: Seeds the split, the head initialization, sampling, augmentation and dropout.
+        balance: Oversampling exponent in [0, 1] (0: off, 1: equal class counts).
+        max_repeat: Largest oversampling factor of one image per epoch.
+        rotation: Largest random rotation in degrees.
+        flip: Probability of a horizontal flip.
+        noise: Standard deviation of the white noise (RGB values in [0, 1]).
+        train_layers: With ``lr > 0``, only these backbone modules (by name) are trained; empty:
+            the whole backbone.
+        limit: Use only the first ``limit`` images of the dataset.
+    """
+
+    epochs: int = 10
+    batch_size: int = 16
+    lr: float = 1e-4
+    head_lr: float = 1e-3
+    hidden: int = 512
+    dropout: float = 0.5
+    optimizer: str = "adam"
+    weight_decay: float = 1e-4
+    val_fraction: float = 0.2
+    seed: int = 0
+    balance: float = 0.5
+    max_repeat: float = 3.0
+    rotation: float = 30.0
+    flip: float = 0.5
+    noise: float = 0.03
+    train_layers: tuple[str, ...] = field(default=())
+    limit: int | None = None
+
+    def check(self) -> None:
+        """Raise :class:`InputError` naming the first out-of-range setting."""
+        checks = [
+            (self.epochs >= 1, f"--epochs must be >= 1; got {self.epochs}"),
+            (self.batch_size >= 1, f"--batch-size must be >= 1; got {self.batch_size}"),
+            (self.lr >= 0 and math.isfinite(self.lr), f"--lr must be >= 0; got {self.lr}"),
+            (self.head_lr > 0 and math.isfinite(self.head_lr),
+             f"--head-lr must be > 0; got {self.head_lr}"),
+            (self.hidden >= 0, f"--hidden must be >= 0 (0: one linear layer); got {self.hidden}"),
+            (0 <= self.dropout < 1, f"--dropout must be in [0, 1); got {self.dropout}"),
+            (self.optimizer in ("adam", "sgd"),
+             f"--optimizer must be adam or sgd; got {self.optimizer!r}"),
+            (self.weight_decay >= 0, f"--weight-decay must be >= 0; got {self.weight_decay}"),
+            (0 <= self.val_fraction < 1,
+             f"--val-fraction must be in [0, 1); got {self.val_fraction}"),
+            (self.seed >= 0, f"--seed must be >= 0; got {self.seed}"),
+            (0 <= self.balance <= 1, f"--balance must be in [0, 1]; got {self.balance}"),
+            (self.max_repeat >= 1, f"--max-repeat must be >= 1; got {self.max_repeat}"),
+            (self.limit is None or self.limit >= 1, f"--limit must be >= 1; got {self.limit}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise InputError(message)
+        Augment(self.rotation, self.flip, self.noise)  # raises on a bad value
+
+    def resume_key(self) -> dict[str, Any]:
+        """The settings a resumed run must share with its checkpoint (all but ``epochs``)."""
+        key = asdict(self)
+        key.pop("epochs")
+        key["train_layers"] = list(self.train_layers)
+        return key
+
+
+def multilabel_map(scores: np.ndarray, targets: np.ndarray) -> tuple[float | None, list]:
+    """Mean over classes of the average precision of ranking the images by class score.
+
+    Args:
+        scores: (N, C) scores (e.g. sigmoid probabilities).
+        targets: (N, C) bool, True where the image shows the class.
+
+    Returns:
+        ``(mAP, per_class)``: mAP over the classes with at least one positive image (None if
+        there is none) and, per class, its AP or None (no positive image).
+    """
+    scores = np.asarray(scores, np.float64)
+    targets = np.asarray(targets, bool)
+    if scores.shape != targets.shape or scores.ndim != 2:
+        raise InputError(f"scores {scores.shape} and targets {targets.shape} must be (N, C)")
+    per_class: list[float | None] = []
+    for c in range(scores.shape[1]):
+        positives = int(targets[:, c].sum())
+        per_class.append(
+            average_precision(scores[:, c], targets[:, c], positives) if positives else None
+        )
+    values = [ap for ap in per_class if ap is not None]
+    return (float(np.mean(values)) if values else None), per_class
+
+
+def finetune(
+    classifier: Classifier,
+    dataset: Sequence[Sample],
+    out: str | Path,
+    settings: FinetuneSettings | None = None,
+    resume: bool = False,
+    quiet: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Fine-tune ``classifier`` with adaptation layers on the image-level labels of ``dataset``.
+
+    The caller's classifier is left as found (the new model is a copy); see the module
+    docstring for the recipe and the files written to ``out``.
+
+    Args:
+        classifier: The pretrained classifier (e.g. ``wsolkit.load_model()``).
+        dataset: A dataset reader (``wsolkit.data.open_dataset``) or a sequence of samples;
+            its ``class_names`` name the new classes when it has them.
+        out: Output folder (created).
+        settings: Training settings (defaults: :class:`FinetuneSettings`).
+        resume: Continue from ``out/checkpoint.pt`` (same settings but ``epochs``, same data).
+        quiet: No progress bar.
+        log: Called with a one-line summary after each epoch.
+
+    Returns:
+        The content of ``metrics.json``.
+
+    Raises:
+        InputError: bad settings, no labels, an existing checkpoint without ``resume`` (or a
+            missing or mismatching one with it), an unwritable ``out``.
+        ImageError: a training or validation image cannot be read.
+    """
+    settings = settings or FinetuneSettings()
+    settings.check()
+    out = Path(out)
+    checkpoint_path = out / CHECKPOINT
+    if resume and not checkpoint_path.is_file():
+        raise InputError(f"--resume: {checkpoint_path} not found")
+    if not resume and checkpoint_path.exists():
+        raise InputError(
+            f"{checkpoint_path} exists: pass --resume to continue it or choose another --out"
+        )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise InputError(f"cannot create {out}: {error.strerror or error}") from None
+
+    samples = list(dataset)[: settings.limit]
+    class_names = _class_names(dataset, samples)
+    targets = _multi_hot(samples, len(class_names))
+    train_idx, val_idx = split_train_val(len(samples), settings.val_fraction, settings.seed)
+    model, head_name = with_adaptation_head(
+        classifier, class_names, settings.hidden, settings.dropout, settings.seed
+    )
+    trainable = _trainable_prefixes(model.module, head_name, settings)
+    optimizer = _optimizer(model.module, head_name, trainable, settings)
+    images = _ImageSource(model, samples)
+    state = {
+        "format": _FORMAT,
+        "base_model": classifier.name,
+        "settings": settings.resume_key(),
+        "class_names": list(class_names),
+        "train_ids": [samples[i].image_id for i in train_idx],
+        "val_ids": [samples[i].image_id for i in val_idx],
+    }
+
+    if resume:
+        saved = _load_checkpoint(checkpoint_path, state)
+        model.module.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        start, history = int(saved["epoch"]), list(saved["history"])
+        before = saved["val_map_before"]
+    else:
+        start, history = 0, []
+        before = _validate(model, images, val_idx, targets)[0]
+
+    factors = repeat_factors(
+        [samples[i].labels for i in train_idx], len(class_names),
+        settings.balance, settings.max_repeat,
+    )
+    augment = Augment(settings.rotation, settings.flip, settings.noise)
+    for epoch in range(start, settings.epochs):
+        began = time.perf_counter()
+        loss = _train_epoch(
+            model, images, train_idx, targets, factors, augment, optimizer, head_name,
+            trainable, settings, epoch, quiet,
+        )
+        val_map, per_class = _validate(model, images, val_idx, targets)
+        history.append({
+            "epoch": epoch + 1,
+            "loss": loss,
+            "val_map": val_map,
+            "seconds": round(time.perf_counter() - began, 2),
+        })
+        _save_checkpoint(checkpoint_path, {
+            **state,
+            "epoch": epoch + 1,
+            "model": model.module.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "history": history,
+            "val_map_before": before,
+        })
+        save_classifier(model, out / MODEL)
+        metrics = _metrics(dataset, classifier, settings, state, before, history,
+                           (val_map, per_class), targets[val_idx], start)
+        write_json_atomic(out / METRICS, metrics)
+        if log is not None:
+            log(f"epoch {epoch + 1}/{settings.epochs}: loss {loss:.4f}, val mAP "
+                f"{_percent(val_map)} (before fine-tuning {_percent(before)})")
+    if start >= settings.epochs:  # nothing left to train: still write the outputs
+        save_classifier(model, out / MODEL)
+        metrics = _metrics(dataset, classifier, settings, state, before, history,
+                           _validate(model, images, val_idx, targets), targets[val_idx], start)
+        write_json_atomic(out / METRICS, metrics)
+    return metrics
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def _class_names(dataset: Sequence[Sample], samples: list[Sample]) -> list[str]:
+    names = getattr(dataset, "class_names", None)
+    if names:
+        return list(names)
+    labels = [label for sample in samples for label in sample.labels]
+    if not labels:
+        raise InputError(f"{_source(dataset)}: no image-level labels to train on")
+    return [f"class {i}" for i in range(max(labels) + 1)]
+
+
+def _source(dataset: Sequence[Sample]) -> str:
+    return str(getattr(dataset, "annotation_file", None) or getattr(dataset, "root", "dataset"))
+
+
+def _multi_hot(samples: list[Sample], num_classes: int) -> np.ndarray:
+    targets = np.zeros((len(samples), num_classes), bool)
+    for row, sample in enumerate(samples):
+        for label in sample.labels:
+            if not 0 <= label < num_classes:
+                raise InputError(
+                    f"{sample.image_id}: label {label} is outside 0..{num_classes - 1}"
+                )
+            targets[row, label] = True
+    if not targets.any():
+        raise InputError("the dataset has no image-level labels to train on")
+    return targets
+
+
+def _trainable_prefixes(
+    module: nn.Module, head_name: str, settings: FinetuneSettings
+) -> tuple[str, ...]:
+    """Module-name prefixes of the trained parameters (the head always; backbone per lr)."""
+    if settings.lr == 0:
+        if settings.train_layers:
+            raise InputError("--train-layers needs --lr > 0 (lr 0 freezes the backbone)")
+        return (head_name,)
+    if not settings.train_layers:
+        return ("",)  # everything
+    for name in settings.train_layers:
+        get_layer(module, name)  # raises LayerError naming a typo
+    return (head_name, *settings.train_layers)
+
+
+def _is_trained(name: str, prefixes: tuple[str, ...]) -> bool:
+    return any(p == "" or name == p or name.startswith(f"{p}.") for p in prefixes)
+
+
+def _optimizer(
+    module: nn.Module, head_name: str, trainable: tuple[str, ...], settings: FinetuneSettings
+) -> torch.optim.Optimizer:
+    head = head_parameter_names(module, head_name)
+    groups = [
+        {"params": [p for n, p in module.named_parameters()
+                    if n not in head and _is_trained(n, trainable)], "lr": settings.lr},
+        {"params": [p for n, p in module.named_parameters() if n in head],
+         "lr": settings.head_lr},
+    ]
+    groups = [g for g in groups if g["params"]]
+    if settings.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=settings.head_lr, momentum=0.9,
+                               weight_decay=settings.weight_decay)
+    return torch.optim.AdamW(groups, lr=settings.head_lr, weight_decay=settings.weight_decay)
+
+
+@contextlib.contextmanager
+def _training_mode(
+    module: nn.Module, head_name: str, trainable: tuple[str, ...]
+) -> Iterator[None]:
+    """Train mode and gradients for the trained modules only; restored on exit."""
+    frozen = [p for n, p in module.named_parameters()
+              if not _is_trained(n, trainable) and p.requires_grad]
+    for param in frozen:
+        param.requires_grad_(False)
+    if "" in trainable:
+        module.train()
+    else:
+        module.eval()
+        for name in trainable:
+            get_layer(module, name).train()
+    try:
+        yield
+    finally:
+        module.eval()
+        for param in frozen:
+            param.requires_grad_(True)
+
+
+class _ImageSource:
+    """Decoded images at the model's input size, kept in memory for small datasets."""
+
+    def __init__(self, classifier: Classifier, samples: list[Sample]) -> None:
+        self.classifier = classifier
+        self.samples = samples
+        self.cache: dict[int, Image.Image] | None = {} if len(samples) <= _CACHE_LIMIT else None
+        self.fill = tuple(int(round(255 * m)) for m in classifier.mean)
+
+    def image(self, index: int) -> Image.Image:
+        if self.cache is not None and index in self.cache:
+            return self.cache[index]
+        height, width = self.classifier.input_size
+        image = load_image(self.samples[index].path)
+        image = image.resize((width, height), Image.Resampling.BILINEAR)
+        if self.cache is not None:
+            self.cache[index] = image
+        return image
+
+    def batch(
+        self, indices: Sequence[int], augment: Augment | None = None,
+        rng: np.random.Generator | None = None,
+    ) -> torch.Tensor:
+        tensors = []
+        for index in indices:
+            image = self.image(int(index))
+            if augment is not None:
+                image = augment.image(image, rng, self.fill)
+            tensor = self.classifier.preprocess(image)
+            if augment is not None:
+                tensor = augment.tensor(tensor, rng, self.classifier.std)
+            tensors.append(tensor)
+        return torch.stack(tensors).to(self.classifier.device)
+
+
+def _train_epoch(
+    model: Classifier, images: _ImageSource, train_idx: np.ndarray, targets: np.ndarray,
+    factors: np.ndarray, augment: Augment, optimizer: torch.optim.Optimizer, head_name: str,
+    trainable: tuple[str, ...], settings: FinetuneSettings, epoch: int, quiet: bool,
+) -> float:
+    from tqdm import tqdm
+
+    rng = np.random.default_rng([settings.seed, epoch])
+    torch_seed = int(np.random.SeedSequence([settings.seed, epoch, 1]).generate_state(1)[0])
+    order = train_idx[class_balanced_epoch(factors, rng)]
+    criterion = nn.BCEWithLogitsLoss()
+    total, seen = 0.0, 0
+    bar = tqdm(total=len(order), unit="img", desc=f"epoch {epoch + 1}/{settings.epochs}",
+               disable=quiet, file=sys.stderr, leave=False)
+    device = model.device
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with bar, torch.random.fork_rng(devices=devices), _training_mode(
+        model.module, head_name, trainable
+    ):
+        torch.manual_seed(torch_seed)
+        for start in range(0, len(order), settings.batch_size):
+            batch = order[start:start + settings.batch_size]
+            inputs = images.batch(batch, augment, rng)
+            labels = torch.from_numpy(targets[batch].astype(np.float32)).to(inputs.device)
+            loss = criterion(model.module(inputs), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(batch)
+            seen += len(batch)
+            bar.update(len(batch))
+            bar.set_postfix(loss=f"{total / seen:.4f}")
+    return total / max(seen, 1)
+
+
+def _validate(
+    model: Classifier, images: _ImageSource, val_idx: np.ndarray, targets: np.ndarray,
+    batch_size: int = 16,
+) -> tuple[float | None, list]:
+    if len(val_idx) == 0:
+        return None, []
+    training = model.module.training
+    model.module.eval()
+    scores = []
+    try:
+        with torch.no_grad():
+            for start in range(0, len(val_idx), batch_size):
+                inputs = images.batch(val_idx[start:start + batch_size])
+                scores.append(torch.sigmoid(model.module(inputs)).cpu().numpy())
+    finally:
+        model.module.train(training)
+    return multilabel_map(np.concatenate(scores), targets[val_idx])
+
+
+def _save_checkpoint(path: Path, content: dict[str, Any]) -> None:
+    buffer = io.BytesIO()
+    torch.save(content, buffer)
+    write_bytes_atomic(path, buffer.getvalue())
+
+
+def _load_checkpoint(path: Path, expected: dict[str, Any]) -> dict[str, Any]:
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - torch raises many types for a bad file
+        raise InputError(f"--resume: {path} is not a readable checkpoint ({error})") from None
+    if not isinstance(saved, dict) or saved.get("format") != _FORMAT:
+        raise InputError(f"--resume: {path} is not a wsolkit finetune checkpoint")
+    if saved["base_model"] != expected["base_model"]:
+        raise InputError(f"--resume: {path} fine-tunes {saved['base_model']!r}, "
+                         f"not {expected['base_model']!r}")
+    for key, value in expected["settings"].items():
+        if saved["settings"].get(key) != value:
+            option = "--" + key.replace("_", "-")
+            raise InputError(f"--resume: {path} was made with {option} "
+                             f"{saved['settings'].get(key)!r}, not {value!r}")
+    for key in ("class_names", "train_ids", "val_ids"):
+        if saved[key] != expected[key]:
+            raise InputError(f"--resume: the dataset's {key.replace('_', ' ')} differ from "
+                             f"those of {path}")
+    return saved
+
+
+def _metrics(
+    dataset: Sequence[Sample], base: Classifier, settings: FinetuneSettings,
+    state: dict[str, Any], before: float | None, history: list[dict[str, Any]],
+    validation: tuple[float | None, list], val_targets: np.ndarray, resumed_from: int,
+) -> dict[str, Any]:
+    after, per_class = validation
+    evaluated = [c for c, ap in enumerate(per_class) if ap is not None]
+    # Expected AP of a random ranking is about the fraction of positives: the chance level.
+    chance = (float(np.mean([val_targets[:, c].mean() for c in evaluated]))
+              if evaluated else None)
+    return {
+        "dataset": _source(dataset),
+        "base_model": base.name,
+        "classes": len(state["class_names"]),
+        "train_images": len(state["train_ids"]),
+        "val_images": len(state["val_ids"]),
+        "val_classes_evaluated": len(evaluated),
+        "val_map_before": before,
+        "val_map_after": after,
+        "val_map_chance": chance,
+        "val_ap_per_class": {state["class_names"][c]: per_class[c] for c in evaluated},
+        "epochs": history,
+        "train_seconds": round(sum(h["seconds"] for h in history), 2),
+        "resumed_from_epoch": resumed_from or None,
+        "model_file": MODEL,
+        "settings": {**asdict(settings), "train_layers": list(settings.train_layers)},
+        "val_ids": state["val_ids"],
+    }
