@@ -33,6 +33,8 @@ import wsolkit
 
 GRADIENT_METHODS = ("gradcam", "gradcampp", "xgradcam", "layercam")
 INTERMEDIATE_LAYER = "features.stage5"
+# Pipelines with their own benchmark (per-image, per-stage timing) are left out by default.
+OWN_BENCHMARK = ("rcam1", "rcam2", "rcam3", "rcam", "beam")
 
 
 @dataclass
@@ -86,8 +88,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--methods", default=",".join(wsolkit.method_names()),
-                        help="comma-separated method names (default: all registered)")
+    default_methods = [name for name in wsolkit.method_names() if name not in OWN_BENCHMARK]
+    parser.add_argument("--methods", default=",".join(default_methods),
+                        help="comma-separated method names (default: the CAM family; rCAM and "
+                        "beam search have rcam_speed.py and beam_speed.py)")
     parser.add_argument("--scorecam-batch", type=int, default=2,
                         help="images for the Score-CAM rows (default: 2)")
     parser.add_argument("--seed", type=int, default=0)

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Reproduce the README's results tables: every heatmap method on imagenet-dev and davis.
+# Reproduce the README's results table: every CAM-family heatmap method on imagenet-dev
+# (boxes) and davis (masks), with the embedded model and the default layers.
 # Reports go to out/results/<dataset>/ (comparison.md plus one folder per method).
 # Score-CAM keeps the 64 most active channels of 1280 (all channels would take hours on a CPU).
+# rCAM has its own table (scripts/evaluate_rcam.sh); `--method all` runs everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -10,7 +12,8 @@ set +u
 . .venv/bin/activate
 set -u
 data=${WSOLKIT_DATA:-../shared/data}
+methods=cam,gradcam,gradcampp,xgradcam,layercam,objectness,smoothgradcampp,scorecam
 for dataset in imagenet-dev davis; do
-    wsolkit evaluate "$data/$dataset" --method all --option max_channels=64 \
+    wsolkit evaluate "$data/$dataset" --method "$methods" --option max_channels=64 \
         --out "out/results/$dataset" "$@"
 done

@@ -1,8 +1,10 @@
 """The evaluation job: score a heatmap method on a dataset with the WSOL protocol.
 
 Every map is brought to the protocol's 224x224 grid (bicubic resize, then min-max
-normalization, as wsolevaluation does), so computed maps, maps of other sizes loaded from
-``.npy`` files, boxes and masks are all scored the same way:
+normalization, as wsolevaluation does; a computed map is resized from its raw layer
+resolution, after the method's ReLU, not from the method's upsampled output), so computed
+maps, maps of other sizes loaded from ``.npy`` files, boxes and masks are all scored the same
+way:
 
 - boxes (wsolevaluation, ImageNet-style sets): MaxBoxAcc, MaxBoxAccV2, top-1 / top-5 and
   GT-known localization (:class:`~wsolkit.eval.BoxAccuracy`), pointing game;
@@ -276,7 +278,7 @@ def _computed_batches(
             top5 = result.logits.topk(min(5, result.logits.shape[1]), dim=1).indices.tolist()
             for index, (sample, image) in enumerate(loaded):
                 batch.samples.append(sample)
-                batch.maps.append(result.maps[index].cpu().numpy())
+                batch.maps.append(protocol_source(method, result.raw[index]))
                 batch.sizes.append(image.size)
                 batch.top5.append(top5[index])
                 if class_count:
@@ -294,7 +296,7 @@ def _class_maps(method: HeatmapMethod, image: torch.Tensor, num_classes: int,
     for start in range(0, num_classes, chunk):
         classes = list(range(start, min(start + chunk, num_classes)))
         result = method(image.repeat(len(classes), 1, 1, 1), target=classes)
-        grids.extend(protocol_map(heatmap) for heatmap in result.maps.cpu().numpy())
+        grids.extend(protocol_map(protocol_source(method, raw)) for raw in result.raw)
         values.append(result.raw.flatten(1).amax(1).cpu().numpy())
         logits = result.logits[0] if logits is None else logits
     probabilities = logits.float().softmax(0).cpu().numpy()
@@ -363,6 +365,17 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     handle = io.BytesIO()
     np.save(handle, array, allow_pickle=False)
     return handle.getvalue()
+
+
+def protocol_source(method: HeatmapMethod, raw: torch.Tensor) -> np.ndarray:
+    """The map the protocol resizes: the raw layer-resolution map, after the method's ReLU.
+
+    wsolevaluation resizes the layer-resolution map itself to 224x224 with OpenCV's bicubic
+    kernel; scoring the method's own (bilinear) upsampled output instead would add a second
+    resampling that the protocol does not have.
+    """
+    source = raw.clamp(min=0) if method.relu else raw
+    return source.detach().float().cpu().numpy()
 
 
 def protocol_map(heatmap: np.ndarray) -> np.ndarray:
