@@ -6,6 +6,11 @@ heatmap (preprocessing + forward pass) and the rest (GrabCut with seeding, resiz
 Plain ``grabcut_box`` on the whole image (the baseline) is timed on the same boxes with
 ``--baseline``. Median of ``--repeats`` passes over the images after one warm-up image.
 
+The process's CPU time per box (all threads together) is printed beside the wall time: on a
+machine shared with other jobs the wall time measures the load, while the CPU time bounds the
+wall time of an otherwise idle machine (the timed loop does no I/O). On an oversubscribed
+machine use ``--threads 1``: OpenMP threads that wait for a core spin and inflate both times.
+
     python benchmarks/instances_speed.py                 # 50 images, 2 threads
     python benchmarks/instances_speed.py --images 213 --baseline --json out/instances_speed.json
 """
@@ -104,7 +109,7 @@ def main() -> None:
         "seconds_per_box": total, "heatmap_seconds": heat, "grabcut_seconds": total - heat,
         "cpu_seconds_per_box": cpu, "load_average_before": load_before,
         "load_average_after": _load(),
-        "target": TARGET, "pass": total < TARGET,
+        "target": TARGET, "pass": total < TARGET, "pass_cpu": cpu < TARGET,
     }
     if args.baseline:
         start = time.perf_counter()
@@ -123,7 +128,8 @@ def main() -> None:
     print(f"| seeding + GrabCut + resize | {total - heat:.3f} |")
     print(f"| **total** | **{total:.3f}** (target < {TARGET}: "
           f"{'pass' if result['pass'] else 'fail'}) |")
-    print(f"| CPU time of the process (all threads) | {cpu:.3f} |")
+    print(f"| CPU time of the process (all threads) | {cpu:.3f} (target < {TARGET}: "
+          f"{'pass' if result['pass_cpu'] else 'fail'}) |")
     if args.baseline:
         print(f"| plain GrabCut from the box, whole image (baseline) | "
               f"{result['plain_grabcut_seconds_per_box']:.3f} |")

@@ -10,7 +10,7 @@ preprocessed for the embedded EfficientNet-Lite0 (224x224) into one batch; every
 plain ``torch.inference_mode()`` forward of the batch at 224 and at 448, then one call of the
 rCAM method (default: the full ``rcam``; ``--method rcam1`` etc. for a stage). During the rCAM
 call the stage functions of ``wsolkit.maps.rcam`` are wrapped with timers: model forwards
-(all of them: the base's CAM forward and the extra ones, at both scales), PCA shape maps,
+(by input side: the base's CAM forward at 224 and the scale-2 forward at 448), PCA shape maps,
 variogram fits, guided filters, fusion, dense CRF; "other" is the rest (CAM weights, resizes,
 bookkeeping). Times are medians over repeats, per image. The target is < 0.5 s per image for
 the full rCAM on 2 threads; the exit code is always 0 (a report, not a test).
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -40,7 +41,7 @@ TIMED = {
     "variogram fits": ("variogram_radius",),
     "guided filters": ("guided_upsample_x2", "guided_filter"),
     "fusion": ("fuse", "minmax"),
-    "dense CRF": ("dense_crf",),
+    "dense CRF": ("refine_crf",),
 }
 
 
@@ -65,8 +66,9 @@ class StageClock:
         def before(_module, _inputs):
             self._started.append(time.perf_counter())
 
-        def after(_module, _inputs, _output):
-            self.seconds["model forwards"] += time.perf_counter() - self._started.pop()
+        def after(_module, inputs, _output):
+            side = inputs[0].shape[-1] if inputs and hasattr(inputs[0], "shape") else "?"
+            self.seconds[f"model forward {side}"] += time.perf_counter() - self._started.pop()
 
         self._handles = [self.module.register_forward_pre_hook(before),
                          self.module.register_forward_hook(after)]
@@ -119,6 +121,7 @@ def main() -> None:
         forward(batch)
         method(batch)
 
+    load_before = os.getloadavg()
     totals, base224, base448 = [], [], []
     stages: dict[str, list[float]] = defaultdict(list)
     for _ in range(args.repeats):
@@ -135,12 +138,17 @@ def main() -> None:
 
     per_image = statistics.median(totals) / count
     layers = method.last_stages.shape_layers
+    load = os.getloadavg()
+    print(f"load average before/after: {load_before[0]:.2f} / {load[0]:.2f} (1 min) on "
+          f"{os.cpu_count()} CPUs")
     print(f"torch {torch.__version__}, {platform.machine()}, {args.threads} threads, "
           f"{count} images per call, {args.repeats} repeats (+{args.warmup} warmup); "
           f"method {args.method}, shape layers {', '.join(layers)}\n")
     print("| stage | s per image | share |")
     print("|---|---:|---:|")
-    order = ["model forwards", *TIMED, "other"]
+    forwards = sorted((s for s in stages if s.startswith("model forward")),
+                      key=lambda name: int(name.split()[-1]) if name.split()[-1].isdigit() else 0)
+    order = [*forwards, *TIMED, "other"]
     rows = {}
     for stage in order:
         if stage not in stages:
@@ -160,7 +168,8 @@ def main() -> None:
             json.dump({"torch": torch.__version__, "config": vars(args),
                        "seconds_per_image": per_image, "stages": rows,
                        "forward_224": f224, "forward_448": f448,
-                       "shape_layers": list(layers)}, file, indent=2)
+                       "shape_layers": list(layers), "load_before": load_before[0],
+                       "load_after": load[0]}, file, indent=2)
 
 
 def timed(fn, *args) -> float:

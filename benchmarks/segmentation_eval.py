@@ -17,6 +17,14 @@ Box-to-mask on coco-mval (``wsolkit.apps.instances``), box = tight box of the GT
     python benchmarks/segmentation_eval.py coco-mval
     python benchmarks/segmentation_eval.py all --grid --json benchmarks/results/segmentation.json
 
+``--write-boxes FILE`` only writes the coco-mval boxes used here (the tight box of each GT
+mask) as COCO detections whose ``image_id`` is the file stem, for the command-line route:
+
+    python benchmarks/segmentation_eval.py coco-mval --write-boxes out/coco-mval-boxes.json
+    wsolkit instances ../shared/data/coco-mval/images --boxes out/coco-mval-boxes.json \
+        --out out/coco-mval-masks.json --save-maps out/coco-mval-maps
+    wsolkit evaluate ../shared/data/coco-mval --maps out/coco-mval-maps --out out/eval-coco-mval
+
 Prints markdown tables (mean IoU in %, seconds per image or box on this machine; speed proper
 is measured by ``benchmarks/instances_speed.py``). Scores are deterministic (GrabCut's k-means
 is seeded).
@@ -125,19 +133,21 @@ def coco_rows(data: Path, limit: int | None, grid: bool, baselines: bool) -> lis
     default = InstanceSettings()
     configs = []
     if baselines:
-        configs.append(("paper's seeding: heatmap, MASON's rule in the box, full resolution",
-                        replace(default, rule="paper", prior_sigma=None, max_side=None)))
+        configs.append(("paper's seeding: heatmap, MASON's rule in the box (5% margin), full "
+                        "resolution",
+                        replace(default, rule="paper", prior_sigma=None, max_side=None,
+                                margin=0.05)))
     configs.append((f"default: {_describe(default)}", default))
     if grid:
         configs += [
             ("heatmap alone (no box prior)", replace(default, prior_sigma=None)),
             ("box prior alone (heat_power 0)", replace(default, heat_power=0.0)),
             (None, replace(default, heat_power=1.0)),
-            (None, replace(default, max_side=192)),
-            (None, replace(default, max_side=None)),
+            (None, replace(default, margin=0.05)),
+            (None, replace(default, prior_sigma=1 / 3)),
+            (None, replace(default, max_side=224)),
+            (None, replace(default, iterations=10)),
             (None, replace(default, rule="paper")),
-            (None, replace(default, fg=0.8)),
-            (None, replace(default, split=0.0)),
         ]
     for name, settings in configs:
         heatmaps = CropHeatmaps(model, settings)
@@ -152,6 +162,21 @@ def coco_rows(data: Path, limit: int | None, grid: bool, baselines: bool) -> lis
     return rows
 
 
+def write_boxes(data: Path, out: Path) -> int:
+    """Write the tight box of every GT mask of a mask folder as COCO detections; count them."""
+    entries = []
+    for sample in MaskFolderDataset(data):
+        fg, _ = sample.load_mask()
+        boxes = mask_box(fg)
+        if len(boxes):
+            x0, y0, x1, y1 = (float(v) for v in boxes[0])
+            entries.append({"image_id": sample.image_id, "category_id": 1,
+                            "bbox": [x0, y0, x1 - x0, y1 - y0], "score": 1.0})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(entries) + "\n")
+    return len(entries)
+
+
 def _describe(settings: SegmentSettings | InstanceSettings) -> str:
     parts = [f"rule {settings.rule}"]
     if settings.rule == "quantile":
@@ -161,7 +186,7 @@ def _describe(settings: SegmentSettings | InstanceSettings) -> str:
     if isinstance(settings, InstanceSettings):
         prior = "none" if settings.prior_sigma is None else f"{settings.prior_sigma:.3g}"
         parts.append(f"prior sigma {prior} heat power {settings.heat_power:g} "
-                     f"context {settings.context:g}")
+                     f"margin {settings.margin:g} context {settings.context:g}")
     else:
         if settings.border:
             parts.append(f"border {settings.border:g}")
@@ -195,7 +220,13 @@ def main() -> None:
                         help="torch / OpenCV threads (the scores do not depend on it; on a busy "
                              "machine 1 avoids OpenMP spin-waiting)")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    parser.add_argument("--write-boxes", type=Path, default=None, metavar="FILE",
+                        help="coco-mval: only write its GT-mask boxes as COCO detections")
     args = parser.parse_args()
+    if args.write_boxes is not None:
+        count = write_boxes(args.data / "coco-mval", args.write_boxes)
+        print(f"{count} boxes written to {args.write_boxes}")
+        return
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
     out = {}

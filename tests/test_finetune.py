@@ -351,3 +351,20 @@ def test_cli_refuses_to_overwrite_or_mismatch(color_coco, tiny_model_file, tmp_p
     assert err.count("\n") == 1 and "--hidden 4, not 5" in err
     assert main(["finetune", str(tmp_path / "missing"), "--out", str(out), "--quiet"]) == 2
     assert "dataset not found" in capsys.readouterr().err
+
+
+def test_cli_skips_unreadable_images_and_exits_1(color_coco, tiny_model_file, tmp_path, capsys):
+    images = color_coco.parent / "images"
+    (images / "001.png").unlink()
+    (images / "002.png").write_bytes((images / "003.png").read_bytes()[:60])
+    out = tmp_path / "o"
+    code = main(["finetune", str(color_coco), "--out", str(out), "--model",
+                 str(tiny_model_file), "--quiet", "--epochs", "1", "--hidden", "4",
+                 "--threads", "1"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert f"{images / '001.png'}: file not found" in err
+    assert f"{images / '002.png'}: truncated or corrupt" in err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(metrics["failures"]) == 2
+    assert metrics["train_images"] + metrics["val_images"] == 22

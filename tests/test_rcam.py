@@ -25,14 +25,17 @@ from wsolkit.maps.rcam import (
     RCAM2,
     RCAM3,
     RCAMConfig,
+    _chunked_forward,
     fuse,
     minmax,
+    refine_crf,
     select_shape_layers,
     to_rgb_uint8,
     upsample_chain,
 )
 from wsolkit.maps.shape import pca_shape_maps, pca_shape_maps_batch
 from wsolkit.models import Classifier
+from wsolkit.refine.crf import CRFParams, dense_crf
 from wsolkit.refine.guided_filter import guided_filter
 from wsolkit.refine.variogram import variogram_radius
 
@@ -210,6 +213,60 @@ def test_upsample_chain_handles_odd_sizes_and_rejects_shrinking_guides():
         upsample_chain(cam, [odd], 0.01, radii=[1, 2])
 
 
+def test_crf_at_a_moderate_size_is_the_crf_of_the_resized_inputs_resized_back():
+    rng = np.random.default_rng(8)
+    rgb = cv2.GaussianBlur(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8), (0, 0), 2)
+    prior = cv2.GaussianBlur(rng.random((48, 64)).astype(np.float32), (0, 0), 4)
+    prior = minmax(prior)
+    params = CRFParams(gaussian_sxy=4.0, bilateral_sxy=20.0)
+    np.testing.assert_array_equal(refine_crf(rgb, prior, params, 3),
+                                  dense_crf(rgb, prior, params, 3))
+    np.testing.assert_array_equal(refine_crf(rgb, prior, params, 3, size=48),
+                                  dense_crf(rgb, prior, params, 3))  # not smaller: as is
+    half = refine_crf(rgb, prior, params, 3, size=24)
+    small = dense_crf(cv2.resize(rgb, (32, 24), interpolation=cv2.INTER_AREA),
+                      np.clip(cv2.resize(prior, (32, 24)), 0, 1),
+                      CRFParams(gaussian_sxy=2.0, bilateral_sxy=10.0), 3)
+    expected = np.clip(cv2.resize(small, (64, 48), interpolation=cv2.INTER_LINEAR), 0, 1)
+    assert half.shape == (48, 64) and half.dtype == np.float32
+    np.testing.assert_allclose(half, expected, atol=1e-6)
+
+
+def test_chunked_forward_equals_one_batched_forward(model):
+    images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(9))
+    logits, outputs = _chunked_forward(model, images, ["features.relu2", "features.act"])
+    with torch.no_grad():
+        expected = model(images)
+        features = model.features[:4](images)
+    torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(outputs["features.relu2"], features, rtol=1e-5, atol=1e-6)
+    assert outputs["features.act"].shape == (3, 6, 8, 8) and hooks_of(model) == 0
+
+
+def test_radius_scale_scales_the_variogram_radii(model, images):
+    base = RCAM1(model, config=RCAMConfig(scales=(16, 32), shape_layers=TINY_LAYERS,
+                                          radius=None))
+    base(images)
+    bigger = RCAM1(model, config=RCAMConfig(scales=(16, 32), shape_layers=TINY_LAYERS,
+                                            radius=None, radius_scale=3.0))
+    bigger(images)
+    assert (bigger.last_stages.radii1 >= base.last_stages.radii1).all()
+    assert (bigger.last_stages.radii1 > base.last_stages.radii1).any()
+
+
+def test_a_fixed_radius_replaces_the_variogram_rule(model, images):
+    config = RCAMConfig(scales=(16, 32), shape_layers=TINY_LAYERS, radius=2)
+    stages = RCAM1(model, config=config).stages(images)
+    assert (stages.radii1 == 2).all() and (stages.radii2 == 2).all()
+    guides = [layer[0].maps for layer in stages.shapes1] + [stages.shapes2[-1][0].maps]
+    chained = upsample_chain(stages.cam1[0], guides, config.eps, radii=[2, 2, 2])
+    expected = cv2.resize(chained, (16, 16), interpolation=cv2.INTER_LINEAR)
+    np.testing.assert_allclose(stages.rcam1[0], expected, atol=1e-6)
+    assert RCAM(model, radius=0).config.radius is None
+    with pytest.raises(InputError):
+        RCAMConfig(radius=0)
+
+
 def test_rgb_recovery_inverts_the_classifier_preprocessing():
     rgb = np.random.default_rng(4).integers(0, 256, (16, 16, 3), dtype=np.uint8)
     classifier = Classifier(module=nn.Identity(), input_size=(16, 16))
@@ -223,6 +280,7 @@ def test_rgb_recovery_inverts_the_classifier_preprocessing():
     {"scales": (224,)}, {"scales": (0, 448)}, {"shape_layers": "features.stage3"},
     {"shape_layers": ()}, {"components": 4}, {"eps": 0.0}, {"min_radius": 0},
     {"max_radius": 0}, {"fuse_inputs": "sum"}, {"crf": {}}, {"crf_iterations": 0},
+    {"radius_scale": 0.0}, {"radius_scale": True}, {"crf_size": 4}, {"crf_size": 1.5},
 ])
 def test_config_rejects_bad_values(options):
     with pytest.raises(InputError):
@@ -303,6 +361,12 @@ def test_flat_options_override_the_config(model):
                   eps=0.05, crf_iterations=2)
     assert method.config.scales == (16, 32) and method.config.shape_layers == TINY_LAYERS
     assert method.config.eps == 0.05 and method.config.crf_iterations == 2
+    more = RCAM(model, radius_scale=2, fuse_inputs="raw", crf_size=64, bilateral_srgb=7,
+                bilateral_compat=1)
+    assert more.config.radius_scale == 2 and more.config.fuse_inputs == "raw"
+    assert more.config.crf_size == 64 and more.config.crf.bilateral_srgb == 7
+    assert more.config.crf.bilateral_compat == 1
+    assert RCAM(model, crf_size=0).config.crf_size is None
 
 
 def test_callable_targets_and_bad_layers_are_rejected(model, images):

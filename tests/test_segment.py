@@ -180,6 +180,26 @@ def test_results_for_an_image_folder_match_integer_stems(coco_files):
     assert report.segmented == 2
 
 
+def test_saved_maps_are_the_union_of_each_images_masks(coco_files):
+    root, annotations, _, big, small = coco_files
+    maps = root / "maps"
+    instances_from_json(None, annotations, None, root / "m.json", InstanceSettings(),
+                        heatmaps=centre_heatmaps, maps_dir=maps)
+    saved = np.load(maps / "000000000007.npy")
+    assert saved.dtype == np.float32 and saved.shape == big.shape
+    assert set(np.unique(saved)) <= {0.0, 1.0} and iou(saved > 0, big | small) > 0.7
+
+
+def test_check_inputs_counts_images_and_rejects_unknown_ids(coco_files):
+    from wsolkit.apps.instances import check_inputs
+
+    root, annotations, detections, _, _ = coco_files
+    assert check_inputs(annotations, detections, root / "o.json") == 1
+    (root / "unknown.json").write_text(json.dumps([{"image_id": 8, "bbox": [1, 1, 2, 2]}]))
+    with pytest.raises(InputError, match="unknown image 8"):
+        check_inputs(annotations, root / "unknown.json", root / "o.json")
+
+
 def test_output_must_not_overwrite_an_input(coco_files):
     _, annotations, detections, _, _ = coco_files
     with pytest.raises(InputError, match="overwrite"):
@@ -220,10 +240,11 @@ def test_segment_files_writes_masks(embedded_model, tmp_path):
     before = digest(inputs / "a.png")
     out = tmp_path / "out"
     report = segment_files(embedded_model, sorted(inputs.iterdir()), out,
-                           SegmentSettings(max_side=64))
+                           SegmentSettings(max_side=64), maps_dir=tmp_path / "maps")
     assert len(report.records) == 1 and len(report.failures) == 1
     mask = np.asarray(Image.open(out / report.records[0]["mask"]))
     assert mask.shape == (64, 64) and set(np.unique(mask)) <= {0, 255}
+    assert np.array_equal(np.load(tmp_path / "maps" / "a.npy") > 0, mask > 0)
     assert (out / report.records[0]["overlay"]).is_file()
     assert json.loads((out / "results.json").read_text())["settings"]["rule"] == "quantile"
     assert digest(inputs / "a.png") == before
@@ -253,11 +274,14 @@ def test_cli_segment_and_instances(embedded_model, coco_files, capsys):
     (["instances", "{root}/instances.json", "--out", "{root}/instances.json"], "overwrite"),
     (["instances", "{root}/instances.json", "--out", "{root}/o.json", "--context", "-1"],
      "--context"),
+    (["instances", "{root}/instances.json", "--boxes", "{root}/unknown.json",
+      "--out", "{root}/o.json"], "unknown image 8"),
     (["segment", "{root}/nothing-here", "--out", "{root}/s"], "no image files"),
     (["segment", "{root}/images", "--out", "{root}/s", "--method", "nope"], "nope"),
 ])
 def test_cli_errors_are_one_line(coco_files, capsys, argv, message):
     root = coco_files[0]
+    (root / "unknown.json").write_text(json.dumps([{"image_id": 8, "bbox": [1, 1, 2, 2]}]))
     assert main([a.format(root=root) for a in argv] + ["--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("wsolkit: error:") and message in err[-1]

@@ -163,3 +163,36 @@ def test_fit_errors(lags, gamma, match):
 def test_radius_errors(guide, kwargs, match):
     with pytest.raises(InputError, match=match):
         variogram_radius(guide, **kwargs)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_profile_fit_is_as_good_as_a_three_parameter_least_squares_fit(seed):
+    """The grid-then-zoom fit over sigma reaches at least curve_fit's least-squares optimum."""
+    from scipy.optimize import curve_fit
+
+    rng = np.random.default_rng(seed)
+    lags = np.arange(1, 15, dtype=np.float64)
+    truth = VariogramFit(c1=-rng.uniform(0.5, 2.0), c2=rng.uniform(1.0, 3.0),
+                         sigma=rng.uniform(1.0, 8.0))
+    gamma = truth(lags) + rng.normal(0, 0.02, lags.shape)
+    fit = fit_gaussian_variogram(lags, gamma)
+
+    def model(h, c1, c2, sigma):
+        return c1 * np.exp(-h * h / (2 * sigma * sigma)) + c2
+
+    params, _ = curve_fit(model, lags, gamma, p0=[truth.c1, truth.c2, truth.sigma],
+                          bounds=([-np.inf, -np.inf, 0.1], [np.inf, np.inf, 4 * lags[-1]]))
+    ours = float(np.sum((fit(lags) - gamma) ** 2))
+    reference = float(np.sum((model(lags, *params) - gamma) ** 2))
+    assert ours <= reference * (1 + 1e-9) + 1e-15
+    assert fit.sigma == pytest.approx(params[2], rel=1e-3)
+
+
+def test_radius_scale_multiplies_sigma():
+    field = gaussian_field(3.0, size=128, seed=4)
+    lags, gamma = empirical_variogram(field, 64)
+    sigma = fit_gaussian_variogram(lags, gamma).sigma
+    assert variogram_radius(field, max_radius=64, scale=0.5) == math.floor(0.5 * sigma + 0.5)
+    assert variogram_radius(field, max_radius=64, scale=2.0) == math.floor(2.0 * sigma + 0.5)
+    with pytest.raises(InputError, match="scale"):
+        variogram_radius(field, scale=0.0)

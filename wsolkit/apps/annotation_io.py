@@ -24,12 +24,13 @@ from typing import Any
 
 import numpy as np
 
-from wsolkit.data.atomic import write_bytes_atomic
+from wsolkit.data.atomic import make_out_dir, write_bytes_atomic
 from wsolkit.errors import InputError
 
 __all__ = [
     "AnnotatedBox",
     "AnnotationSet",
+    "check_output",
     "read_annotations",
     "write_annotations",
 ]
@@ -358,6 +359,36 @@ def output_path(annotations: AnnotationSet, out_dir: Path) -> Path:
     return out_dir / "Annotations"
 
 
+def _within(path: Path, folder: Path) -> bool:
+    """True when ``path`` is ``folder`` or lies inside it (symbolic links resolved)."""
+    path_, folder_ = (os.path.normcase(os.path.realpath(p)) for p in (path, folder))
+    return os.path.commonpath([path_, folder_]) == folder_
+
+
+def check_output(annotations: AnnotationSet, out_dir: Path) -> Path:
+    """Check that writing into ``out_dir`` leaves every input in place; return the target.
+
+    Raises:
+        InputError: The COCO output would be the input file, ``out_dir`` is the VOC input
+            folder, or the VOC ``OUT/Annotations`` folder (replaced as a whole) is or holds
+            the input annotations or images.
+    """
+    out_dir = Path(out_dir)
+    target = output_path(annotations, out_dir)
+    if annotations.kind == "coco":
+        if _same_file(target, annotations.source):
+            raise InputError(f"--out {out_dir}: would overwrite the input {annotations.source}")
+        return target
+    inputs = (annotations.source, _voc_files(annotations.source)[0])
+    if any(_same_file(out_dir, folder) for folder in inputs):
+        raise InputError(f"--out {out_dir}: is the input folder; choose a new folder")
+    for folder in (*inputs, annotations.image_dir):
+        if _within(folder, target):
+            raise InputError(f"--out {out_dir}: writing {target} would replace the input "
+                             f"{folder}; choose a new folder")
+    return target
+
+
 def write_annotations(annotations: AnnotationSet, out_dir: Path, drop: bool = False) -> Path:
     """Write the rewritten annotations into ``out_dir``, atomically; never over the input.
 
@@ -375,16 +406,8 @@ def write_annotations(annotations: AnnotationSet, out_dir: Path, drop: bool = Fa
         InputError: The output would overwrite the input, or a write fails.
     """
     out_dir = Path(out_dir)
-    target = output_path(annotations, out_dir)
-    if annotations.kind == "coco":
-        if target.exists() and _same_file(target, annotations.source):
-            raise InputError(f"--out {out_dir}: would overwrite the input {annotations.source}")
-    elif out_dir.exists() and any(
-        _same_file(out_dir, folder)
-        for folder in (annotations.source, _voc_files(annotations.source)[0])
-    ):
-        raise InputError(f"--out {out_dir}: is the input folder; choose a new folder")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    target = check_output(annotations, out_dir)
+    make_out_dir(out_dir)
     if annotations.kind == "coco":
         write_bytes_atomic(target, _annotated_coco(annotations, drop))
         return target

@@ -54,10 +54,10 @@ from wsolkit.apps.annotation_io import (
     SKIP_REASONS,
     AnnotatedBox,
     AnnotationSet,
-    output_path,
+    check_output,
     write_annotations,
 )
-from wsolkit.data.atomic import write_bytes_atomic, write_json_atomic
+from wsolkit.data.atomic import make_out_dir, write_bytes_atomic, write_json_atomic
 from wsolkit.data.images import load_image
 from wsolkit.errors import ImageError, InputError
 from wsolkit.models.classifier import Classifier
@@ -79,6 +79,7 @@ AUTO_CAP = 0.0
 """Upper bound of the ``auto`` threshold (see :func:`calibrate`)."""
 
 SCORINGS = ("crop", "image")
+CHANGES_FILE = "changes.json"
 
 
 @dataclass(frozen=True)
@@ -440,10 +441,10 @@ def clean_annotations(
     settings.check()
     if out_dir is not None:
         out_dir = Path(out_dir)
-        target = output_path(annotations, out_dir)
-        if annotations.kind == "coco" and target.exists() and \
-                target.resolve() == annotations.source.resolve():
-            raise InputError(f"--out {out_dir}: would overwrite the input {annotations.source}")
+        target = check_output(annotations, out_dir)  # before the slow scoring
+        if target.name == CHANGES_FILE:
+            raise InputError(f"{annotations.source}: an annotation file named {CHANGES_FILE} "
+                             f"would clash with the {CHANGES_FILE} written to --out; rename it")
     tights, failures = _score_all(classifier, annotations, settings, progress)
     scores = np.array([b.score for b in annotations.boxes if not math.isnan(b.score)])
     if settings.threshold == "auto":
@@ -454,7 +455,7 @@ def clean_annotations(
     result = CleanResult(annotations, float(threshold), rule, settings, failures=failures)
     if out_dir is not None:
         result.output = write_annotations(annotations, out_dir, drop=settings.drop)
-        write_json_atomic(out_dir / "changes.json", _changes_json(result))
+        write_json_atomic(out_dir / CHANGES_FILE, _changes_json(result))
         result.report = write_report(result, out_dir)
     return result
 
@@ -538,7 +539,7 @@ def write_report(result: CleanResult, out_dir: Path) -> Path:
     """Write ``report.html`` (self-contained) and ``report/score_histogram.png``."""
     boxes = result.annotations.boxes
     folder = out_dir / "report"
-    folder.mkdir(parents=True, exist_ok=True)
+    make_out_dir(folder)
     scores = np.array([b.score for b in boxes if not math.isnan(b.score)])
     histogram = folder / "score_histogram.png"
     _histogram_png(scores, result.threshold, histogram)

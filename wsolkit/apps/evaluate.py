@@ -21,6 +21,7 @@ way:
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -31,7 +32,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from wsolkit.data.atomic import write_bytes_atomic
+from wsolkit.data.atomic import make_out_dir, write_bytes_atomic
 from wsolkit.data.images import load_image
 from wsolkit.data.sample import Sample
 from wsolkit.errors import ImageError, InputError, WSOLError
@@ -45,6 +46,7 @@ from wsolkit.eval import (
 )
 from wsolkit.eval.box_accuracy import normalize_scoremap
 from wsolkit.maps import HeatmapMethod, get_method
+from wsolkit.maps.hooks import eval_mode
 from wsolkit.models.classifier import Classifier
 from wsolkit.refine import localize, scale_boxes
 
@@ -121,6 +123,7 @@ class _ClassMaps:
     grids: np.ndarray  # (C, 224, 224) float32 protocol maps
     peak_values: np.ndarray  # (C,) maximum of each raw layer-resolution map
     probabilities: np.ndarray  # (C,) softmax of the image's logits
+    thresholds: np.ndarray | None = None  # (C,) a box method's own map thresholds (beam)
 
 
 def evaluate(
@@ -151,12 +154,14 @@ def evaluate(
         InputError: nothing to score, bad settings, or every image failed.
     """
     samples = list(dataset)[: settings.limit] if settings.limit else list(dataset)
+    source = getattr(dataset, "annotation_file", None) or getattr(dataset, "root", "dataset")
     if not samples:
-        raise InputError("the dataset is empty")
+        raise InputError(f"{source}: the dataset has no images to score")
     has_boxes = any(len(s.boxes) for s in samples)
     has_masks = any(s.has_mask for s in samples)
     if not (has_boxes or has_masks):
-        raise InputError("the dataset has neither boxes nor masks to score maps against")
+        raise InputError(f"{source}: the dataset has neither boxes nor masks to score maps "
+                         "against")
     target = _resolve_target(settings.target, dataset, classifier, maps_dir)
     scorer = _Scorer(has_boxes, has_masks, settings.cam_curve_interval, target == "gt")
     class_scorer = _class_scorer(dataset, classifier, maps_dir, has_boxes, settings)
@@ -291,7 +296,14 @@ def _computed_batches(
 
 def _class_maps(method: HeatmapMethod, image: torch.Tensor, num_classes: int,
                 chunk: int) -> _ClassMaps:
-    """Maps of every class of one (1, C, H, W) image, ``chunk`` maps per forward pass."""
+    """Maps of every class of one (1, C, H, W) image, ``chunk`` maps per forward pass.
+
+    A method with ``classes_to_map`` (a box method searching some classes only, e.g. ``beam``)
+    maps only the classes it picks from the image's probabilities; the others get a zero map
+    (no detection) and a zero peak value.
+    """
+    if hasattr(method, "classes_to_map"):
+        return _selected_class_maps(method, image, num_classes, chunk)
     grids, values, logits = [], [], None
     for start in range(0, num_classes, chunk):
         classes = list(range(start, min(start + chunk, num_classes)))
@@ -302,6 +314,25 @@ def _class_maps(method: HeatmapMethod, image: torch.Tensor, num_classes: int,
     probabilities = logits.float().softmax(0).cpu().numpy()
     return _ClassMaps(np.stack(grids), np.concatenate(values).astype(np.float64),
                       probabilities.astype(np.float64))
+
+
+def _selected_class_maps(method: HeatmapMethod, image: torch.Tensor, num_classes: int,
+                         chunk: int) -> _ClassMaps:
+    with torch.inference_mode(), eval_mode(method.module):
+        logits = method.module(image)[0].float()
+    probabilities = logits.softmax(0).cpu().numpy().astype(np.float64)
+    grids = np.zeros((num_classes, PROTOCOL_SIZE, PROTOCOL_SIZE), np.float32)
+    values = np.zeros(num_classes, np.float64)
+    chosen = method.classes_to_map(probabilities[:num_classes])
+    for start in range(0, len(chosen), chunk):
+        classes = chosen[start:start + chunk]
+        result = method(image.repeat(len(classes), 1, 1, 1), target=classes)
+        for c, raw in zip(classes, result.raw, strict=True):
+            grids[c] = protocol_map(protocol_source(method, raw))
+            values[c] = float(raw.max())
+    thresholds = (np.array([method.threshold_for(c) for c in range(num_classes)])
+                  if hasattr(method, "threshold_for") else None)
+    return _ClassMaps(grids, values, probabilities, thresholds)
 
 
 def _loaded_batches(
@@ -357,7 +388,10 @@ def _image_size(path: Path) -> tuple[int, int]:
 
 def _save_map(folder: Path, image_id: str, heatmap: np.ndarray) -> None:
     path = folder / f"{image_id}.npy"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if not os.path.realpath(path).startswith(os.path.join(os.path.realpath(folder), "")):
+        raise InputError(f"--save-maps {folder}: the map of image {image_id!r} would be "
+                         "written outside it")
+    make_out_dir(path.parent, "--save-maps")
     write_bytes_atomic(path, _npy_bytes(heatmap.astype(np.float32)))
 
 
@@ -471,7 +505,8 @@ class _ClassScorer:
       8-connected component of a class map at ``threshold`` x its maximum is a detection of
       that class, scored by its mean heat times the class probability (softmax of the
       logits), with COCO ``iscrowd`` / VOC ``difficult`` boxes ignored. A constant map gives
-      no detection.
+      no detection. A box method with its own per-class map thresholds (``beam``, tuned by
+      ``wsolkit tune-beam``) thresholds its normalized map at its class's value instead.
     """
 
     def __init__(self, num_classes: int, threshold: float) -> None:
@@ -494,7 +529,9 @@ class _ClassScorer:
         for c, grid in enumerate(maps.grids):
             if not grid.any():
                 continue
-            found = localize(grid, "fraction", self.threshold, mode="all")
+            found = (localize(grid, "fraction", self.threshold, mode="all")
+                     if maps.thresholds is None
+                     else localize(grid, "fixed", maps.thresholds[c], mode="all"))
             boxes.append(found.boxes)
             scores.append(found.scores * maps.probabilities[c])
             labels.append(np.full(len(found.boxes), c))

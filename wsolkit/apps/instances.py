@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from wsolkit.apps.segment import grow_mask, shrink, stratify_options
+from wsolkit.apps.segment import grow_mask, save_mask_map, shrink, stratify_options
 from wsolkit.data.atomic import write_json_atomic
 from wsolkit.data.images import IMAGE_EXTENSIONS, load_image
 from wsolkit.errors import ImageError, InputError
@@ -80,8 +80,8 @@ class InstanceSettings:
     layer: str | None = None
     target: str | int = "top1"
     context: float = 0.25
-    margin: float = 0.05
-    prior_sigma: float | None = 1 / 3
+    margin: float = 0.02
+    prior_sigma: float | None = 0.4
     heat_power: float = 0.5
     rule: str = "quantile"
     fg: float | None | str = 0.7
@@ -347,6 +347,7 @@ def instances_from_json(
     settings: InstanceSettings,
     progress: Callable[[int], None] | None = None,
     heatmaps: Callable[[Sequence[np.ndarray]], list[np.ndarray]] | None = None,
+    maps_dir: Path | None = None,
 ) -> InstancesReport:
     """Masks for the boxes of a COCO JSON file, written as a new COCO JSON with RLE masks.
 
@@ -359,6 +360,10 @@ def instances_from_json(
         settings: see :class:`InstanceSettings`.
         progress: called with 1 after each image.
         heatmaps: crop-heatmap function (default :class:`CropHeatmaps` of ``settings``).
+        maps_dir: if given, the union of each image's masks is also saved there as
+            ``<file stem>.npy`` (:func:`~wsolkit.apps.segment.save_mask_map`), the layout
+            ``wsolkit evaluate DATASET --maps`` scores. On a mask folder with one instance per
+            image (coco-mval) its mIoU is the box-to-mask IoU on the protocol's 224x224 grid.
 
     Returns:
         An :class:`InstancesReport`.
@@ -384,6 +389,8 @@ def instances_from_json(
     results_format = isinstance(boxes_data, list)
 
     report = InstancesReport()
+    if maps_dir is not None:
+        maps_dir.mkdir(parents=True, exist_ok=True)
     by_image: dict[Any, list[int]] = {}
     keep = [True] * len(entries)
     for index, entry in enumerate(entries):
@@ -439,6 +446,8 @@ def instances_from_json(
             out_entries[index]["segmentation"] = encode_rle(masks[k])
             out_entries[index]["area"] = int(masks[k].sum())
             report.segmented += 1
+        if maps_dir is not None:
+            save_mask_map(maps_dir, path.stem, masks.any(axis=0))
         report.images += 1
         if progress is not None:
             progress(1)
@@ -456,12 +465,36 @@ def _edges(bbox: Sequence[float]) -> list[float]:
     return [x, y, x + w, y + h]
 
 
-def count_images(images: Path, boxes_json: Path | None) -> int:
-    """Number of distinct images the boxes refer to (for a progress bar); 0 if unknown."""
-    try:
-        path = boxes_json or images
-        data = _read_json(path, "boxes file")
-        return len({e.get("image_id") for e in _entries(data, path) if isinstance(e, dict)
-                    and not e.get("iscrowd")})
-    except (InputError, TypeError):
-        return 0
+def check_inputs(images: Path, boxes_json: Path | None, out_json: Path) -> int:
+    """Check the inputs of :func:`instances_from_json` before any work; count their images.
+
+    Raises the same one-line :class:`InputError` as :func:`instances_from_json` for a missing
+    or malformed boxes file, a folder of images without ``--boxes`` and an output that would
+    overwrite an input, so that a command can fail before it loads a model.
+
+    Returns:
+        The number of distinct images that non-crowd boxes refer to (for a progress bar).
+    """
+    inputs = [p for p in (images, boxes_json) if p is not None]
+    if any(os.path.realpath(out_json) == os.path.realpath(p) for p in inputs):
+        raise InputError(f"--out {out_json}: would overwrite an input file")
+    if boxes_json is None and images.is_dir():
+        raise InputError(f"{images}: a folder of images needs --boxes")
+    path = boxes_json or images
+    data = _read_json(path, "boxes file")
+    entries = _entries(data, path)
+    table = _image_table(images, data, path)
+    ids = set()
+    for index, entry in enumerate(entries):
+        name = _entry_name(entry, index)
+        if not isinstance(entry, dict) or "image_id" not in entry:
+            raise InputError(f"{path}: {name} needs 'image_id' and 'bbox'")
+        try:
+            known = entry["image_id"] in table
+        except TypeError:
+            known = False
+        if not known:
+            raise InputError(f"{path}: {name} refers to unknown image {entry['image_id']!r}")
+        if not entry.get("iscrowd"):
+            ids.add(entry["image_id"])
+    return len(ids)

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from wsolkit.apps.outputs import OutputNamer
-from wsolkit.data.atomic import write_json_atomic
+from wsolkit.data.atomic import make_out_dir, write_json_atomic
 from wsolkit.data.images import load_image
 from wsolkit.errors import ImageError, InputError
 from wsolkit.maps import get_method
@@ -81,7 +81,7 @@ def localize_files(
     if settings.batch_size < 1:
         raise InputError(f"--batch-size {settings.batch_size}: must be at least 1")
     method = get_method(settings.method)(classifier, layer=settings.layer, **settings.options)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_out_dir(out_dir)
     namer = OutputNamer(out_dir, list(paths))
     report = LocalizeReport()
     for batch in _batches(paths, settings.batch_size):

@@ -356,7 +356,7 @@ def propose_files(
     Returns:
         A :class:`ProposalReport`; unreadable images are listed in ``failures``.
     """
-    from wsolkit.data.atomic import write_bytes_atomic, write_json_atomic
+    from wsolkit.data.atomic import make_out_dir, write_bytes_atomic, write_json_atomic
     from wsolkit.data.images import load_image
     from wsolkit.errors import ImageError
     from wsolkit.eval.proposals import ProposalRecall
@@ -365,7 +365,7 @@ def propose_files(
         settings = replace(settings, top_k=top_k)
         settings.check()
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_out_dir(out_dir)
     report = ProposalReport()
     metric = ProposalRecall() if samples is not None else None
     name = settings.method if classifier is not None and settings is not None \

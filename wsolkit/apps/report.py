@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from wsolkit.apps.evaluate import PROTOCOL_SIZE, Evaluation, ScoredImage
-from wsolkit.data.atomic import write_bytes_atomic, write_json_atomic
+from wsolkit.data.atomic import make_out_dir, write_bytes_atomic, write_json_atomic
 from wsolkit.data.images import load_image
 from wsolkit.eval.detection import box_iou
 from wsolkit.refine import localize
@@ -65,7 +65,7 @@ def write_report(evaluation: Evaluation, out_dir: Path, dataset_name: str) -> di
     Returns:
         The headline numbers.
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_out_dir(out_dir)
     numbers = headline(evaluation.metrics)
     title = f"{evaluation.method} on {dataset_name} ({len(evaluation.images)} images)"
     write_json_atomic(out_dir / "metrics.json", {

@@ -8,6 +8,7 @@ stratify` -> :func:`~wsolkit.refine.grabcut.grabcut` -> mask resized back to the
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ import cv2
 import numpy as np
 
 from wsolkit.apps.outputs import OutputNamer
-from wsolkit.data.atomic import write_json_atomic
+from wsolkit.data.atomic import write_bytes_atomic, write_json_atomic
 from wsolkit.data.images import load_image
 from wsolkit.errors import DependencyError, ImageError, InputError
 from wsolkit.models.classifier import Classifier
@@ -93,6 +94,18 @@ def grow_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return resized >= 0.5
 
 
+def save_mask_map(folder: Path, stem: str, mask: np.ndarray) -> None:
+    """Write a bool mask as ``<folder>/<stem>.npy`` (float32 0 / 1), atomically.
+
+    The file is a map in the layout ``wsolkit evaluate DATASET --maps FOLDER`` scores
+    (``<image_id>.npy``; the image id of a mask folder is the file stem), so saved masks get
+    the evaluation's pixel metrics (mIoU, F-measure, MAE) on its 224x224 protocol grid.
+    """
+    handle = io.BytesIO()
+    np.save(handle, np.asarray(mask, dtype=np.float32), allow_pickle=False)
+    write_bytes_atomic(folder / f"{stem}.npy", handle.getvalue())
+
+
 def stratify_options(settings: Any) -> dict[str, Any]:
     """The ``fg`` / ``split`` / ``bg`` keyword arguments of :func:`stratify` for a rule."""
     if settings.rule == "paper":
@@ -144,12 +157,14 @@ def segment_files(
     out_dir: Path,
     settings: SegmentSettings,
     progress: Callable[[int], None] | None = None,
+    maps_dir: Path | None = None,
 ) -> SegmentReport:
     """Segment the foreground of image files; write masks, overlays and ``results.json``.
 
     For each image ``<stem>.mask.png`` (0 / 255, the image's size) and ``<stem>.segment.png``
     (the image with the mask's outside darkened and its outline drawn). Bad images are skipped
-    and reported; nothing is written outside ``out_dir`` and inputs are never overwritten.
+    and reported; nothing is written outside ``out_dir`` (and ``maps_dir``) and inputs are
+    never overwritten.
 
     Args:
         classifier: the model.
@@ -157,6 +172,9 @@ def segment_files(
         out_dir: output folder (created if missing).
         settings: see :class:`SegmentSettings`.
         progress: called with the number of images finished after each batch.
+        maps_dir: if given, each mask is also saved there as ``<stem>.npy``
+            (:func:`save_mask_map`) for ``wsolkit evaluate --maps``; a stem met twice is
+            reported as a failure and its second mask is not saved there.
 
     Returns:
         A :class:`SegmentReport`.
@@ -169,6 +187,9 @@ def segment_files(
     out_dir.mkdir(parents=True, exist_ok=True)
     namer = OutputNamer(out_dir, list(paths))
     report = SegmentReport()
+    saved_stems: set[str] = set()
+    if maps_dir is not None:
+        maps_dir.mkdir(parents=True, exist_ok=True)
     for batch in _batches(paths, settings.batch_size):
         loaded = []
         for path in batch:
@@ -187,6 +208,13 @@ def segment_files(
                 overlay_file = namer.name(path.stem, ".segment.png")
                 save_png(mask_file, mask.astype(np.uint8) * 255)
                 save_png(overlay_file, mask_overlay(pixels, mask))
+                if maps_dir is not None:
+                    if path.stem in saved_stems:
+                        report.failures.append((str(path), f"{path}: another image named "
+                                                f"{path.stem} already saved to {maps_dir}"))
+                    else:
+                        save_mask_map(maps_dir, path.stem, mask)
+                        saved_stems.add(path.stem)
                 report.records.append({
                     "image": str(path), "width": image.width, "height": image.height,
                     "mask": mask_file.name, "overlay": overlay_file.name,

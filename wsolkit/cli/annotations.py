@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from wsolkit.data.atomic import check_out_dir
 from wsolkit.errors import InputError
 
 EXIT_OK, EXIT_BAD_ITEMS = 0, 1
@@ -68,7 +69,7 @@ def run_clean_boxes(args: argparse.Namespace) -> int:
     from wsolkit.models import load_model
 
     get_method(args.method)
-    _check_out(args.out)
+    check_out_dir(args.out)
     settings = CleanSettings(
         method=args.method, layer=args.layer, scoring=args.scoring,
         threshold=_threshold(args.threshold), drop=args.drop, margin=args.margin,
@@ -96,11 +97,6 @@ def run_clean_boxes(args: argparse.Namespace) -> int:
             print(f"  {message}", file=sys.stderr)
         return EXIT_BAD_ITEMS
     return EXIT_OK
-
-
-def _check_out(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out}: exists and is not a folder")
 
 
 def add_proposals_parser(commands: argparse._SubParsersAction) -> None:
@@ -139,7 +135,7 @@ def run_proposals(args: argparse.Namespace) -> int:
         raise InputError(f"--limit {args.limit}: must be at least 1")
     if bool(args.paths) == (args.dataset is not None):
         raise InputError("give image PATHS or --dataset DATASET (one of the two)")
-    _check_out(args.out)
+    check_out_dir(args.out)
     model = None
     if args.method != SELECTIVE_SEARCH:
         from wsolkit.maps import get_method
@@ -153,6 +149,8 @@ def run_proposals(args: argparse.Namespace) -> int:
 
         dataset = open_dataset(args.dataset)
         samples = [dataset[i] for i in range(min(len(dataset), args.limit or len(dataset)))]
+        if not samples:
+            raise InputError(f"--dataset {args.dataset}: no annotated images")
         files = [sample.path for sample in samples]
     else:
         files, problems = expand_paths(args.paths, recursive=args.recursive)

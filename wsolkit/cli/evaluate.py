@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import inspect
 import sys
 from pathlib import Path
 
@@ -12,7 +11,7 @@ from tqdm import tqdm
 from wsolkit.apps.evaluate import EvaluateSettings, evaluate
 from wsolkit.apps.report import markdown_table, write_report
 from wsolkit.data import open_dataset
-from wsolkit.data.atomic import write_bytes_atomic, write_json_atomic
+from wsolkit.data.atomic import check_out_dir, make_out_dir, write_bytes_atomic, write_json_atomic
 from wsolkit.errors import InputError
 from wsolkit.maps import get_method, method_names
 
@@ -28,6 +27,9 @@ def run_evaluate(args: argparse.Namespace, options: dict) -> int:
         raise InputError("--maps scores one set of maps; give a single --method")
     if args.limit is not None and args.limit < 1:
         raise InputError(f"--limit {args.limit}: must be at least 1")
+    check_out_dir(args.out)
+    if args.save_maps is not None:
+        check_out_dir(args.save_maps, "--save-maps")
     dataset = open_dataset(args.dataset)
     model = None
     if args.maps is None:
@@ -57,7 +59,7 @@ def run_evaluate(args: argparse.Namespace, options: dict) -> int:
     table = markdown_table(rows)
     print(f"\n{name} ({args.target} target)\n\n{table}")
     if len(methods) > 1:
-        args.out.mkdir(parents=True, exist_ok=True)
+        make_out_dir(args.out)
         write_bytes_atomic(args.out / "comparison.md", f"# {name}\n\n{table}".encode())
         write_json_atomic(args.out / "comparison.json",
                           {"dataset": name, "rows": [{"method": m, **n} for m, n in rows]})
@@ -68,7 +70,7 @@ def run_evaluate(args: argparse.Namespace, options: dict) -> int:
 def _options_for(method: str, options: dict, strict: bool) -> dict:
     if strict:
         return options
-    accepted = inspect.signature(get_method(method).__init__).parameters
+    accepted = get_method(method).option_defaults()
     return {key: value for key, value in options.items() if key in accepted}
 
 

@@ -66,6 +66,7 @@ def run_finetune(args: argparse.Namespace) -> int:
     import torch
 
     from wsolkit.data import open_dataset
+    from wsolkit.data.atomic import check_out_dir
     from wsolkit.models import load_model
     from wsolkit.train import FinetuneSettings, finetune
 
@@ -81,6 +82,7 @@ def run_finetune(args: argparse.Namespace) -> int:
         max_repeat=args.max_repeat, train_layers=layers, limit=args.limit,
     )
     settings.check()  # fail on a bad value before loading anything
+    check_out_dir(args.out)
     dataset = open_dataset(args.dataset)
     model = load_model(args.model, weights=args.weights)
 
@@ -96,4 +98,10 @@ def run_finetune(args: argparse.Namespace) -> int:
     print(f"wsolkit: fine-tuned on {metrics['train_images']} images ({summary}); model in "
           f"{args.out / metrics['model_file']}, metrics in {args.out / 'metrics.json'}",
           file=sys.stderr)
+    if metrics["failures"]:
+        print(f"wsolkit: {len(metrics['failures'])} image(s) could not be read and were left "
+              "out:", file=sys.stderr)
+        for message in metrics["failures"]:
+            print(f"  {message}", file=sys.stderr)
+        return 1
     return 0

@@ -13,6 +13,7 @@ from wsolkit.cli.annotations import (
     run_clean_boxes,
     run_proposals,
 )
+from wsolkit.cli.beam import add_tune_beam_parser, run_tune_beam
 from wsolkit.cli.finetune import add_finetune_parser, run_finetune
 from wsolkit.cli.segment import add_instances_parser, add_segment_parser
 from wsolkit.errors import InputError, TargetError, WSOLError
@@ -56,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_clean_boxes_parser(commands)
     add_proposals_parser(commands)
     add_finetune_parser(commands)
+    add_tune_beam_parser(commands)
     return parser
 
 
@@ -108,6 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_clean_boxes(args)
         if args.command == "finetune":
             return run_finetune(args)
+        if args.command == "tune-beam":
+            return run_tune_beam(args)
         if args.command == "proposals":
             return run_proposals(args)
         if args.command in ("segment", "instances"):
@@ -137,11 +141,13 @@ def _localize(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from wsolkit.apps.localize import LocalizeSettings, localize_files
+    from wsolkit.data.atomic import check_out_dir
     from wsolkit.data.images import expand_paths
     from wsolkit.maps import get_method
     from wsolkit.models import load_model
 
     get_method(args.method)  # fail on a typo before loading anything
+    check_out_dir(args.out)
     options = _parse_options(args.option)
     files, problems = expand_paths(args.paths, recursive=args.recursive)
     if not files:
@@ -191,6 +197,8 @@ def _parse_options(items: Sequence[str]) -> dict:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise InputError(f"--option {item!r}: expected KEY=VALUE")
+        if key in ("layer", "model"):
+            raise InputError(f"--option {item!r}: use --{key} instead")
         options[key] = _literal(value)
     return options
 

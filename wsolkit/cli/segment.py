@@ -72,6 +72,9 @@ def _add_common(run: argparse.ArgumentParser, rule_default: str) -> None:
     run.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                      help="heatmap method option (repeatable)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument("--save-maps", type=Path, default=None, metavar="DIR",
+                     help="also save masks as DIR/<image stem>.npy, to be scored by "
+                          "'wsolkit evaluate DATASET --maps DIR'")
 
 
 def add_segment_parser(commands: argparse._SubParsersAction) -> None:
@@ -169,7 +172,8 @@ def run_segment(args: argparse.Namespace, options: dict | None = None) -> int:
     model = load_model(args.model, weights=args.weights)
     settings.target = _parse_target(args.target, model.class_names)
     with tqdm(total=len(files), unit="img", disable=args.quiet, file=sys.stderr) as bar:
-        report = segment_files(model, files, args.out, settings, progress=bar.update)
+        report = segment_files(model, files, args.out, settings, progress=bar.update,
+                               maps_dir=args.save_maps)
     failures = [f"{item}: {reason}" for item, reason in problems]
     failures += [message for _, message in report.failures]
     print(f"wsolkit: {len(report.records)} image(s) segmented ({args.method}, rule "
@@ -186,7 +190,7 @@ def run_instances(args: argparse.Namespace, options: dict | None = None) -> int:
     """Run ``wsolkit instances``; returns the exit code (1 when some images failed)."""
     from tqdm import tqdm
 
-    from wsolkit.apps.instances import InstanceSettings, count_images, instances_from_json
+    from wsolkit.apps.instances import InstanceSettings, check_inputs, instances_from_json
     from wsolkit.cli.main import _parse_options
     from wsolkit.maps import get_method
     from wsolkit.models import load_model
@@ -206,11 +210,11 @@ def run_instances(args: argparse.Namespace, options: dict | None = None) -> int:
         raise InputError(f"{args.images}: no such file or folder")
     if args.images.is_dir() and args.boxes is None:
         raise InputError(f"{args.images}: a folder of images needs --boxes DETECTIONS.json")
+    total = check_inputs(args.images, args.boxes, args.out)
     model = load_model(args.model, weights=args.weights)
-    total = count_images(args.images, args.boxes)
     with tqdm(total=total or None, unit="img", disable=args.quiet, file=sys.stderr) as bar:
         report = instances_from_json(model, args.images, args.boxes, args.out, settings,
-                                     progress=bar.update)
+                                     progress=bar.update, maps_dir=args.save_maps)
     print(f"wsolkit: {report.segmented} box(es) in {report.images} image(s) segmented; "
           f"{report.crowd} crowd annotation(s) skipped; wrote {args.out}", file=sys.stderr)
     for entry, reason in report.skipped:

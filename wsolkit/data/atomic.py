@@ -10,6 +10,40 @@ from pathlib import Path
 from wsolkit.errors import InputError
 
 
+def check_out_dir(path: str | os.PathLike[str], option: str = "--out") -> Path:
+    """Check that ``path`` is, or can become, a folder; create nothing.
+
+    Raises:
+        InputError: naming ``option`` and ``path`` if it, or a parent of it, is an existing
+            file (so that no output could be written there).
+    """
+    folder = Path(path)
+    for parent in (folder, *folder.parents):
+        if parent.is_dir():
+            break
+        if parent == folder and parent.exists():
+            raise InputError(f"{option} {folder}: exists and is not a folder")
+        if parent.exists():
+            raise InputError(f"{option} {folder}: cannot be a folder ({parent} is a file)")
+    return folder
+
+
+def make_out_dir(path: str | os.PathLike[str], option: str = "--out") -> Path:
+    """Create the output folder ``path`` (and its parents) if missing; return it.
+
+    Raises:
+        InputError: one line naming ``option`` and ``path`` if it cannot be a folder or cannot
+            be created.
+    """
+    folder = check_out_dir(path, option)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise InputError(f"{option} {folder}: cannot create folder "
+                         f"({error.strerror or error})") from None
+    return folder
+
+
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to a temporary file beside ``path``, then ``os.replace`` it.
 

@@ -8,6 +8,7 @@ ReLU, upsamples to the input size and normalizes to [0, 1].
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
@@ -95,6 +96,53 @@ class HeatmapMethod:
     summary: ClassVar[str] = ""
     needs_gradients: ClassVar[bool] = False
     relu: ClassVar[bool] = True
+
+    def __new__(cls, *args: object, **options: object) -> HeatmapMethod:
+        """Check the keyword options first, so a bad one is a one-line :class:`InputError`."""
+        cls.check_options(options)
+        return super().__new__(cls)
+
+    @classmethod
+    def option_defaults(cls) -> dict[str, object]:
+        """Keyword options of the constructor (``layer``, ``fc``, ...) and their defaults."""
+        found: dict[str, object] = {}
+        for klass in cls.__mro__:
+            if "__init__" not in vars(klass) or klass is object:
+                continue
+            parameters = list(inspect.signature(vars(klass)["__init__"]).parameters.values())
+            for parameter in parameters[1:]:  # skip self
+                if parameter.kind in (parameter.KEYWORD_ONLY, parameter.POSITIONAL_OR_KEYWORD):
+                    found.setdefault(parameter.name, parameter.default)
+            if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+                break
+        found.pop("model", None)
+        return found
+
+    @classmethod
+    def check_options(cls, options: dict[str, object]) -> None:
+        """Raise :class:`InputError` for an option the method does not take or of a wrong type.
+
+        A value must be a number where the default is a number, and a bool where it is a bool.
+        """
+        defaults = cls.option_defaults()
+        for key, value in options.items():
+            if key not in defaults:
+                raise InputError(f"option {key!r} is unknown to {cls.name or cls.__name__}; "
+                                 f"it takes {', '.join(sorted(defaults))}")
+            default = defaults[key]
+            if isinstance(default, bool):
+                wanted, ok = "true or false", isinstance(value, bool)
+            elif isinstance(default, int):
+                wanted = "an integer"
+                ok = isinstance(value, int) and not isinstance(value, bool)
+            elif isinstance(default, float):
+                wanted = "a number"
+                ok = isinstance(value, int | float) and not isinstance(value, bool)
+            else:
+                continue
+            if not ok:
+                raise InputError(f"option {key}={value!r} of {cls.name or cls.__name__}: "
+                                 f"expected {wanted}")
 
     def __init__(
         self,

@@ -11,13 +11,20 @@ The pipeline, per image and target class ``c`` (taken from scale 1 for both scal
 2. **Shape maps** (sec. 3.2): the first 3 principal components of the feature vectors of the
    *shape layers* (:func:`wsolkit.maps.shape.pca_shape_maps`), per image and scale.
 3. **Guided upsampling** (sec. 3.3, :func:`upsample_chain`): x2 steps ``G^f(U^2(M), S)``,
-   bilinear x2 then OpenCV's guided filter with the shape map at that resolution as guide;
-   the radius of each step is the ``sigma`` of a Gaussian fit to the guide's empirical
-   variogram (eq. 1, :func:`wsolkit.refine.variogram.variogram_radius`).
+   bilinear x2 then OpenCV's guided filter with the shape map at that resolution as guide.
+   The paper's radius rule, the ``sigma`` of a Gaussian fit to the guide's empirical
+   variogram (eq. 1, :func:`wsolkit.refine.variogram.variogram_radius`), is
+   ``RCAMConfig(radius=None)``; the default is a fixed radius of 2 at every step, which
+   scored better on imagenet-dev and davis (on davis the fitted ``sigma`` gives median radii
+   1, 4, 3 and 6 on the 14, 28, 28 and 56 pixel guides, often 1 where the fit fails; the large
+   ones over-smooth; see ``docs/readme_rcam.md``).
 4. **Fusion** (eq. 5, :func:`fuse`): ``rCAM_3 = rCAM_1 * P_1(c) + rCAM_2 * P_2(c)`` after
    bilinear upsampling of both to the input size, then min-max normalization.
 5. **Dense CRF** (:func:`refine_crf`): unaries from ``rCAM_3`` and ``1 - rCAM_3`` on the RGB
-   image, a few mean-field iterations; the foreground marginal is the final ``rCAM``.
+   image; the foreground marginal is the final ``rCAM``. Defaults (tuned on the dev sets as a
+   whole): one mean-field iteration (more make the map nearly binary, which costs PxAP and
+   F-measure OIS on davis), colour std 5, run at 112x112 (``crf_size``, kernels scaled; 4x
+   cheaper than 224 for the same scores within 0.5 point).
 
 **Shape layers.** The paper upsamples GoogLeNet's 14x14 CAM with its stride-8 (28x28) layer.
 Here the chain has one step per shape layer, coarse to fine, each layer at twice the previous
@@ -29,9 +36,11 @@ has that resolution. For the embedded EfficientNet-Lite0 that is ``features.stag
 goes 7 -> 14 -> 28, at 448 the 14x14 CAM goes 14 -> 28 -> 56.
 
 **Cost**: one forward at scale 1 (the base's, which also captures the shape layers) and one
-at scale 2 (4x the pixels at 448), four PCAs and four variogram fits per image (two shape
-layers at two scales), five guided filters and one CRF per map; batches that repeat an image
-(one row per class) share the forwards, PCAs and fits. ``benchmarks/rcam_speed.py`` times it.
+at scale 2 (4x the pixels at 448; run one image at a time in channels-last layout, the
+fastest on CPUs), four PCAs per image (two shape layers at two scales; plus four variogram
+fits with ``radius=None``), five guided filters and one CRF per map; batches that repeat an
+image (one row per class) share the forwards, PCAs and fits. The two forwards are about 80%
+of the time. ``benchmarks/rcam_speed.py`` times it.
 
 **Cross-scale step** (``cross_scale=True``, the paper's eq. 3): the scale-1 chain continues
 with the finest scale-2 shape map when it is finer than the chain's end (EfficientNet-Lite0 at
@@ -72,6 +81,12 @@ FUSE_INPUTS = ("minmax", "raw")
 """Accepted values of ``RCAMConfig.fuse_inputs``."""
 
 
+RCAM_CRF = CRFParams(gaussian_sxy=3.0, gaussian_compat=3.0, bilateral_sxy=60.0,
+                     bilateral_srgb=5.0, bilateral_compat=5.0)
+"""rCAM's CRF kernels (at 224; scaled with ``crf_size``): ``CRFParams()`` but a colour std
+of 5 instead of 10 (tuned on imagenet-dev and davis as a whole; see ``docs/readme_rcam.md``)."""
+
+
 @dataclass(frozen=True)
 class RCAMConfig:
     """Settings of the rCAM pipeline.
@@ -84,25 +99,36 @@ class RCAMConfig:
             (:func:`select_shape_layers`).
         components: principal components per shape map (OpenCV guides take 1 to 3).
         eps: guided filter regularization, in squared guide units (shape maps lie in [0, 1]).
+        radius: a fixed guided filter radius for every step; None applies the paper's rule,
+            the radius from the guide's variogram fit (``radius_scale``, ``min_radius``,
+            ``max_radius``).
+        radius_scale: the radius of a step is ``round(radius_scale * sigma)`` of the guide's
+            variogram fit (the paper: 1).
         min_radius: smallest guided filter radius.
         max_radius: largest guided filter radius (None: half the guide's shorter side).
         cross_scale: continue the scale-1 chain with the finest scale-2 shape map (eq. 3).
         fuse_inputs: ``"minmax"`` scales ``rCAM_1``, ``rCAM_2`` to [0, 1] before eq. 5 (their
             raw CAM units differ between scales), ``"raw"`` fuses them as they are.
-        crf: dense CRF kernel parameters.
+        crf: dense CRF kernel parameters, in pixels of the input size.
         crf_iterations: mean-field iterations of the CRF.
+        crf_size: run the CRF on the image and ``rCAM_3`` resized to this shorter side
+            (kernel widths scaled alike), then resize the marginal back bilinearly; None or
+            a size >= the input's runs it at the input size.
     """
 
     scales: tuple[int, int] = (224, 448)
     shape_layers: tuple[str, ...] | None = None
     components: int = 3
     eps: float = 1e-2
+    radius: int | None = 2
+    radius_scale: float = 1.0
     min_radius: int = 1
     max_radius: int | None = None
     cross_scale: bool = True
     fuse_inputs: str = "minmax"
-    crf: CRFParams = field(default_factory=CRFParams)
-    crf_iterations: int = 5
+    crf: CRFParams = field(default_factory=lambda: RCAM_CRF)
+    crf_iterations: int = 1
+    crf_size: int | None = 112
 
     def __post_init__(self) -> None:
         scales = tuple(self.scales) if isinstance(self.scales, (tuple, list)) else None
@@ -122,6 +148,12 @@ class RCAMConfig:
         if isinstance(self.eps, bool) or not isinstance(self.eps, (int, float)) \
                 or not 0 < self.eps < float("inf"):
             raise InputError(f"eps={self.eps!r}: must be a finite number > 0")
+        if self.radius is not None and not _positive_int(self.radius):
+            raise InputError(f"radius={self.radius!r}: must be None or an integer >= 1")
+        if isinstance(self.radius_scale, bool) \
+                or not isinstance(self.radius_scale, (int, float)) \
+                or not 0 < self.radius_scale < float("inf"):
+            raise InputError(f"radius_scale={self.radius_scale!r}: must be a finite number > 0")
         if not _positive_int(self.min_radius):
             raise InputError(f"min_radius={self.min_radius!r}: must be an integer >= 1")
         if self.max_radius is not None and (
@@ -137,6 +169,8 @@ class RCAMConfig:
             raise InputError(f"crf must be a CRFParams, got {type(self.crf).__name__}")
         if not _positive_int(self.crf_iterations):
             raise InputError(f"crf_iterations={self.crf_iterations!r}: must be >= 1")
+        if self.crf_size is not None and (not _positive_int(self.crf_size) or self.crf_size < 8):
+            raise InputError(f"crf_size={self.crf_size!r}: must be None or an integer >= 8")
 
 
 def _positive_int(value: object) -> bool:
@@ -190,15 +224,17 @@ class RCAMStages:
 
 
 def chain_radii(guides: Sequence[np.ndarray], min_radius: int = 1,
-                max_radius: int | None = None) -> list[int]:
+                max_radius: int | None = None, scale: float = 1.0) -> list[int]:
     """Guided filter radius of each step: ``variogram_radius`` of that step's guide.
 
     Args:
         guides: (k, H_i, W_i) shape maps (or (H_i, W_i) single maps), coarse to fine.
         min_radius: smallest radius.
         max_radius: largest radius (None: half the guide's shorter side).
+        scale: factor on the fitted ``sigma`` before rounding.
     """
-    return [variogram_radius(_guide_image(guide), min_radius, max_radius) for guide in guides]
+    return [variogram_radius(_guide_image(guide), min_radius, max_radius, scale)
+            for guide in guides]
 
 
 def upsample_chain(
@@ -291,19 +327,38 @@ def fuse(rcam1: np.ndarray, p1: float | np.ndarray, rcam2: np.ndarray,
 
 
 def refine_crf(image: np.ndarray, rcam3: np.ndarray, params: CRFParams | None = None,
-               iterations: int = 5) -> np.ndarray:
+               iterations: int = 5, size: int | None = None) -> np.ndarray:
     """Dense CRF on ``rCAM_3``: foreground ``rCAM_3``, background ``1 - rCAM_3``.
+
+    With ``size`` smaller than the image's shorter side, the CRF runs on the image (area
+    resize) and ``rCAM_3`` (bilinear) scaled by ``size / min(H, W)``, with the kernels'
+    spatial widths (``gaussian_sxy``, ``bilateral_sxy``) scaled alike; the marginal is
+    resized back bilinearly. The CRF's cost grows with the pixel count.
 
     Args:
         image: (H, W, 3) uint8 RGB image.
         rcam3: (H, W) map in [0, 1].
-        params: CRF kernel parameters (None: ``CRFParams()``).
+        params: CRF kernel parameters, in pixels of ``image`` (None: ``CRFParams()``).
         iterations: mean-field iterations.
+        size: shorter side to run the CRF at; None for the image's own size.
 
     Returns:
         (H, W) float32 foreground marginal in [0, 1] (the final rCAM).
     """
-    return dense_crf(image, np.asarray(rcam3, dtype=np.float32), params, iterations)
+    prior = np.asarray(rcam3, dtype=np.float32)
+    height, width = prior.shape[:2]
+    factor = 1.0 if size is None else size / min(height, width)
+    if factor >= 1.0:
+        return dense_crf(image, prior, params, iterations)
+    params = CRFParams() if params is None else params
+    small = (max(1, round(width * factor)), max(1, round(height * factor)))
+    scaled = replace(params, gaussian_sxy=params.gaussian_sxy * factor,
+                     bilateral_sxy=params.bilateral_sxy * factor)
+    image_small = cv2.resize(np.ascontiguousarray(image), small, interpolation=cv2.INTER_AREA)
+    prior_small = np.clip(cv2.resize(prior, small, interpolation=cv2.INTER_LINEAR), 0.0, 1.0)
+    marginal = dense_crf(image_small, prior_small, scaled, iterations)
+    return np.clip(cv2.resize(marginal, (width, height), interpolation=cv2.INTER_LINEAR),
+                   0.0, 1.0)
 
 
 def minmax(maps: np.ndarray) -> np.ndarray:
@@ -439,6 +494,12 @@ class _RCAMBase(HeatmapMethod):
         shape_layers: overrides ``config.shape_layers``; names or ``"a,b"``.
         eps: overrides ``config.eps``.
         crf_iterations: overrides ``config.crf_iterations``.
+        radius: overrides ``config.radius`` (0 means None: the variogram rule).
+        radius_scale: overrides ``config.radius_scale``.
+        fuse_inputs: overrides ``config.fuse_inputs``.
+        crf_size: overrides ``config.crf_size`` (0 means None: the input size).
+        bilateral_srgb: overrides ``config.crf.bilateral_srgb``.
+        bilateral_compat: overrides ``config.crf.bilateral_compat``.
 
     Raw maps (``HeatmapResult.raw``) are at the input size: the upsampled CAM for ``rcam1``,
     ``rcam2`` (CAM units), ``rCAM_1 * P_1 + rCAM_2 * P_2`` before normalization for ``rcam3``,
@@ -467,6 +528,12 @@ class _RCAMBase(HeatmapMethod):
         shape_layers: Sequence[str] | str | None = None,
         eps: float | None = None,
         crf_iterations: int | None = None,
+        radius: int | None = None,
+        radius_scale: float | None = None,
+        fuse_inputs: str | None = None,
+        crf_size: int | None = None,
+        bilateral_srgb: float | None = None,
+        bilateral_compat: float | None = None,
     ) -> None:
         super().__init__(model, layer=layer, fc=fc, upsample=upsample)
         config = RCAMConfig() if config is None else config
@@ -481,6 +548,19 @@ class _RCAMBase(HeatmapMethod):
             overrides["eps"] = eps
         if crf_iterations is not None:
             overrides["crf_iterations"] = crf_iterations
+        if radius is not None:
+            overrides["radius"] = None if radius == 0 else radius
+        if radius_scale is not None:
+            overrides["radius_scale"] = radius_scale
+        if fuse_inputs is not None:
+            overrides["fuse_inputs"] = fuse_inputs
+        if crf_size is not None:
+            overrides["crf_size"] = None if crf_size == 0 else crf_size
+        kernel = {name: value for name, value in (("bilateral_srgb", bilateral_srgb),
+                                                  ("bilateral_compat", bilateral_compat))
+                  if value is not None}
+        if kernel:
+            overrides["crf"] = replace(config.crf, **kernel)
         self.config = replace(config, **overrides) if overrides else config
         self._cam = CAM(self.classifier, layer=layer, fc=fc)
         self.last_stages: RCAMStages | None = None
@@ -578,7 +658,7 @@ class _RCAMBase(HeatmapMethod):
             rgb = to_rgb_uint8(forward.images[unique], self.classifier.mean, self.classifier.std)
             stages.rcam = np.stack([
                 refine_crf(rgb[inverse[row]], stages.rcam3[row], config.crf,
-                           config.crf_iterations)
+                           config.crf_iterations, config.crf_size)
                 for row in range(len(stages.rcam3))
             ])
         rows = inverse.tolist()  # shape maps of distinct images -> one entry per map
@@ -606,15 +686,8 @@ class _RCAMBase(HeatmapMethod):
         missing = [name for name in layers if name not in captured]
         names = list(dict.fromkeys(([forward.layer] if cam and not reused else []) + missing))
         if names or not reused:
-            with ExitStack() as stack:
-                captures = [stack.enter_context(capture_layer(self.module, name))
-                            for name in names]
-                with torch.no_grad():
-                    distinct_logits = self.module(images[unique])
-            for capture in captures:
-                if capture.activation is None:
-                    raise LayerError(f"layer {capture.name!r} did not run during the forward pass")
-                captured[capture.name] = capture.activation
+            distinct_logits, outputs = _chunked_forward(self.module, images[unique], names)
+            captured.update(outputs)
             if not reused:
                 logits = distinct_logits[inverse]
                 activations = captured[forward.layer][inverse] if cam else None
@@ -643,9 +716,12 @@ class _RCAMBase(HeatmapMethod):
             if extra is not None and _finer(extra[index].maps, guides[-1].maps):
                 guides.append(extra[index])
             for guide in guides:
-                if id(guide) not in radius_of:
+                if config.radius is not None:
+                    radius_of[id(guide)] = config.radius
+                elif id(guide) not in radius_of:
                     radius_of[id(guide)] = variogram_radius(
-                        guide.guide(), config.min_radius, config.max_radius)
+                        guide.guide(), config.min_radius, config.max_radius,
+                        config.radius_scale)
             per_image.append(([g.maps for g in guides], [radius_of[id(g)] for g in guides]))
         maps, radii_rows = [], []
         for row, cam in enumerate(cams):
@@ -701,6 +777,33 @@ def _split(value: object, kind: type, name: str) -> tuple:
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
         raise InputError(f"{name}={value!r}: expected a sequence")
     return tuple(value)
+
+
+FORWARD_CHUNK = 1
+"""Images per forward pass of the extra (scale-2) forward: per image, in channels-last
+layout, is fastest on CPUs (a 448x448 batch's activations overflow the caches; measured in
+``benchmarks/rcam_speed.py``)."""
+
+
+def _chunked_forward(module: nn.Module, images: torch.Tensor,
+                     names: Sequence[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Logits and the outputs of layers ``names``, running ``FORWARD_CHUNK`` images at a time.
+
+    No autograd (``torch.no_grad``); the input is passed in channels-last layout (the same
+    numbers up to float rounding, faster for the depthwise convolutions on CPUs).
+    """
+    logits, outputs = [], {name: [] for name in names}
+    for start in range(0, len(images), FORWARD_CHUNK):
+        chunk = images[start:start + FORWARD_CHUNK].contiguous(memory_format=torch.channels_last)
+        with ExitStack() as stack:
+            captures = [stack.enter_context(capture_layer(module, name)) for name in names]
+            with torch.no_grad():
+                logits.append(module(chunk))
+        for capture in captures:
+            if capture.activation is None:
+                raise LayerError(f"layer {capture.name!r} did not run during the forward pass")
+            outputs[capture.name].append(capture.activation.contiguous())
+    return torch.cat(logits), {name: torch.cat(parts) for name, parts in outputs.items()}
 
 
 def _resize(images: torch.Tensor, side: int) -> torch.Tensor:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from wsolkit.errors import InputError
 from wsolkit.maps.base import HeatmapMethod
+from wsolkit.maps.beam import BeamSearch
 from wsolkit.maps.cam import CAM
 from wsolkit.maps.gradcam import GradCAM, GradCAMpp, LayerCAM, XGradCAM
 from wsolkit.maps.objectness import Objectness
@@ -47,5 +48,5 @@ def method_names() -> list[str]:
 
 
 for _method in (CAM, GradCAM, GradCAMpp, SmoothGradCAMpp, XGradCAM, LayerCAM, ScoreCAM,
-                Objectness, RCAM1, RCAM2, RCAM3, RCAM):
+                Objectness, BeamSearch, RCAM1, RCAM2, RCAM3, RCAM):
     register(_method)

@@ -7,6 +7,8 @@ first 3 components of GoogLeNet's stride-8 layer as the shape guide of their gui
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,8 +45,8 @@ def pca_shape_maps(features: torch.Tensor | np.ndarray, components: int = 3) -> 
     centered on its spatial mean, and the principal directions are the eigenvectors of the
     (C, C) scatter matrix (of the (h*w, h*w) Gram matrix when there are fewer positions than
     channels; both give the exact PCA). Components beyond the data's rank have zero variance
-    and give all-zero maps. Computed in float64 with torch (on the CPU, following
-    ``torch.set_num_threads``).
+    and give all-zero maps. Computed in float64 with torch on the CPU, on one
+    thread (the matrices are small; the caller's thread setting is restored).
 
     Sign convention: a principal direction's sign is arbitrary, so each component is flipped
     to make its projection of largest magnitude positive: the position farthest from the mean
@@ -77,6 +79,32 @@ def pca_shape_maps_batch(features: torch.Tensor | np.ndarray,
             f"components={components!r}: must be an integer in 1..{min(channels, samples)} "
             f"for features of shape {tuple(tensor.shape[-3:])}"
         )
+    with _one_thread():
+        return _pca(tensor, components)
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """Run torch's CPU ops on one thread, restoring the caller's setting afterwards.
+
+    The PCA's matrices are small (at most a few thousand positions by ~100 channels): split
+    over threads they cost 5-8x more (thread start-up and synchronization; measured on two
+    busy cores), so the PCA always runs on one.
+    """
+    threads = torch.get_num_threads()
+    if threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _pca(tensor: torch.Tensor, components: int) -> list[ShapeMaps]:
+    count, channels, height, width = tensor.shape
+    samples = height * width
     data = tensor.detach().to("cpu", torch.float64).reshape(count, channels, samples)
     data = (data - data.mean(dim=2, keepdim=True)).transpose(1, 2)  # (N, samples, C)
     total = data.square().sum(dim=(1, 2))  # (N,)

@@ -55,8 +55,14 @@ def load_model(
         A :class:`Classifier` in eval mode.
 
     Raises:
-        ModelError: unknown name, missing optional package, unreadable file.
+        ModelError: unknown name, missing optional package, unreadable file, ``weights``
+            given for a model that takes none.
     """
+    if weights is not None and not name.startswith(("torchvision:", "timm:")):
+        raise ModelError(
+            f"--weights {weights}: only torchvision:<arch> and timm:<name> models take a "
+            f"state dict, not {name!r}"
+        )
     if name == DEFAULT_MODEL:
         classifier = _embedded()
     elif name.startswith("torchvision:"):

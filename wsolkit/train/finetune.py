@@ -38,10 +38,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from wsolkit.data.atomic import write_bytes_atomic, write_json_atomic
+from wsolkit.data.atomic import make_out_dir, write_bytes_atomic, write_json_atomic
 from wsolkit.data.images import load_image
 from wsolkit.data.sample import Sample
-from wsolkit.errors import InputError
+from wsolkit.errors import ImageError, InputError
 from wsolkit.eval.detection import average_precision
 from wsolkit.models.adaptation import head_parameter_names, with_adaptation_head
 from wsolkit.models.classifier import Classifier
@@ -189,9 +189,11 @@ def finetune(
         The content of ``metrics.json``.
 
     Raises:
-        InputError: bad settings, no labels, an existing checkpoint without ``resume`` (or a
-            missing or mismatching one with it), an unwritable ``out``.
-        ImageError: a training or validation image cannot be read.
+        InputError: bad settings, no labels, no readable image, an existing checkpoint
+            without ``resume`` (or a missing or mismatching one with it), an unwritable ``out``.
+
+    Images that cannot be read are left out before the split and listed in the ``failures``
+    of the returned metrics (one line each, naming the file).
     """
     settings = settings or FinetuneSettings()
     settings.check()
@@ -203,12 +205,9 @@ def finetune(
         raise InputError(
             f"{checkpoint_path} exists: pass --resume to continue it or choose another --out"
         )
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise InputError(f"cannot create {out}: {error.strerror or error}") from None
+    make_out_dir(out)
 
-    samples = list(dataset)[: settings.limit]
+    samples, failures = _readable(list(dataset)[: settings.limit], _source(dataset))
     class_names = _class_names(dataset, samples)
     targets = _multi_hot(samples, len(class_names))
     train_idx, val_idx = split_train_val(len(samples), settings.val_fraction, settings.seed)
@@ -225,6 +224,7 @@ def finetune(
         "class_names": list(class_names),
         "train_ids": [samples[i].image_id for i in train_idx],
         "val_ids": [samples[i].image_id for i in val_idx],
+        "failures": failures,
     }
 
     if resume:
@@ -276,6 +276,22 @@ def finetune(
                            _validate(model, images, val_idx, targets), targets[val_idx], start)
         write_json_atomic(out / METRICS, metrics)
     return metrics
+
+
+def _readable(samples: list[Sample], source: str) -> tuple[list[Sample], list[str]]:
+    """The samples whose image decodes, and a one-line message for each one that does not."""
+    kept, failures = [], []
+    for sample in samples:
+        try:
+            load_image(sample.path)
+        except ImageError as error:
+            failures.append(str(error))
+        else:
+            kept.append(sample)
+    if samples and not kept:
+        raise InputError(f"{source}: none of the {len(samples)} images can be read "
+                         f"(first: {failures[0]})")
+    return kept, failures
 
 
 def _percent(value: float | None) -> str:
@@ -513,4 +529,5 @@ def _metrics(
         "model_file": MODEL,
         "settings": {**asdict(settings), "train_layers": list(settings.train_layers)},
         "val_ids": state["val_ids"],
+        "failures": state["failures"],
     }

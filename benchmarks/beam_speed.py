@@ -1,0 +1,154 @@
+"""Beam-search localization speed: seconds per image-class, split into head and backbone passes.
+
+Run (from the repository root, on a quiet machine):
+
+    python benchmarks/beam_speed.py [--threads 2] [--images 4] [--repeats 3]
+                                    [--beam-width 8] [--levels 10] [--json PATH]
+
+What it measures: on the embedded model (``wsolkit.load_model()``) and the first ``--images``
+photos of ``../shared/data/imagenet-dev`` (seeded random 3x224x224 images when it is absent),
+every repeat times a plain ``torch.inference_mode()`` forward pass of one image and then the
+``beam`` method on the same image (target top1: one image-class), one image at a time. The
+search's backbone passes (re-encoding the kept crops, batched per level) and head passes (the
+crop-resized children of every beam, one batched pass per level; the crop-resize counts as head
+time) are timed by wrapping the two callables the method builds; "other" is the rest (the first
+forward pass, crops of the image, selection, the heatmap). Reports medians over repeats; the
+ratio to the plain forward pass is per repeat (so slow drift of a shared machine cancels out).
+Target: < 1.5 s per image-class at M = 8, H = 10 on 2 threads. The exit code is always 0: this
+is a report, not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+import wsolkit
+import wsolkit.maps.beam as beam_module
+from wsolkit.data.images import load_image
+from wsolkit.maps.beam import BeamSearch, _Network
+
+TARGET_SECONDS = 1.5
+DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "imagenet-dev"
+
+
+def load_images(model: wsolkit.models.Classifier, count: int, seed: int) -> torch.Tensor:
+    """The first ``count`` imagenet-dev photos, or seeded random images without the data."""
+    ids = DATA / "image_ids.txt"
+    if ids.is_file():
+        paths = [DATA / line for line in ids.read_text().split()[:count]]
+        return model.preprocess_batch([load_image(p) for p in paths])
+    return torch.randn(count, 3, 224, 224, generator=torch.Generator().manual_seed(seed))
+
+
+class Timed(BeamSearch):
+    """The beam method with its backbone and head passes (crop-resize + head) timed."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.reset()
+        plain = beam_module.crop_resize_pooled
+
+        def crop_resize(features, boxes):
+            start = time.perf_counter()
+            out = plain(features, boxes)
+            self.head_s += time.perf_counter() - start
+            return out
+
+        beam_module.crop_resize_pooled = crop_resize
+
+    def reset(self) -> None:
+        self.backbone_s = self.head_s = 0.0
+        self.backbone_images = self.head_rows = 0
+
+    def _network(self, forward):  # noqa: D102 - benchmark instrumentation
+        inner = super()._network(forward)
+
+        def backbone(x: torch.Tensor) -> torch.Tensor:
+            start = time.perf_counter()
+            out = inner.backbone(x)
+            self.backbone_s += time.perf_counter() - start
+            self.backbone_images += x.shape[0]
+            return out
+
+        def head(f: torch.Tensor) -> torch.Tensor:
+            start = time.perf_counter()
+            out = inner.head(f)
+            self.head_s += time.perf_counter() - start
+            self.head_rows += f.shape[0]
+            return out
+
+        return _Network(backbone, head)
+
+
+def main() -> None:
+    """Parse arguments, time, print a markdown table."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--images", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--beam-width", type=int, default=8)
+    parser.add_argument("--levels", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    model = wsolkit.load_model()
+    images = load_images(model, args.images, args.seed)
+    method = Timed(model, beam_width=args.beam_width, levels=args.levels)
+    with torch.inference_mode():  # warm-up
+        model.module(images[:1])
+    method(images[:1])
+    rows: dict[str, list[float]] = {k: [] for k in
+                                    ("total", "backbone", "head", "other", "forward", "ratio")}
+    counts = {}
+    for _ in range(args.repeats):
+        forward = total = backbone = head = 0.0
+        for index in range(len(images)):
+            image = images[index:index + 1]
+            start = time.perf_counter()
+            with torch.inference_mode():
+                model.module(image)
+            forward += time.perf_counter() - start
+            method.reset()
+            start = time.perf_counter()
+            method(image)
+            total += time.perf_counter() - start
+            backbone += method.backbone_s
+            head += method.head_s
+            counts = {"backbone images": method.backbone_images, "head rows": method.head_rows}
+        n = len(images)
+        rows["total"].append(total / n)
+        rows["backbone"].append(backbone / n)
+        rows["head"].append(head / n)
+        rows["other"].append((total - backbone - head) / n)
+        rows["forward"].append(forward / n)
+        rows["ratio"].append(total / forward)
+    median = {k: statistics.median(v) for k, v in rows.items()}
+    print(f"beam M={args.beam_width} H={args.levels}, {args.threads} threads, {len(images)} "
+          f"images x {args.repeats} repeats, torch {torch.__version__}, {platform.machine()}")
+    print(f"per image-class: {counts['backbone images']} crops through the backbone, "
+          f"{counts['head rows']} children through the head\n")
+    print("| part | s per image-class | share |")
+    print("| --- | --- | --- |")
+    for key in ("backbone", "head", "other", "total"):
+        print(f"| {key} | {median[key]:.3f} | {100 * median[key] / median['total']:.1f}% |")
+    print(f"\nplain forward pass: {median['forward'] * 1000:.1f} ms per image; beam / forward: "
+          f"{median['ratio']:.1f}x")
+    met = median["total"] < TARGET_SECONDS
+    print(f"target < {TARGET_SECONDS} s per image-class: {'met' if met else 'NOT met'} "
+          f"({median['total']:.2f} s)")
+    if args.json:
+        args.json.write_text(json.dumps({"settings": vars(args) | {"json": str(args.json)},
+                                         "median": median, "repeats": rows, "counts": counts,
+                                         "target_met": met}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""Multi-object boxes from beam-search heatmaps (Bency et al., ECCV 2016, sec. 3.4).
+
+For every image, each class whose (optionally co-occurrence rescored) probability passes
+``score_threshold`` is searched with :class:`~wsolkit.maps.beam.BeamSearch`; its heatmap is
+thresholded (the class's tuned threshold, see ``wsolkit tune-beam``) into blobs, one box per
+8-connected blob, scored by the blob's mean heat (the heatmap min-max normalized to [0, 1])
+times the class score.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from wsolkit.apps.cooccurrence import rescore
+from wsolkit.errors import InputError
+from wsolkit.maps.base import check_images
+from wsolkit.maps.beam import BeamSearch, select_classes
+from wsolkit.maps.hooks import eval_mode
+from wsolkit.models.classifier import Classifier, as_classifier
+from wsolkit.refine import localize
+
+
+@dataclass(frozen=True)
+class BeamBox:
+    """One detection: class index, ``x0, y0, x1, y1`` in input pixels, score."""
+
+    class_index: int
+    box: np.ndarray
+    score: float
+
+    def __iter__(self):
+        """Unpack as ``(class, box, score)``."""
+        return iter((self.class_index, self.box, self.score))
+
+
+def class_scores(classifier: Classifier, images: torch.Tensor) -> torch.Tensor:
+    """(N, classes) softmax probabilities of a batch (no autograd, model flags restored)."""
+    with torch.inference_mode(), eval_mode(classifier.module):
+        return classifier.module(images).float().softmax(1).cpu()
+
+
+def beam_boxes(
+    model: Classifier | torch.nn.Module,
+    images: torch.Tensor | Sequence[Image.Image | str | os.PathLike],
+    classes: Sequence[int] | None = None,
+    score_threshold: float = 0.1,
+    thresholds: str | os.PathLike | dict | None = None,
+    cooccurrence: np.ndarray | None = None,
+    alpha: float = 0.0,
+    beam_width: int = 8,
+    levels: int = 10,
+    batch_size: int = 8,
+) -> list[list[BeamBox]]:
+    """Boxes of every object class found in each image, by beam search.
+
+    Args:
+        model: a :class:`~wsolkit.models.Classifier` or a bare ``nn.Module``.
+        images: (N, C, H, W) preprocessed batch, or RGB PIL images / paths (preprocessed with
+            the model's preprocessing; boxes are then in the model's input pixels).
+        classes: candidate class indices (default: all the model's classes).
+        score_threshold: classes whose score reaches it are searched; the best candidate
+            class is always searched.
+        thresholds: per-class heatmap thresholds (``wsolkit tune-beam`` JSON file or dict);
+            0.5 of the normalized heatmap where none is given.
+        cooccurrence: (C, C) ``p(b_i | b_j)`` from
+            :func:`~wsolkit.apps.cooccurrence.pair_probabilities`; with ``alpha`` the class
+            probabilities are rescored (eq. 2) before thresholding and box scoring.
+        alpha: weight of the co-occurrence term.
+        beam_width: M of the search.
+        levels: H of the search.
+        batch_size: (image, class) searches run together.
+
+    Returns:
+        Per image, a list of :class:`BeamBox` ``(class, box, score)``, best first.
+
+    Raises:
+        InputError: bad images, classes, thresholds or co-occurrence matrix.
+    """
+    classifier = as_classifier(model)
+    if isinstance(images, list | tuple):
+        from wsolkit.data.images import load_image
+
+        loaded = [im if isinstance(im, Image.Image) else load_image(im) for im in images]
+        images = classifier.preprocess_batch([im.convert("RGB") for im in loaded])
+    images = check_images(images).to(classifier.device)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    method = BeamSearch(classifier, beam_width=beam_width, levels=levels, thresholds=thresholds)
+    scores = class_scores(classifier, images).double().numpy()
+    if cooccurrence is not None:
+        scores = rescore(scores, cooccurrence, alpha)
+    pairs = [(n, c) for n, chosen in enumerate(select_classes(scores, score_threshold, classes))
+             for c in chosen]
+    found: list[list[BeamBox]] = [[] for _ in range(len(images))]
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start:start + batch_size]
+        index = torch.tensor([n for n, _ in chunk], device=images.device)
+        result = method(images[index], target=[c for _, c in chunk])
+        for (n, c), heat in zip(chunk, result.maps.cpu().numpy(), strict=True):
+            found[n].extend(heat_boxes(heat, method.threshold_for(c), c, float(scores[n, c])))
+    return [sorted(boxes, key=lambda b: -b.score) for boxes in found]
+
+
+def heat_boxes(heat: np.ndarray, threshold: float, class_index: int,
+               class_score: float = 1.0) -> list[BeamBox]:
+    """One box per blob of ``heat >= threshold``, scored by mean heat times ``class_score``."""
+    if not heat.any():
+        return []
+    found = localize(heat, "fixed", threshold, mode="all")
+    return [BeamBox(class_index, box, float(score) * class_score)
+            for box, score in zip(found.boxes, found.scores, strict=True)]
+
+
+__all__ = ["BeamBox", "beam_boxes", "class_scores", "heat_boxes", "select_classes"]

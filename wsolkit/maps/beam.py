@@ -1,0 +1,477 @@
+"""Beam search over sub-grids of the last feature map (Bency et al., ECCV 2016, sec. 3.3-3.4).
+
+A localization candidate is a sub-grid ``(x, y, w, h)`` (in cells) of the ``L x L`` grid of the
+layer feeding the classifier head. Its feature maps are cropped to the sub-grid, bilinearly
+resized back to ``L x L`` and passed through the rest of the network (global pool + linear
+head) to score the target class. The children of a node are the sub-grids inside it that are
+one cell narrower *or* one cell shorter (not both), eq. 6; the root is the whole grid. Only
+children of the root are scored on one feature map (the paper limits candidates to
+``L - 1 <= w, h <= L`` against interpolation artifacts); the kept candidates are back-projected
+to image crops (eq. 5) and each crop is re-encoded, resized to the input size, so the next
+level's children refine inside it (iterative refinement).
+
+Beam search keeps the ``beam_width`` (M, default 8) best candidates per level over ``levels``
+(H, default 10) levels. Per level, the children of every beam of every image go through the
+head in one batched pass, and the kept crops through the backbone in one batched pass (chunks
+of ``batch_size``); all under ``torch.inference_mode()``. The head starts with a global average
+pool and the bilinear resize is linear, so a child's pooled resized crop is computed directly
+as a weighted sum of its cells (:func:`crop_resize_pooled`, equal to pooling
+:func:`crop_resize`). Candidates of one image that back-project to the same image region (reached
+through different parents) are merged, keeping the best score, so the beam holds distinct
+regions. The heatmap sums the image regions of the kept candidates of every level, each
+weighted by its score (the class probability by default, as with the paper's softmax
+outputs); it is computed at the input size, so ``raw`` is (N, H, W).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from wsolkit.errors import InputError, LayerError
+from wsolkit.maps.base import ForwardPass, HeatmapMethod
+from wsolkit.maps.hooks import capture_layer
+from wsolkit.maps.targets import Targets
+from wsolkit.models.classifier import Classifier
+from wsolkit.models.efficientnet_lite import EfficientNetLite0
+from wsolkit.models.layers import find_linear
+
+GridBox = tuple[int, int, int, int]
+SCORES = ("probability", "logit")
+# Regions closer than this fraction of the image size count as the same region.
+_SAME_REGION = 1e-4
+
+
+def grid_children(box: GridBox) -> list[GridBox]:
+    """Children of a sub-grid node (eq. 6): one cell narrower or one cell shorter, inside it.
+
+    Args:
+        box: ``(x, y, w, h)`` of the parent, in cells.
+
+    Returns:
+        ``(x, y, w - 1, h)``, ``(x + 1, y, w - 1, h)``, ``(x, y, w, h - 1)``,
+        ``(x, y + 1, w, h - 1)``; a side of one cell is not shrunk.
+    """
+    x, y, w, h = box
+    children: list[GridBox] = []
+    if w > 1:
+        children += [(x, y, w - 1, h), (x + 1, y, w - 1, h)]
+    if h > 1:
+        children += [(x, y, w, h - 1), (x, y + 1, w, h - 1)]
+    return children
+
+
+def resize_matrix(start: int, length: int, size: int) -> torch.Tensor:
+    """(size, size) matrix ``A`` with ``A @ v == resize(v[start:start + length], size)``.
+
+    The 1-D bilinear kernel of ``F.interpolate(..., align_corners=False)``; applied along both
+    axes it is that function's 2-D bilinear resize of the cropped cells.
+    """
+    eye = torch.eye(length, dtype=torch.float64)[None]  # (1, length, length): one impulse each
+    weights = F.interpolate(eye, size=size, mode="linear", align_corners=False)[0]  # (in, out)
+    matrix = torch.zeros(size, size, dtype=torch.float64)
+    matrix[:, start:start + length] = weights.T
+    return matrix
+
+
+def crop_resize(features: torch.Tensor, boxes: list[GridBox]) -> torch.Tensor:
+    """Crop every feature map to every sub-grid and resize it back to the grid size.
+
+    Args:
+        features: (B, K, h, w) feature maps.
+        boxes: C sub-grids ``(x, y, w, h)``.
+
+    Returns:
+        (B * C, K, h, w): row ``b * C + c`` is map ``b`` cropped to box ``c``, bilinearly
+        resized (as ``F.interpolate(..., align_corners=False)`` of the crop).
+    """
+    count, channels, height, width = features.shape
+    rows, cols = _resize_matrices(tuple(boxes), height, width)
+    rows, cols = rows.to(features), cols.to(features)
+    # rows of every box at once: (C*h, h) @ (h, B*K*w), then columns box by box: two big GEMMs
+    # instead of B*C*K tiny ones
+    by_row = features.permute(2, 0, 1, 3).reshape(height, -1)
+    resized_rows = (rows.reshape(-1, height) @ by_row).reshape(len(boxes), height, count,
+                                                                 channels, width)
+    out = torch.stack([resized_rows[c] @ cols[c].T for c in range(len(boxes))])  # (C,h,B,K,w)
+    return out.permute(2, 0, 3, 1, 4).reshape(-1, channels, height, width)
+
+
+def crop_resize_pooled(features: torch.Tensor, boxes: list[GridBox]) -> torch.Tensor:
+    """Global average pool of :func:`crop_resize`, without making the resized maps.
+
+    The resize is linear, so the mean of a resized crop is a weighted sum of its cells (the
+    column sums of the resize matrices): (B * C, K), equal to
+    ``crop_resize(features, boxes).mean(dim=(2, 3))`` up to rounding, many times faster.
+    """
+    height, width = features.shape[-2:]
+    rows, cols = _resize_matrices(tuple(boxes), height, width)
+    row_weights = (rows.sum(1) / height).to(features)  # (C, h): weight of each input row
+    col_weights = (cols.sum(1) / width).to(features)  # (C, w)
+    pooled = torch.einsum("cY,bkYX,cX->bck", row_weights, features, col_weights)
+    return pooled.reshape(-1, features.shape[1])
+
+
+@functools.lru_cache(maxsize=64)
+def _resize_matrices(boxes: tuple[GridBox, ...], height: int,
+                     width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    rows = torch.stack([resize_matrix(y, h, height) for _, y, _, h in boxes])
+    cols = torch.stack([resize_matrix(x, w, width) for x, _, w, _ in boxes])
+    return rows, cols
+
+
+def crop_images(images: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
+    """Bilinear crops of ``regions`` (pixel edge coordinates), each resized to the input size.
+
+    Args:
+        images: (B, C, H, W) one image per region.
+        regions: (B, 4) ``x0, y0, x1, y1`` in pixels of ``images``.
+    """
+    count, channels, height, width = images.shape
+    x0, y0, x1, y1 = regions.to(images).unbind(1)
+    theta = torch.zeros(count, 2, 3, dtype=images.dtype, device=images.device)
+    theta[:, 0, 0] = (x1 - x0) / width
+    theta[:, 0, 2] = (x0 + x1) / width - 1
+    theta[:, 1, 1] = (y1 - y0) / height
+    theta[:, 1, 2] = (y0 + y1) / height - 1
+    grid = F.affine_grid(theta, [count, channels, height, width], align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border",
+                         align_corners=False)
+
+
+def region_heat(regions: torch.Tensor, scores: torch.Tensor, rows: torch.Tensor, count: int,
+                size: tuple[int, int]) -> torch.Tensor:
+    """Sum-pool scored regions into (count, H, W) maps, pixels weighted by their coverage.
+
+    Args:
+        regions: (B, 4) ``x0, y0, x1, y1`` in pixels.
+        scores: (B,) weight of each region.
+        rows: (B,) output map of each region.
+        count: number of maps.
+        size: (H, W) of the maps.
+    """
+    height, width = size
+    regions = regions.to(torch.float32)
+    xs = torch.arange(width, dtype=torch.float32, device=regions.device)
+    ys = torch.arange(height, dtype=torch.float32, device=regions.device)
+    cover_x = (torch.minimum(regions[:, 2:3], xs + 1) - torch.maximum(regions[:, 0:1], xs))
+    cover_y = (torch.minimum(regions[:, 3:4], ys + 1) - torch.maximum(regions[:, 1:2], ys))
+    weighted = cover_y.clamp(min=0) * scores.to(torch.float32)[:, None]
+    heat = torch.einsum("bh,bw->bhw", weighted, cover_x.clamp(min=0))
+    out = torch.zeros(count, height, width, dtype=torch.float32, device=regions.device)
+    return out.index_add_(0, rows.to(regions.device), heat)
+
+
+@dataclass
+class BeamLevel:
+    """The candidates kept at one level of the search.
+
+    Attributes:
+        regions: (B, 4) ``x0, y0, x1, y1`` in input pixels.
+        scores: (B,) target score of each candidate (on its parent's feature map).
+        rows: (B,) the (image, target) row each candidate belongs to, best first per row.
+    """
+
+    regions: torch.Tensor
+    scores: torch.Tensor
+    rows: torch.Tensor
+
+
+@dataclass
+class _Network:
+    """The two halves of the classifier around the feature layer."""
+
+    backbone: Callable[[torch.Tensor], torch.Tensor]  # images -> (N, K, h, w) features
+    head: Callable[[torch.Tensor], torch.Tensor]  # globally pooled (N, K) features -> logits
+
+
+class BeamSearch(HeatmapMethod):
+    """Beam-search localization over feature sub-grids with iterative crop refinement.
+
+    Args:
+        model: a :class:`~wsolkit.models.Classifier` or a bare ``nn.Module``.
+        layer: the layer feeding the global-pool + linear head (the default); no other layer.
+        fc: name of the linear layer of the head (detected when omitted).
+        upsample: unused by the search (the map is made at the input size); kept for the
+            common signature.
+        beam_width: M, candidates kept per level (default 8).
+        levels: H, levels of the search tree (default 10).
+        score: ``"probability"`` (softmax of the candidate's logits, default) or ``"logit"``.
+        batch_size: crops per backbone pass.
+        thresholds: per-class heatmap thresholds for boxes (a JSON file written by
+            ``wsolkit tune-beam``, or its dict); see :meth:`threshold_for`.
+        score_threshold: multi-class use (:meth:`classes_to_map`): classes whose probability
+            reaches it are searched.
+    """
+
+    name = "beam"
+    summary = "beam search over feature sub-grids with crop refinement (Bency et al. 2016)"
+    relu = True
+    default_threshold: ClassVar[float] = 0.5
+
+    def __init__(
+        self,
+        model: Classifier | nn.Module,
+        layer: str | None = None,
+        fc: str | None = None,
+        upsample: str = "bilinear",
+        beam_width: int = 8,
+        levels: int = 10,
+        score: str = "probability",
+        batch_size: int = 64,
+        thresholds: str | os.PathLike | dict | None = None,
+        score_threshold: float = 0.1,
+    ) -> None:
+        super().__init__(model, layer=layer, fc=fc, upsample=upsample)
+        for name, value in (("beam_width", beam_width), ("levels", levels),
+                            ("batch_size", batch_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InputError(f"beam: {name} must be an integer >= 1, got {value!r}")
+        if score not in SCORES:
+            raise InputError(f"beam: score={score!r}: use one of {', '.join(SCORES)}")
+        self.beam_width = beam_width
+        self.levels = levels
+        self.score = score
+        self.batch_size = batch_size
+        self.thresholds = load_thresholds(thresholds)
+        if (isinstance(score_threshold, bool) or not isinstance(score_threshold, int | float)
+                or not math.isfinite(score_threshold)):
+            raise InputError(f"beam: score_threshold must be a number, got {score_threshold!r}")
+        self.score_threshold = float(score_threshold)
+        self.last_trace: list[BeamLevel] = []
+
+    # ------------------------------------------------------------------ the override point
+
+    def layer_map(self, forward: ForwardPass) -> torch.Tensor:
+        """Run the beam search from the hooked features; sum-pool the kept regions."""
+        network = self._network(forward)
+        with torch.inference_mode():
+            trace = self.search(forward.images, forward.activations, forward.targets, network)
+            count = forward.images.shape[0]
+            size = tuple(forward.images.shape[-2:])
+            regions = torch.cat([level.regions for level in trace])
+            scores = torch.cat([level.scores for level in trace])
+            rows = torch.cat([level.rows for level in trace])
+            heat = region_heat(regions, scores, rows, count, size)
+        self.last_trace = trace
+        return heat.clone()  # a normal tensor again, outside inference mode
+
+    # ---------------------------------------------------------------------------- search
+
+    def search(self, images: torch.Tensor, features: torch.Tensor, targets: Targets,
+               network: _Network) -> list[BeamLevel]:
+        """The beam search of every (image, target) row; one :class:`BeamLevel` per level.
+
+        Args:
+            images: (N, C, H, W), one image per row.
+            features: (N, K, h, w) features of ``images`` at the feature layer.
+            targets: one target per row.
+            network: backbone (images -> features) and head (pooled features -> logits).
+        """
+        count, _, height, width = images.shape
+        grid_h, grid_w = features.shape[-2:]
+        children = grid_children((0, 0, grid_w, grid_h))
+        if not children:
+            raise LayerError("beam: the feature grid is 1x1; there is no sub-grid to search")
+        # each child as a fraction of its parent's region: x0, y0, x1, y1
+        fractions = torch.tensor(
+            [[x / grid_w, y / grid_h, (x + w) / grid_w, (y + h) / grid_h]
+             for x, y, w, h in children], dtype=torch.float64)
+        regions = torch.tensor([[0.0, 0.0, width, height]], dtype=torch.float64).repeat(count, 1)
+        rows = torch.arange(count)
+        scale = torch.tensor([width, height, width, height], dtype=torch.float64)
+        trace: list[BeamLevel] = []
+        for level in range(self.levels):
+            logits = network.head(crop_resize_pooled(features, children))
+            child_rows = rows.repeat_interleave(len(children))
+            scores = self._scores(logits, targets, child_rows).detach().double().cpu()
+            child_regions = _project(regions, fractions)
+            keep = _select(child_regions / scale, scores, child_rows, self.beam_width)
+            regions, rows = child_regions[keep], child_rows[keep]
+            trace.append(BeamLevel(regions.float(), scores[keep].float(), rows))
+            if level + 1 < self.levels:
+                features = self._encode(network, images, rows, regions)
+        return trace
+
+    def _encode(self, network: _Network, images: torch.Tensor, rows: torch.Tensor,
+                regions: torch.Tensor) -> torch.Tensor:
+        """Features of the crops, ``batch_size`` crops per backbone pass."""
+        parts = []
+        for start in range(0, len(rows), self.batch_size):
+            index = rows[start:start + self.batch_size].to(images.device)
+            crops = crop_images(images[index], regions[start:start + self.batch_size])
+            parts.append(network.backbone(crops.contiguous(memory_format=torch.channels_last)))
+        return torch.cat(parts).contiguous()
+
+    def _scores(self, logits: torch.Tensor, targets: Targets, rows: torch.Tensor) -> torch.Tensor:
+        if targets.score_fn is not None:
+            return Targets(torch.full((len(rows),), -1), rows, targets.score_fn).scores(logits)
+        classes = targets.classes[rows].to(logits.device)[:, None]
+        values = logits.float().log_softmax(1).exp() if self.score == "probability" else logits
+        return values.gather(1, classes)[:, 0]
+
+    # --------------------------------------------------------------------------- network
+
+    def _network(self, forward: ForwardPass) -> _Network:
+        """Backbone and head around the hooked layer: the embedded model's, or the CAM head."""
+        module, layer = self.module, forward.layer
+        if (isinstance(module, EfficientNetLite0) and layer in ("features", "features.head")
+                and isinstance(module.pool, nn.AdaptiveAvgPool2d)
+                and module.pool.output_size in (1, (1, 1))):
+            # the rest of the network after features: global average pool, dropout, fc
+            return _Network(backbone=module.features,
+                            head=lambda pooled: module.fc(module.dropout(pooled)))
+        head = self.classifier.cam_head(forward.images)
+        if layer != head.feature_layer:
+            raise LayerError(
+                f"beam: layer {layer!r} does not feed the classifier head; use "
+                f"{head.feature_layer!r} (the default)"
+            )
+        fc = find_linear(module, head.fc_layer)
+        channels = forward.activations.shape[1]
+        if fc.in_features != channels:
+            raise LayerError(
+                f"beam: layer {layer!r} has {channels} channels but {head.fc_layer!r} takes "
+                f"{fc.in_features}; beam needs a global-average-pool + linear head"
+            )
+
+        def backbone(crops: torch.Tensor) -> torch.Tensor:
+            with capture_layer(module, layer) as capture:
+                module(crops)
+            if capture.activation is None:
+                raise LayerError(f"layer {layer!r} did not run during the forward pass")
+            return capture.activation
+
+        return _Network(backbone=backbone, head=fc)
+
+    # ------------------------------------------------------------------------ thresholds
+
+    def classes_to_map(self, probabilities: np.ndarray) -> list[int]:
+        """Classes of one image worth a search: probability >= ``score_threshold``, and the best.
+
+        Args:
+            probabilities: (C,) class probabilities of the image.
+        """
+        return select_classes(np.asarray(probabilities)[None], self.score_threshold)[0]
+
+    def threshold_for(self, class_index: int) -> float:
+        """Heatmap threshold of a class: its tuned value, else the global one, else 0.5."""
+        per_class = self.thresholds.get("per_class", {})
+        value = per_class.get(str(int(class_index)), self.thresholds.get("global"))
+        return float(self.default_threshold if value is None else value)
+
+
+def _project(regions: torch.Tensor, fractions: torch.Tensor) -> torch.Tensor:
+    """(B * C, 4) image regions of the C children (grid fractions) of B parent regions (eq. 5)."""
+    x0, y0, x1, y1 = regions[:, None].unbind(2)
+    fx0, fy0, fx1, fy1 = fractions[None].unbind(2)
+    width, height = x1 - x0, y1 - y0
+    out = torch.stack([x0 + fx0 * width, y0 + fy0 * height, x0 + fx1 * width,
+                       y0 + fy1 * height], dim=2)
+    return out.reshape(-1, 4)
+
+
+def _select(regions: torch.Tensor, scores: torch.Tensor, rows: torch.Tensor,
+            width: int) -> torch.Tensor:
+    """Indices of the best ``width`` distinct regions of each row, rows in order, best first."""
+    keep: list[int] = []
+    order = torch.argsort(scores, descending=True, stable=True).tolist()
+    keys = torch.round(regions / _SAME_REGION).long().tolist()
+    seen: dict[int, set[tuple[int, ...]]] = {}
+    chosen: dict[int, list[int]] = {}
+    for index in order:
+        row = int(rows[index])
+        kept = chosen.setdefault(row, [])
+        key = tuple(keys[index])
+        if len(kept) >= width or key in seen.setdefault(row, set()):
+            continue
+        seen[row].add(key)
+        kept.append(index)
+    for row in sorted(chosen):
+        keep.extend(chosen[row])
+    return torch.tensor(keep, dtype=torch.long)
+
+
+def select_classes(scores: np.ndarray, score_threshold: float,
+                   classes: Sequence[int] | None = None) -> list[list[int]]:
+    """Per image, the candidate classes scoring at least ``score_threshold``, and the best one.
+
+    Args:
+        scores: (N, C) class scores.
+        score_threshold: minimum score of a searched class.
+        classes: candidate classes (default: all).
+
+    Raises:
+        InputError: a candidate class outside ``0 .. C - 1``.
+    """
+    scores = np.asarray(scores, np.float64)
+    candidates = np.arange(scores.shape[1]) if classes is None else np.asarray(classes, int)
+    if candidates.size == 0 or candidates.min() < 0 or candidates.max() >= scores.shape[1]:
+        raise InputError(f"classes must be indices in 0 .. {scores.shape[1] - 1}")
+    chosen = []
+    for row in scores[:, candidates]:
+        keep = candidates[row >= score_threshold].tolist()
+        best = int(candidates[int(np.argmax(row))])
+        chosen.append(sorted(set(keep) | {best}))
+    return chosen
+
+
+def load_thresholds(source: str | os.PathLike | dict | None) -> dict:
+    """Read heatmap thresholds: ``{"global": t, "per_class": {"<class>": t, ...}}``.
+
+    Args:
+        source: a JSON file written by ``wsolkit tune-beam``, the same dict, or None.
+
+    Raises:
+        InputError: unreadable file, wrong structure, or a threshold outside [0, 1].
+    """
+    if source is None:
+        return {}
+    name = "thresholds"
+    if isinstance(source, dict):
+        data = source
+    else:
+        path = Path(source)
+        name = str(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise InputError(f"thresholds file {path} not found") from None
+        except (OSError, ValueError) as error:
+            raise InputError(f"thresholds file {path}: not readable JSON ({error})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("per_class", {}), dict):
+        raise InputError(f"{name}: expected {{'global': t, 'per_class': {{class: t}}}}")
+    values = [data.get("global")] + list(data.get("per_class", {}).values())
+    for value in values:
+        if value is None:
+            continue
+        if (isinstance(value, bool) or not isinstance(value, int | float)
+                or not math.isfinite(value) or not 0 <= value <= 1):
+            raise InputError(f"{name}: threshold {value!r} is not a number in [0, 1]")
+    return {"global": data.get("global"),
+            "per_class": {str(k): float(v) for k, v in data.get("per_class", {}).items()}}
+
+
+__all__ = [
+    "BeamLevel",
+    "BeamSearch",
+    "crop_images",
+    "crop_resize",
+    "crop_resize_pooled",
+    "grid_children",
+    "load_thresholds",
+    "region_heat",
+    "resize_matrix",
+    "select_classes",
+]
