@@ -2,9 +2,5 @@
 # Localize the objects in examples/ with Grad-CAM; results go to out/. Extra args pass through.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
-set +u
-# shellcheck disable=SC1091
-. .venv/bin/activate
-set -u
+. scripts/venv.sh
 exec wsolkit localize examples --method gradcam --target top1 --out out "$@"

@@ -6,14 +6,10 @@
 # rCAM has its own table (scripts/evaluate_rcam.sh); `--method all` runs everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
-set +u
-# shellcheck disable=SC1091
-. .venv/bin/activate
-set -u
+. scripts/venv.sh
 data=${WSOLKIT_DATA:-../shared/data}
 methods=cam,gradcam,gradcampp,xgradcam,layercam,objectness,smoothgradcampp,scorecam
-for dataset in imagenet-dev davis; do
+for dataset in davis imagenet-dev; do
     wsolkit evaluate "$data/$dataset" --method "$methods" --option max_channels=64 \
         --out "out/results/$dataset" "$@"
 done

@@ -8,11 +8,7 @@
 # `--limit 50` for a quick check or `--option eps=0.001` to try another setting.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
-set +u
-# shellcheck disable=SC1091
-. .venv/bin/activate
-set -u
+. scripts/venv.sh
 data=${WSOLKIT_DATA:-../shared/data}
 for dataset in imagenet-dev davis; do
     wsolkit evaluate "$data/$dataset" --method cam,rcam1,rcam2,rcam3,rcam \

@@ -6,11 +6,7 @@
 # (use it with --model out/finetune-demo/model.pt). Extra args pass through (e.g. --epochs 3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
-set +u
-# shellcheck disable=SC1091
-. .venv/bin/activate
-set -u
+. scripts/venv.sh
 data=${WSOLKIT_DATA:-../shared/data}
 out=out/finetune-demo
 rm -rf "$out"

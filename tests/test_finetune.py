@@ -23,7 +23,7 @@ from wsolkit.models.adaptation import (
     head_parameter_names,
     with_adaptation_head,
 )
-from wsolkit.models.loading import save_classifier
+from wsolkit.models.loading import load_model, save_classifier
 from wsolkit.train import FinetuneSettings, finetune, multilabel_map
 from wsolkit.train.finetune import _optimizer, _trainable_prefixes
 from wsolkit.train.sampling import class_balanced_epoch, repeat_factors, split_train_val
@@ -91,6 +91,11 @@ def test_head_swap_shapes_and_backbone_intact(tiny_images):
     assert model.module(tiny_images).shape == (2, 3)
     assert model.class_names == ("a", "b", "c")
     assert (model.feature_layer, model.fc_layer) == ("features", "fc.out")
+    # trained with binary cross-entropy: probabilities are per-class sigmoids
+    assert model.multi_label and not base.multi_label
+    logits = torch.tensor([[2.0, -1.0, 0.0]])
+    assert torch.allclose(model.probabilities(logits), torch.sigmoid(logits))
+    assert torch.allclose(base.probabilities(logits), logits.softmax(1))
     # the copy's backbone starts from the pretrained weights; the caller's model is untouched
     new_state = model.module.state_dict()
     for name, value in original.items():
@@ -368,3 +373,10 @@ def test_cli_skips_unreadable_images_and_exits_1(color_coco, tiny_model_file, tm
     metrics = json.loads((out / "metrics.json").read_text())
     assert len(metrics["failures"]) == 2
     assert metrics["train_images"] + metrics["val_images"] == 22
+
+
+def test_saved_model_keeps_multi_label(tmp_path):
+    model, _ = with_adaptation_head(tiny_classifier(), ["a", "b"], hidden=3)
+    save_classifier(model, tmp_path / "adapted.pt")
+    again = load_model(str(tmp_path / "adapted.pt"))
+    assert again.multi_label and again.class_names == ("a", "b")

@@ -224,3 +224,27 @@ def test_load_missing_or_broken_file(tmp_path):
     broken.write_bytes(b"this is not a model")
     with pytest.raises(ModelError, match="broken.pt: cannot load model"):
         load_model(str(broken))
+
+
+# ----------------------------------------------------------------------------- split inference
+
+
+def test_split_inference_equals_one_call_and_restores_threads(tiny_images):
+    from wsolkit.models.parallel import split_inference
+
+    model = seeded(TinyCNN).eval()
+    batch = torch.cat([tiny_images, tiny_images.flip(3), tiny_images * 0.5])
+    with torch.no_grad():
+        expected = model(batch)
+    threads = torch.get_num_threads()
+    for workers in (1, 2, 3, 8):
+        out = split_inference(model, batch, workers=workers)
+        assert out.shape == expected.shape and not out.requires_grad
+        torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+        assert torch.get_num_threads() == threads
+    # a raising call also gives the threads back
+    def broken(chunk):
+        raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"):
+        split_inference(broken, batch, workers=2)
+    assert torch.get_num_threads() == threads

@@ -40,9 +40,9 @@ class BeamBox:
 
 
 def class_scores(classifier: Classifier, images: torch.Tensor) -> torch.Tensor:
-    """(N, classes) softmax probabilities of a batch (no autograd, model flags restored)."""
+    """(N, classes) class probabilities of a batch (no autograd, model flags restored)."""
     with torch.inference_mode(), eval_mode(classifier.module):
-        return classifier.module(images).float().softmax(1).cpu()
+        return classifier.probabilities(classifier.module(images)).cpu()
 
 
 def beam_boxes(

@@ -122,7 +122,7 @@ class _ClassMaps:
 
     grids: np.ndarray  # (C, 224, 224) float32 protocol maps
     peak_values: np.ndarray  # (C,) maximum of each raw layer-resolution map
-    probabilities: np.ndarray  # (C,) softmax of the image's logits
+    probabilities: np.ndarray  # (C,) class probabilities (softmax; sigmoid if multi-label)
     thresholds: np.ndarray | None = None  # (C,) a box method's own map thresholds (beam)
 
 
@@ -311,7 +311,7 @@ def _class_maps(method: HeatmapMethod, image: torch.Tensor, num_classes: int,
         grids.extend(protocol_map(protocol_source(method, raw)) for raw in result.raw)
         values.append(result.raw.flatten(1).amax(1).cpu().numpy())
         logits = result.logits[0] if logits is None else logits
-    probabilities = logits.float().softmax(0).cpu().numpy()
+    probabilities = method.classifier.probabilities(logits).cpu().numpy()
     return _ClassMaps(np.stack(grids), np.concatenate(values).astype(np.float64),
                       probabilities.astype(np.float64))
 
@@ -320,7 +320,7 @@ def _selected_class_maps(method: HeatmapMethod, image: torch.Tensor, num_classes
                          chunk: int) -> _ClassMaps:
     with torch.inference_mode(), eval_mode(method.module):
         logits = method.module(image)[0].float()
-    probabilities = logits.softmax(0).cpu().numpy().astype(np.float64)
+    probabilities = method.classifier.probabilities(logits).cpu().numpy().astype(np.float64)
     grids = np.zeros((num_classes, PROTOCOL_SIZE, PROTOCOL_SIZE), np.float32)
     values = np.zeros(num_classes, np.float64)
     chosen = method.classes_to_map(probabilities[:num_classes])

@@ -339,6 +339,18 @@ def _entry_name(entry: Any, index: int) -> str:
     return f"entry {index}"
 
 
+def _check_entry(entry: object, index: int, table: dict, path: Path) -> None:
+    """One-line error for a box entry without an image id or with one not in ``table``."""
+    name = _entry_name(entry, index)
+    if not isinstance(entry, dict) or "image_id" not in entry:
+        raise InputError(f"{path}: {name} needs 'image_id' and 'bbox'")
+    try:
+        known = entry["image_id"] in table
+    except TypeError:  # an unhashable id (list, dict)
+        known = False
+    if not known:
+        raise InputError(f"{path}: {name} refers to unknown image {entry['image_id']!r}")
+
 def instances_from_json(
     classifier: Classifier,
     images: Path,
@@ -394,15 +406,8 @@ def instances_from_json(
     by_image: dict[Any, list[int]] = {}
     keep = [True] * len(entries)
     for index, entry in enumerate(entries):
+        _check_entry(entry, index, table, boxes_path)
         name = _entry_name(entry, index)
-        if not isinstance(entry, dict) or "image_id" not in entry:
-            raise InputError(f"{boxes_path}: {name} needs 'image_id' and 'bbox'")
-        try:
-            known = entry["image_id"] in table
-        except TypeError:
-            known = False
-        if not known:
-            raise InputError(f"{boxes_path}: {name} refers to unknown image {entry['image_id']!r}")
         if entry.get("iscrowd"):
             report.crowd += 1
             keep[index] = not results_format
@@ -486,15 +491,7 @@ def check_inputs(images: Path, boxes_json: Path | None, out_json: Path) -> int:
     table = _image_table(images, data, path)
     ids = set()
     for index, entry in enumerate(entries):
-        name = _entry_name(entry, index)
-        if not isinstance(entry, dict) or "image_id" not in entry:
-            raise InputError(f"{path}: {name} needs 'image_id' and 'bbox'")
-        try:
-            known = entry["image_id"] in table
-        except TypeError:
-            known = False
-        if not known:
-            raise InputError(f"{path}: {name} refers to unknown image {entry['image_id']!r}")
+        _check_entry(entry, index, table, path)
         if not entry.get("iscrowd"):
             ids.add(entry["image_id"])
     return len(ids)

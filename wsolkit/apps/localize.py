@@ -125,7 +125,7 @@ def _record(
     namer: OutputNamer,
 ) -> dict:
     rows = (result.image_index == image_index).nonzero().flatten().tolist()
-    probabilities = result.logits[rows[0]].softmax(dim=0)
+    probabilities = classifier.probabilities(result.logits[rows[0]])
     top_class = int(probabilities.argmax())
     pixels = np.asarray(image)
     targets, drawn, labels = [], [], []

@@ -46,6 +46,7 @@ from wsolkit.maps.targets import Targets
 from wsolkit.models.classifier import Classifier
 from wsolkit.models.efficientnet_lite import EfficientNetLite0
 from wsolkit.models.layers import find_linear
+from wsolkit.models.parallel import split_inference
 
 GridBox = tuple[int, int, int, int]
 SCORES = ("probability", "logit")
@@ -207,7 +208,8 @@ class BeamSearch(HeatmapMethod):
             common signature.
         beam_width: M, candidates kept per level (default 8).
         levels: H, levels of the search tree (default 10).
-        score: ``"probability"`` (softmax of the candidate's logits, default) or ``"logit"``.
+        score: ``"probability"`` (of the candidate's logits: softmax, sigmoid for a multi-label
+            model; default) or ``"logit"``.
         batch_size: crops per backbone pass.
         thresholds: per-class heatmap thresholds for boxes (a JSON file written by
             ``wsolkit tune-beam``, or its dict); see :meth:`threshold_for`.
@@ -318,7 +320,8 @@ class BeamSearch(HeatmapMethod):
         if targets.score_fn is not None:
             return Targets(torch.full((len(rows),), -1), rows, targets.score_fn).scores(logits)
         classes = targets.classes[rows].to(logits.device)[:, None]
-        values = logits.float().log_softmax(1).exp() if self.score == "probability" else logits
+        values = (self.classifier.probabilities(logits) if self.score == "probability"
+                  else logits)
         return values.gather(1, classes)[:, 0]
 
     # --------------------------------------------------------------------------- network
@@ -330,7 +333,8 @@ class BeamSearch(HeatmapMethod):
                 and isinstance(module.pool, nn.AdaptiveAvgPool2d)
                 and module.pool.output_size in (1, (1, 1))):
             # the rest of the network after features: global average pool, dropout, fc
-            return _Network(backbone=module.features,
+            # hook-free, so the crops can be split over one-thread workers (faster on CPU)
+            return _Network(backbone=functools.partial(split_inference, module.features),
                             head=lambda pooled: module.fc(module.dropout(pooled)))
         head = self.classifier.cam_head(forward.images)
         if layer != head.feature_layer:

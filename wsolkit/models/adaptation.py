@@ -119,6 +119,7 @@ def with_adaptation_head(
         feature_layer=feature_layer,
         objectness_layer=classifier.objectness_layer or feature_layer,
         fc_layer=f"{fc_name}.out",
+        multi_label=True,
         _detected=None,
     )
     return new, fc_name

@@ -32,6 +32,8 @@ class Classifier:
         feature_layer: default layer for CAM-family methods (the one feeding the head).
         fc_layer: the linear layer of the global-average-pool + linear head.
         objectness_layer: default layer of the class-agnostic objectness map.
+        multi_label: the logits are independent per class (trained with binary cross-entropy,
+            e.g. by ``wsolkit finetune``): class probabilities are their sigmoid, not softmax.
     """
 
     module: nn.Module
@@ -43,6 +45,7 @@ class Classifier:
     feature_layer: str | None = None
     fc_layer: str | None = None
     objectness_layer: str | None = None
+    multi_label: bool = False
     _detected: CamHead | None = field(default=None, repr=False)
 
     @property
@@ -56,6 +59,11 @@ class Classifier:
         if self.class_names is None or not 0 <= index < len(self.class_names):
             return f"class {index}"
         return self.class_names[index]
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Class probabilities of (N, classes) logits: sigmoid if multi-label, else softmax."""
+        logits = logits.float()
+        return logits.sigmoid() if self.multi_label else logits.softmax(dim=-1)
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         """Resize an RGB PIL image to ``input_size`` and normalize it to a CHW tensor."""

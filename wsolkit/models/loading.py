@@ -21,7 +21,8 @@ EFFICIENTNET_LITE0_OBJECTNESS_LAYER = "features.head"
 # Module attribute in which save_classifier stores what a Classifier adds to its module.
 CLASSIFIER_INFO = "wsolkit_info"
 _INFO_FIELDS = (
-    "class_names", "input_size", "mean", "std", "feature_layer", "fc_layer", "objectness_layer"
+    "class_names", "input_size", "mean", "std", "feature_layer", "fc_layer", "objectness_layer",
+    "multi_label",
 )
 
 

@@ -528,6 +528,7 @@ def _metrics(
         "resumed_from_epoch": resumed_from or None,
         "model_file": MODEL,
         "settings": {**asdict(settings), "train_layers": list(settings.train_layers)},
+        "train_ids": state["train_ids"],
         "val_ids": state["val_ids"],
         "failures": state["failures"],
     }
