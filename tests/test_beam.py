@@ -17,7 +17,6 @@ from wsolkit.apps.beam_tune import TuneSettings, pair_f1, tune_thresholds
 from wsolkit.apps.cooccurrence import (
     choose_alpha,
     cooccurrence_counts,
-    mean_average_precision,
     pair_probabilities,
     rescore,
 )
@@ -26,6 +25,7 @@ from wsolkit.cli.main import main
 from wsolkit.data import open_dataset
 from wsolkit.data.sample import Sample
 from wsolkit.errors import InputError, LayerError
+from wsolkit.eval import multilabel_map
 from wsolkit.maps import METHODS, get_method
 from wsolkit.maps.beam import (
     BeamSearch,
@@ -413,7 +413,7 @@ def test_choose_alpha_prefers_the_helpful_pair():
     p = pair_probabilities(cooccurrence_counts([[0, 1], [0, 1]], 2))
     best, results = choose_alpha(unary, labels, p, alphas=(0.0, 1.0))
     assert best == 1.0 and results[1.0] > results[0.0]
-    assert mean_average_precision(unary[:, :1], labels[:, :1]) == 1.0
+    assert multilabel_map(unary[:, :1], labels[:, :1])[0] == 1.0
 
 
 # ------------------------------------------------------------- tuning and evaluation

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from wsolkit.errors import InputError
+from wsolkit.eval.classification import multilabel_map
 
 
 def cooccurrence_counts(label_sets: Iterable[Iterable[int]], num_classes: int) -> np.ndarray:
@@ -78,27 +79,12 @@ def rescore(unary: np.ndarray, probabilities: np.ndarray, alpha: float) -> np.nd
     return unary + alpha * unary @ probabilities.T
 
 
-def mean_average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Classification mAP of (N, C) scores against (N, C) bool labels, over classes present."""
-    scores, labels = np.asarray(scores, np.float64), np.asarray(labels, bool)
-    precisions = []
-    for c in range(scores.shape[1]):
-        positives = labels[:, c].sum()
-        if positives == 0:
-            continue
-        order = np.argsort(-scores[:, c], kind="stable")
-        hits = labels[order, c]
-        ranks = np.arange(1, len(hits) + 1)
-        precisions.append(float((np.cumsum(hits)[hits] / ranks[hits]).sum() / positives))
-    if not precisions:
-        raise InputError("no class has a positive image: cannot compute mAP")
-    return float(np.mean(precisions))
-
-
 def choose_alpha(unary: np.ndarray, labels: np.ndarray, probabilities: np.ndarray,
                  alphas: Sequence[float] = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
                  ) -> tuple[float, dict[float, float]]:
     """The ``alpha`` whose rescored scores give the best classification mAP on validation data.
+
+    mAP as :func:`wsolkit.eval.multilabel_map` (VOC AP per class with a positive image).
 
     Args:
         unary: (N, C) class scores (e.g. probabilities) of the validation images.
@@ -108,9 +94,16 @@ def choose_alpha(unary: np.ndarray, labels: np.ndarray, probabilities: np.ndarra
 
     Returns:
         ``(best_alpha, {alpha: mAP})``.
+
+    Raises:
+        InputError: no class has a positive validation image.
     """
-    results = {float(a): mean_average_precision(rescore(unary, probabilities, a), labels)
-               for a in sorted(alphas)}
+    results = {}
+    for alpha in sorted(alphas):
+        value, _ = multilabel_map(rescore(unary, probabilities, alpha), labels)
+        if value is None:
+            raise InputError("no class has a positive image: cannot compute mAP")
+        results[float(alpha)] = value
     best = max(results, key=lambda a: (results[a], -a))
     return best, results
 
@@ -118,7 +111,6 @@ def choose_alpha(unary: np.ndarray, labels: np.ndarray, probabilities: np.ndarra
 __all__ = [
     "choose_alpha",
     "cooccurrence_counts",
-    "mean_average_precision",
     "pair_probabilities",
     "rescore",
 ]

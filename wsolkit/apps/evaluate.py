@@ -504,9 +504,10 @@ class _ClassScorer:
     - ``detection_ap``: :class:`~wsolkit.eval.DetectionAP` (VOC, IoU 0.5) where every
       8-connected component of a class map at ``threshold`` x its maximum is a detection of
       that class, scored by its mean heat times the class probability (softmax of the
-      logits), with COCO ``iscrowd`` / VOC ``difficult`` boxes ignored. A constant map gives
-      no detection. A box method with its own per-class map thresholds (``beam``, tuned by
-      ``wsolkit tune-beam``) thresholds its normalized map at its class's value instead.
+      logits; sigmoid for a multi-label model), with COCO ``iscrowd`` / VOC ``difficult``
+      boxes ignored. A constant map gives no detection. A box method with its own per-class
+      map thresholds (``beam``, tuned by ``wsolkit tune-beam``) thresholds its normalized map
+      at its class's value instead.
     """
 
     def __init__(self, num_classes: int, threshold: float) -> None:
