@@ -210,7 +210,8 @@ class BeamSearch(HeatmapMethod):
         levels: H, levels of the search tree (default 10).
         score: ``"probability"`` (of the candidate's logits: softmax, sigmoid for a multi-label
             model; default) or ``"logit"``.
-        batch_size: crops per backbone pass.
+        batch_size: crops per backbone pass (default 8: on a CPU, larger passes overflow the
+            caches and cost up to twice as much per crop).
         thresholds: per-class heatmap thresholds for boxes (a JSON file written by
             ``wsolkit tune-beam``, or its dict); see :meth:`threshold_for`.
         score_threshold: multi-class use (:meth:`classes_to_map`): classes whose probability
@@ -231,7 +232,7 @@ class BeamSearch(HeatmapMethod):
         beam_width: int = 8,
         levels: int = 10,
         score: str = "probability",
-        batch_size: int = 64,
+        batch_size: int = 8,
         thresholds: str | os.PathLike | dict | None = None,
         score_threshold: float = 0.1,
     ) -> None:
