@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from wsolkit.cli.options import check_limit
 from wsolkit.data.atomic import check_out_dir
 from wsolkit.errors import InputError
 
@@ -131,8 +132,7 @@ def run_proposals(args: argparse.Namespace) -> int:
 
     if args.top_k < 1:
         raise InputError(f"--top-k {args.top_k}: must be at least 1")
-    if args.limit is not None and args.limit < 1:
-        raise InputError(f"--limit {args.limit}: must be at least 1")
+    check_limit(args.limit)
     if bool(args.paths) == (args.dataset is not None):
         raise InputError("give image PATHS or --dataset DATASET (one of the two)")
     check_out_dir(args.out)

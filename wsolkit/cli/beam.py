@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from wsolkit.cli.options import check_limit, set_threads
 from wsolkit.errors import InputError
 
 
@@ -40,7 +41,6 @@ def add_tune_beam_parser(commands: argparse._SubParsersAction) -> None:
 
 def run_tune_beam(args: argparse.Namespace) -> int:
     """Run ``wsolkit tune-beam``; returns the exit code."""
-    import torch
     from tqdm import tqdm
 
     from wsolkit.apps.beam_tune import TuneSettings, tune_thresholds
@@ -48,12 +48,8 @@ def run_tune_beam(args: argparse.Namespace) -> int:
     from wsolkit.data.atomic import write_bytes_atomic
     from wsolkit.models import load_model
 
-    if args.limit is not None and args.limit < 1:
-        raise InputError(f"--limit {args.limit}: must be at least 1")
-    if args.threads is not None:
-        if args.threads < 1:
-            raise InputError(f"--threads {args.threads}: must be at least 1")
-        torch.set_num_threads(args.threads)
+    check_limit(args.limit)
+    set_threads(args.threads)
     if not args.out.parent.is_dir():
         raise InputError(f"--out {args.out}: folder {args.out.parent} does not exist")
     dataset = open_dataset(args.dataset)

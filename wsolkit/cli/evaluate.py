@@ -10,6 +10,7 @@ from tqdm import tqdm
 
 from wsolkit.apps.evaluate import EvaluateSettings, evaluate
 from wsolkit.apps.report import markdown_table, write_report
+from wsolkit.cli.options import check_limit
 from wsolkit.data import open_dataset
 from wsolkit.data.atomic import check_out_dir, make_out_dir, write_bytes_atomic, write_json_atomic
 from wsolkit.errors import InputError
@@ -25,8 +26,7 @@ def run_evaluate(args: argparse.Namespace, options: dict) -> int:
         get_method(name)
     if args.maps is not None and len(methods) > 1:
         raise InputError("--maps scores one set of maps; give a single --method")
-    if args.limit is not None and args.limit < 1:
-        raise InputError(f"--limit {args.limit}: must be at least 1")
+    check_limit(args.limit)
     check_out_dir(args.out)
     if args.save_maps is not None:
         check_out_dir(args.save_maps, "--save-maps")

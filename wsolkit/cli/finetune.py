@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from wsolkit.errors import InputError
+from wsolkit.cli.options import set_threads
 
 
 def add_finetune_parser(commands: argparse._SubParsersAction) -> None:
@@ -63,17 +63,12 @@ def add_finetune_parser(commands: argparse._SubParsersAction) -> None:
 
 def run_finetune(args: argparse.Namespace) -> int:
     """Run ``wsolkit finetune``; returns the exit code."""
-    import torch
-
     from wsolkit.data import open_dataset
     from wsolkit.data.atomic import check_out_dir
     from wsolkit.models import load_model
     from wsolkit.train import FinetuneSettings, finetune
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise InputError(f"--threads must be >= 1; got {args.threads}")
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     layers = tuple(n.strip() for n in (args.train_layers or "").split(",") if n.strip())
     settings = FinetuneSettings(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, head_lr=args.head_lr,
