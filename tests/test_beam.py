@@ -14,13 +14,14 @@ from test_evaluate import CATEGORIES, IMAGENET, three_class_model, tiny_coco  # 
 
 from wsolkit.apps.beam_boxes import BeamBox, beam_boxes, heat_boxes
 from wsolkit.apps.beam_tune import TuneSettings, pair_f1, tune_thresholds
+from wsolkit.apps.class_scoring import class_maps
 from wsolkit.apps.cooccurrence import (
     choose_alpha,
     cooccurrence_counts,
     pair_probabilities,
     rescore,
 )
-from wsolkit.apps.evaluate import EvaluateSettings, _class_maps, evaluate
+from wsolkit.apps.evaluate import EvaluateSettings, evaluate
 from wsolkit.cli.main import main
 from wsolkit.data import open_dataset
 from wsolkit.data.sample import Sample
@@ -451,21 +452,22 @@ def test_tune_thresholds_and_evaluate_on_a_multi_label_set(tiny_coco, tmp_path):
 
 def test_selected_class_maps_search_only_the_chosen_classes(monkeypatch):
     model = three_class_model([name for _, name in CATEGORIES])
-    method = BeamSearch(model, levels=1, beam_width=2, score_threshold=1.1)  # top-1 only
+    method = BeamSearch(model, levels=1, beam_width=2)
     searched = []
     original = BeamSearch.__call__
 
-    def spy(self, images, target="top1", labels=None):
-        searched.append(list(target))
-        return original(self, images, target=target, labels=labels)
+    def spy(self, images, target="top1", labels=None, **options):
+        searched.append(target.classes.tolist())
+        return original(self, images, target=target, labels=labels, **options)
 
     monkeypatch.setattr(BeamSearch, "__call__", spy)
     image = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    maps = _class_maps(method, image, 3, chunk=8)
+    maps = class_maps(method, image, 3, min_probability=1.1)  # top-1 only
     with torch.no_grad():
         best = int(model.module(image).argmax())
-    assert searched == [[best]]
-    assert maps.grids[best].any() and not np.delete(maps.grids, best, axis=0).any()
+    assert searched == [[best]] and maps.detect == [best]
+    assert set(maps.grids) == {best} and maps.grids[best].any()
+    assert not maps.grid((best + 1) % 3).any()
     assert maps.peak_values[best] > 0 and maps.thresholds.tolist() == [0.5, 0.5, 0.5]
 
 

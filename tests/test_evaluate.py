@@ -428,14 +428,15 @@ def test_multi_label_with_loaded_maps_is_class_agnostic(tiny_coco, tmp_path):
     assert "pointing_ap" not in evaluation.metrics and "boxes" in evaluation.metrics
 
 
-def test_class_maps_in_chunks_match_one_map_at_a_time():
-    from wsolkit.apps.evaluate import _class_maps, protocol_map
+def test_one_call_class_maps_match_one_map_at_a_time():
+    from wsolkit.apps.class_scoring import class_maps
+    from wsolkit.apps.evaluate import protocol_map
 
     model = three_class_model(["cat", "dog", "bird"])
     method = wsolkit.get_method("gradcam")(model)
     image = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(2))
-    maps = _class_maps(method, image, 3, chunk=2)
-    assert maps.grids.shape == (3, 224, 224)
+    maps = class_maps(method, image, 3, min_probability=0.0, present=(0, 1, 2))
+    assert sorted(maps.grids) == [0, 1, 2] and maps.detect == [0, 1, 2]
     logits = model.module(image)[0]
     np.testing.assert_allclose(maps.probabilities, logits.softmax(0).detach().numpy(), atol=1e-6)
     for c in range(3):
@@ -447,7 +448,7 @@ def test_class_maps_in_chunks_match_one_map_at_a_time():
 
 
 def test_class_scorer_known_answers():
-    from wsolkit.apps.evaluate import _ClassMaps, _ClassScorer
+    from wsolkit.apps.class_scoring import ClassMaps, ClassScorer
     from wsolkit.data.sample import Sample
 
     # A 448x448 image: boxes are halved on the 224 grid. Class 0 has a box and a map blob
@@ -459,11 +460,13 @@ def test_class_scorer_known_answers():
     grids[0, 30:90, 30:90] = 1.0  # the scaled class-0 box is 20..100
     grids[1, 10:40, 150:200] = 1.0  # far from the class-1 box (120..200)
     grids[2, 160:210, 5:45] = 1.0  # on the crowd box (0..50, 150..220)
-    scorer = _ClassScorer(3, 0.5)
-    scorer.add(sample, _ClassMaps(grids, np.array([3.0, 2.0, 1.0]), np.array([0.5, 0.3, 0.2])),
-               (448, 448))
+    scorer = ClassScorer(3, 0.5)
+    scorer.add(sample, ClassMaps(np.array([3.0, 2.0, 1.0]), np.array([0.5, 0.3, 0.2]),
+                                 dict(enumerate(grids)), [0, 1, 2]), (448, 448))
     metrics = scorer.compute()
     assert metrics["pointing_per_class"]["class_accuracy"] == {0: 100.0, 1: 0.0}
     assert metrics["pointing_ap"]["AP"] == {0: 100.0, 1: 0.0, 2: 100.0}
     assert metrics["detection_ap"]["AP"] == {0: 100.0, 1: 0.0}
     assert metrics["detection_ap"]["mAP"] == 50.0
+    # every class is a label of the only image: each ranks its one positive first
+    assert metrics["classification_map"]["mAP"] == 100.0

@@ -11,11 +11,12 @@ way:
 - masks (mask folders, OpenImages-style metadata, COCO): PxAP, pixel IoU and mIoU, F-measure
   ODS / OIS, MAE (:class:`~wsolkit.eval.PixelMetrics`), with masks resized to 224x224 by
   nearest neighbour and ignore pixels left out;
-- every class (COCO, VOC, when the model's classes are the dataset's, e.g. a fine-tuned
-  model): one map per class of the dataset for every image (:class:`_ClassScorer`), scored by
-  the per-class pointing game, pointing AP (:class:`~wsolkit.eval.PointingAP`) and detection
-  AP (:class:`~wsolkit.eval.DetectionAP`). With other models the class spaces differ and only
-  the class-agnostic scores above are computed.
+- every class (COCO, VOC, ImageNet mosaics, when the model's classes are the dataset's):
+  one map per class of the dataset for every image, all from one call of the method
+  (:mod:`wsolkit.apps.class_scoring`), scored by the per-class pointing game, pointing AP
+  (:class:`~wsolkit.eval.PointingAP`), detection AP (:class:`~wsolkit.eval.DetectionAP`)
+  and classification mAP. With other models the class spaces differ and only the
+  class-agnostic scores above are computed.
 """
 
 from __future__ import annotations
@@ -29,28 +30,25 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 from PIL import Image
 
+from wsolkit.apps.class_scoring import (
+    ClassMaps,
+    ClassScorer,
+    class_maps,
+    every_class,
+    maps_of_result,
+)
+from wsolkit.apps.protocol import PROTOCOL_SIZE, protocol_map, protocol_source
 from wsolkit.data.atomic import make_out_dir, write_bytes_atomic
 from wsolkit.data.images import load_image
 from wsolkit.data.sample import Sample
 from wsolkit.errors import ImageError, InputError, WSOLError
-from wsolkit.eval import (
-    BoxAccuracy,
-    DetectionAP,
-    PixelMetrics,
-    PointingAP,
-    PointingGame,
-    peaks,
-)
-from wsolkit.eval.box_accuracy import normalize_scoremap
+from wsolkit.eval import BoxAccuracy, PixelMetrics, PointingGame
 from wsolkit.maps import HeatmapMethod, get_method
-from wsolkit.maps.hooks import eval_mode
 from wsolkit.models.classifier import Classifier
-from wsolkit.refine import localize, scale_boxes
+from wsolkit.refine import scale_boxes
 
-PROTOCOL_SIZE = 224
 TARGETS = ("auto", "gt", "top1")
 MULTI_LABEL_KINDS = ("coco", "voc")
 
@@ -68,9 +66,13 @@ class EvaluateSettings:
         limit: score only the first N images.
         cam_curve_interval: spacing of the map thresholds (0.01: 100 thresholds).
         options: extra method options.
-        detection_threshold: multi-label scoring only (see :class:`_ClassScorer`): a class
-            map's connected components at ``detection_threshold`` x its maximum are its
-            detections.
+        detection_threshold: multi-label scoring only (see
+            :class:`~wsolkit.apps.class_scoring.ClassScorer`): a class map's connected
+            components at ``detection_threshold`` x its maximum are its detections.
+        min_class_probability: multi-label scoring only: detections (and a box method's
+            maps, e.g. ``beam``) only for the classes of an image at least this probable,
+            plus its most probable class (0: every class); see
+            :mod:`wsolkit.apps.class_scoring`.
     """
 
     method: str = "cam"
@@ -81,6 +83,7 @@ class EvaluateSettings:
     cam_curve_interval: float = 0.01
     options: dict = field(default_factory=dict)
     detection_threshold: float = 0.5
+    min_class_probability: float = 0.001
 
 
 @dataclass
@@ -113,17 +116,7 @@ class _Batch:
     sizes: list[tuple[int, int]]
     top5: list[list[int] | None]
     layer: str | None = None
-    class_maps: list[Callable[[], _ClassMaps]] = field(default_factory=list)
-
-
-@dataclass
-class _ClassMaps:
-    """The map of every class for one image."""
-
-    grids: np.ndarray  # (C, 224, 224) float32 protocol maps
-    peak_values: np.ndarray  # (C,) maximum of each raw layer-resolution map
-    probabilities: np.ndarray  # (C,) class probabilities (softmax; sigmoid if multi-label)
-    thresholds: np.ndarray | None = None  # (C,) a box method's own map thresholds (beam)
+    class_maps: list[Callable[[], ClassMaps]] = field(default_factory=list)
 
 
 def evaluate(
@@ -148,7 +141,8 @@ def evaluate(
         An :class:`Evaluation`; images that could not be scored are in ``failures``. For a
         COCO or VOC dataset whose classes are the classifier's (:func:`labels_are_model_classes`)
         and computed maps, ``metrics`` also has ``pointing_per_class``, ``pointing_ap`` and
-        ``detection_ap`` from the maps of every class (see :class:`_ClassScorer`).
+        ``detection_ap`` from the maps of every class and ``classification_map`` (see
+        :class:`~wsolkit.apps.class_scoring.ClassScorer`).
 
     Raises:
         InputError: nothing to score, bad settings, or every image failed.
@@ -202,7 +196,7 @@ def evaluate(
 
 
 def _score(batch: _Batch, index: int, scorer: _Scorer,
-           class_scorer: _ClassScorer | None) -> ScoredImage:
+           class_scorer: ClassScorer | None) -> ScoredImage:
     """Score one image of a batch; every map is made before any metric is updated."""
     sample, size = batch.samples[index], batch.sizes[index]
     class_maps = batch.class_maps[index]() if class_scorer is not None else None
@@ -226,16 +220,19 @@ def labels_are_model_classes(dataset: object, classifier: Classifier) -> bool:
 
 
 def _class_scorer(dataset: object, classifier: Classifier | None, maps_dir: Path | None,
-                  has_boxes: bool, settings: EvaluateSettings) -> _ClassScorer | None:
+                  has_boxes: bool, settings: EvaluateSettings) -> ClassScorer | None:
     """A scorer of every class's maps when the dataset is multi-label and the classes match."""
     threshold = settings.detection_threshold
     if not (isinstance(threshold, int | float) and 0 < threshold <= 1):
         raise InputError(f"--detection-threshold {threshold!r}: must be in (0, 1]")
+    low = settings.min_class_probability
+    if not (isinstance(low, int | float) and 0 <= low <= 1):
+        raise InputError(f"--min-class-probability {low!r}: must be in [0, 1]")
     if (maps_dir is not None or classifier is None or not has_boxes
             or getattr(dataset, "kind", None) not in MULTI_LABEL_KINDS
             or not labels_are_model_classes(dataset, classifier)):
         return None
-    return _ClassScorer(len(dataset.class_names), float(threshold))
+    return ClassScorer(len(dataset.class_names), float(threshold))
 
 
 def _resolve_target(target: str, dataset: object, classifier: Classifier | None,
@@ -276,7 +273,10 @@ def _computed_batches(
             except ImageError as error:
                 failures.append((sample.image_id, str(error)))
         batch = _Batch([], [], [], [])
-        if loaded:
+        if loaded and class_count and not hasattr(method, "classes_to_map"):
+            _add_every_class(batch, method, loaded, classifier, target, class_count,
+                             settings.min_class_probability)
+        elif loaded:
             tensor = classifier.preprocess_batch([image for _, image in loaded])
             labels = [max(sample.label, 0) for sample, _ in loaded]
             result = method(tensor, target="gt" if target == "gt" else "top1", labels=labels)
@@ -288,51 +288,26 @@ def _computed_batches(
                 batch.top5.append(top5[index])
                 if class_count:
                     batch.class_maps.append(partial(
-                        _class_maps, method, tensor[index:index + 1], class_count,
-                        settings.batch_size))
+                        class_maps, method, tensor[index:index + 1], class_count,
+                        settings.min_class_probability, tuple(sample.labels)))
             batch.layer = result.layer
         yield batch, len(chunk)
 
 
-def _class_maps(method: HeatmapMethod, image: torch.Tensor, num_classes: int,
-                chunk: int) -> _ClassMaps:
-    """Maps of every class of one (1, C, H, W) image, ``chunk`` maps per forward pass.
-
-    A method with ``classes_to_map`` (a box method searching some classes only, e.g. ``beam``)
-    maps only the classes it picks from the image's probabilities; the others get a zero map
-    (no detection) and a zero peak value.
-    """
-    if hasattr(method, "classes_to_map"):
-        return _selected_class_maps(method, image, num_classes, chunk)
-    grids, values, logits = [], [], None
-    for start in range(0, num_classes, chunk):
-        classes = list(range(start, min(start + chunk, num_classes)))
-        result = method(image.repeat(len(classes), 1, 1, 1), target=classes)
-        grids.extend(protocol_map(protocol_source(method, raw)) for raw in result.raw)
-        values.append(result.raw.flatten(1).amax(1).cpu().numpy())
-        logits = result.logits[0] if logits is None else logits
-    probabilities = method.classifier.probabilities(logits).cpu().numpy()
-    return _ClassMaps(np.stack(grids), np.concatenate(values).astype(np.float64),
-                      probabilities.astype(np.float64))
-
-
-def _selected_class_maps(method: HeatmapMethod, image: torch.Tensor, num_classes: int,
-                         chunk: int) -> _ClassMaps:
-    with torch.inference_mode(), eval_mode(method.module):
-        logits = method.module(image)[0].float()
-    probabilities = method.classifier.probabilities(logits).cpu().numpy().astype(np.float64)
-    grids = np.zeros((num_classes, PROTOCOL_SIZE, PROTOCOL_SIZE), np.float32)
-    values = np.zeros(num_classes, np.float64)
-    chosen = method.classes_to_map(probabilities[:num_classes])
-    for start in range(0, len(chosen), chunk):
-        classes = chosen[start:start + chunk]
-        result = method(image.repeat(len(classes), 1, 1, 1), target=classes)
-        for c, raw in zip(classes, result.raw, strict=True):
-            grids[c] = protocol_map(protocol_source(method, raw))
-            values[c] = float(raw.max())
-    thresholds = (np.array([method.threshold_for(c) for c in range(num_classes)])
-                  if hasattr(method, "threshold_for") else None)
-    return _ClassMaps(grids, values, probabilities, thresholds)
+def _add_every_class(batch: _Batch, method: HeatmapMethod, loaded: list, classifier: Classifier,
+                     target: str, class_count: int, min_probability: float) -> None:
+    """Every class's map of each image from one call; the scored single map is one of them."""
+    for sample, image in loaded:
+        result = every_class(method, classifier.preprocess_batch([image]), class_count)
+        logits = result.logits[0]
+        chosen = max(sample.label, 0) if target == "gt" else int(logits.argmax())
+        batch.samples.append(sample)
+        batch.maps.append(protocol_source(method, result.raw[chosen]))
+        batch.sizes.append(image.size)
+        batch.top5.append(logits.topk(min(5, len(logits))).indices.tolist())
+        batch.class_maps.append(partial(maps_of_result, method, result, class_count,
+                                        min_probability, tuple(sample.labels)))
+        batch.layer = result.layer
 
 
 def _loaded_batches(
@@ -399,24 +374,6 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     handle = io.BytesIO()
     np.save(handle, array, allow_pickle=False)
     return handle.getvalue()
-
-
-def protocol_source(method: HeatmapMethod, raw: torch.Tensor) -> np.ndarray:
-    """The map the protocol resizes: the raw layer-resolution map, after the method's ReLU.
-
-    wsolevaluation resizes the layer-resolution map itself to 224x224 with OpenCV's bicubic
-    kernel; scoring the method's own (bilinear) upsampled output instead would add a second
-    resampling that the protocol does not have.
-    """
-    source = raw.clamp(min=0) if method.relu else raw
-    return source.detach().float().cpu().numpy()
-
-
-def protocol_map(heatmap: np.ndarray) -> np.ndarray:
-    """Resize a map to 224x224 (bicubic) and min-max normalize it (constant -> zeros)."""
-    resized = cv2.resize(heatmap.astype(np.float64), (PROTOCOL_SIZE, PROTOCOL_SIZE),
-                         interpolation=cv2.INTER_CUBIC)
-    return normalize_scoremap(resized).astype(np.float32)
 
 
 class _Scorer:
@@ -486,68 +443,6 @@ class _Scorer:
     def _top5_loc(self, boxes: dict) -> float:
         hits = self.box_accuracy.per_image_hits(boxes["best_threshold"])
         return float(np.mean(hits & np.array(self.top5_hits)) * 100)
-
-
-class _ClassScorer:
-    """Scores the maps of every class of multi-label images (COCO, VOC).
-
-    Used when the model's classes are the dataset's. Per image, with ``C`` maps brought to the
-    224x224 grid and the GT boxes scaled to it:
-
-    - ``pointing_per_class``: :class:`~wsolkit.eval.PointingGame` of each class present among
-      the image's non-ignored boxes, against those boxes (``class_accuracy``,
-      ``mean_class_accuracy``);
-    - ``pointing_ap``: :class:`~wsolkit.eval.PointingAP`, each class map's peak location (on
-      the grid) as the point and the maximum of its raw layer-resolution map (before ReLU and
-      normalization: for CAM, Oquab et al.'s max-pooled class score) as the confidence; every
-      box, ignored ones included (a crowd region holds the class), makes the image a positive;
-    - ``detection_ap``: :class:`~wsolkit.eval.DetectionAP` (VOC, IoU 0.5) where every
-      8-connected component of a class map at ``threshold`` x its maximum is a detection of
-      that class, scored by its mean heat times the class probability (softmax of the
-      logits; sigmoid for a multi-label model), with COCO ``iscrowd`` / VOC ``difficult``
-      boxes ignored. A constant map gives no detection. A box method with its own per-class
-      map thresholds (``beam``, tuned by ``wsolkit tune-beam``) thresholds its normalized map
-      at its class's value instead.
-    """
-
-    def __init__(self, num_classes: int, threshold: float) -> None:
-        self.num_classes = num_classes
-        self.threshold = threshold
-        self.pointing = PointingGame()
-        self.pointing_ap = PointingAP(num_classes)
-        self.detection = DetectionAP(num_classes)
-
-    def add(self, sample: Sample, maps: _ClassMaps, size: tuple[int, int]) -> None:
-        boxes = scale_boxes(sample.boxes, (size[1], size[0]), (PROTOCOL_SIZE, PROTOCOL_SIZE))
-        labels, ignore = sample.box_labels, sample.box_ignore.astype(bool)
-        self.pointing_ap.update(maps.peak_values, peaks(maps.grids)[1], boxes, labels)
-        for c in np.unique(labels[~ignore]).tolist():
-            self.pointing.update(maps.grids[c], boxes[~ignore & (labels == c)], class_id=c)
-        self.detection.update(*self._detections(maps), boxes, labels, ignore)
-
-    def _detections(self, maps: _ClassMaps) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        boxes, scores, labels = [np.zeros((0, 4), np.float32)], [np.zeros(0)], [np.zeros(0, int)]
-        for c, grid in enumerate(maps.grids):
-            if not grid.any():
-                continue
-            found = (localize(grid, "fraction", self.threshold, mode="all")
-                     if maps.thresholds is None
-                     else localize(grid, "fixed", maps.thresholds[c], mode="all"))
-            boxes.append(found.boxes)
-            scores.append(found.scores * maps.probabilities[c])
-            labels.append(np.full(len(found.boxes), c))
-        return np.concatenate(boxes), np.concatenate(scores), np.concatenate(labels)
-
-    def compute(self) -> dict:
-        """The sections of the metrics that have something to report."""
-        metrics = {}
-        for key, metric in (("pointing_per_class", self.pointing),
-                            ("pointing_ap", self.pointing_ap), ("detection_ap", self.detection)):
-            try:
-                metrics[key] = metric.compute()
-            except InputError:  # e.g. only crowd boxes: nothing to score
-                continue
-        return metrics
 
 
 def _nearest(mask: np.ndarray) -> np.ndarray:

@@ -24,6 +24,7 @@ HEADLINE = (
     ("pointing", "accuracy", "pointing", 1),
     ("pointing_ap", "mAP", "pointing mAP", 1),
     ("detection_ap", "mAP", "detection mAP", 1),
+    ("classification_map", "mAP", "classification mAP", 1),
     ("pixels", "PxAP", "PxAP", 1),
     ("pixels", "F_ODS", "F ODS", 1),
     ("pixels", "F_OIS", "F OIS", 1),

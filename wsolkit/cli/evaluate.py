@@ -44,6 +44,7 @@ def run_evaluate(args: argparse.Namespace, options: dict) -> int:
             limit=args.limit, cam_curve_interval=args.cam_curve_interval,
             options=_options_for(method, options, strict=len(methods) == 1),
             detection_threshold=args.detection_threshold,
+            min_class_probability=args.min_class_probability,
         )
         total = min(len(dataset), args.limit or len(dataset))
         with tqdm(total=total, unit="img", desc=method, disable=args.quiet,

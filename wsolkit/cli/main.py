@@ -14,7 +14,10 @@ from wsolkit.cli.annotations import (
     run_proposals,
 )
 from wsolkit.cli.beam import add_tune_beam_parser, run_tune_beam
+from wsolkit.cli.fcam import add_train_fcam_parser, run_train_fcam
 from wsolkit.cli.finetune import add_finetune_parser, run_finetune
+from wsolkit.cli.heads import add_train_head_parser, run_train_head
+from wsolkit.cli.mosaics import add_mosaics_parser, run_mosaics
 from wsolkit.cli.segment import add_instances_parser, add_segment_parser
 from wsolkit.errors import InputError, TargetError, WSOLError
 
@@ -58,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_proposals_parser(commands)
     add_finetune_parser(commands)
     add_tune_beam_parser(commands)
+    add_train_head_parser(commands)
+    add_mosaics_parser(commands)
+    add_train_fcam_parser(commands)
     return parser
 
 
@@ -84,6 +90,10 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
                      help="COCO/VOC with a model of the dataset's classes: each class map's "
                           "connected components at this fraction of its max are detections "
                           "(default 0.5)")
+    run.add_argument("--min-class-probability", type=float, default=0.001,
+                     help="COCO/VOC/mosaics with a model of the dataset's classes: detections "
+                          "(and beam's searches) only for the classes of an image at least "
+                          "this probable, plus its top class; 0: every class (default 0.001)")
     run.add_argument("--maps", type=Path, default=None,
                      help="score precomputed <image_id>.npy maps from this folder")
     run.add_argument("--save-maps", type=Path, default=None,
@@ -110,8 +120,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_clean_boxes(args)
         if args.command == "finetune":
             return run_finetune(args)
+        if args.command == "train-head":
+            return run_train_head(args)
         if args.command == "tune-beam":
             return run_tune_beam(args)
+        if args.command == "mosaics":
+            return run_mosaics(args)
+        if args.command == "train-fcam":
+            return run_train_fcam(args)
         if args.command == "proposals":
             return run_proposals(args)
         if args.command in ("segment", "instances"):

@@ -9,6 +9,7 @@ ReLU, upsamples to the input size and normalizes to [0, 1].
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
@@ -24,16 +25,42 @@ from wsolkit.models.classifier import Classifier, as_classifier
 UPSAMPLING = ("bilinear", "bicubic")
 
 
+# Elements of one chunk of batched gradients (rows x distinct images x K x h x w): bounds the
+# memory of expanded targets (256 MB of float32).
+GRADIENT_CHUNK_ELEMENTS = 1 << 26
+
+
+@dataclass
+class DistinctPass:
+    """The one forward pass of the distinct input images behind an expanded :class:`ForwardPass`.
+
+    Attributes:
+        activations: (U, K, h, w) hooked output per distinct image (the autograd leaf when the
+            method needs gradients).
+        logits: (U, classes) logits per distinct image (with the graph back to the leaf).
+        image_index: (N,) distinct image of each row.
+    """
+
+    activations: torch.Tensor
+    logits: torch.Tensor
+    image_index: torch.Tensor
+
+
 @dataclass
 class ForwardPass:
     """One forward pass of a batch through the classifier, with the hooked layer's output.
 
     Attributes:
-        images: (N, C, H, W) input batch.
+        images: (N, C, H, W) input batch, one image per row (target).
         layer: name of the hooked layer.
         activations: (N, K, h, w) output of the hooked layer.
         logits: (N, classes) model output.
         targets: the (image, class) pair each row explains.
+        distinct: set when rows share input images (expanded targets such as top-k or every
+            class of an image): the single forward pass of the distinct images the rows are
+            views of. Then ``images``, ``activations`` and ``logits`` are gathered from it
+            (zero-copy views when all rows share one image) and :meth:`gradients` and
+            :meth:`weighted_sum` work on the distinct images.
     """
 
     images: torch.Tensor
@@ -41,20 +68,115 @@ class ForwardPass:
     activations: torch.Tensor
     logits: torch.Tensor
     targets: Targets
+    distinct: DistinctPass | None = None
 
     def scores(self) -> torch.Tensor:
         """(N,) target scores; carries the autograd graph back to the hooked layer if any."""
         return self.targets.scores(self.logits)
 
     def gradients(self) -> torch.Tensor:
-        """(N, K, h, w) gradient of each image's target score w.r.t. the hooked activations."""
-        if not self.activations.requires_grad:
+        """(N, K, h, w) gradient of each row's target score w.r.t. the hooked activations."""
+        leaf = self.activations if self.distinct is None else self.distinct.activations
+        if not leaf.requires_grad:
             raise RuntimeError("this method must set needs_gradients = True")
         # The score is computed here, after the forward pass: record its graph even when the
         # caller runs the method under torch.no_grad().
         with torch.enable_grad():
-            (grads,) = torch.autograd.grad(self.scores().sum(), self.activations)
-        return grads
+            if self.distinct is None:  # one image per row: one backward of the summed scores
+                (grads,) = torch.autograd.grad(self.scores().sum(), self.activations)
+                return grads
+            index = self.distinct.image_index.to(leaf.device)
+            logits = self.distinct.logits
+            if self.targets.score_fn is None:
+                # every (image, class) logit as one flat vector: a row's output gradient is
+                # one-hot at its position, and the backward stays (U, classes) wide
+                classes = self.targets.classes.to(logits.device)
+                positions = index.to(logits.device) * logits.shape[1] + classes
+                return row_gradients(logits.reshape(-1), leaf, index, positions)
+            scores = self.targets.scores(_gather_rows(logits, index.to(logits.device)))
+            return row_gradients(scores, leaf, index)
+
+    def weighted_sum(self, weights: torch.Tensor) -> torch.Tensor:
+        """``sum_k weights[n, k] * activations[n, k]`` -> (N, h, w), activations detached.
+
+        With shared images, one matrix product per distinct image (no (N, K, h, w) copy).
+        """
+        if self.distinct is None:
+            return torch.einsum("nk,nkhw->nhw", weights, self.activations.detach())
+        features = self.distinct.activations.detach()
+        _, channels, height, width = features.shape
+        index = self.distinct.image_index.to(features.device)
+        out = weights.new_empty((len(index), height, width))
+        for image in torch.unique(index).tolist():
+            rows = (index == image).nonzero().flatten()
+            product = weights[rows].to(features) @ features[image].reshape(channels, -1)
+            out[rows] = product.reshape(-1, height, width).to(out)
+        return out
+
+
+def _gather_rows(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``values[index]``; a zero-copy view when every row is the same one."""
+    if len(values) == 1:
+        return values.expand(len(index), *values.shape[1:])
+    return values[index]
+
+
+def row_gradients(scores: torch.Tensor, leaf: torch.Tensor, index: torch.Tensor,
+                  positions: torch.Tensor | None = None) -> torch.Tensor:
+    """Gradient of each row's score w.r.t. ``leaf[index[n]]``, from one shared forward pass.
+
+    Batched backward passes (``is_grads_batched``: one one-hot output gradient per row,
+    chunked to bound memory); when vmap cannot batch an operation of the network, one
+    backward per row.
+
+    Args:
+        scores: (S,) scores with the graph back to ``leaf``.
+        leaf: (U, K, h, w) hooked activations of the distinct images.
+        index: (N,) distinct image of each row.
+        positions: (N,) the score of each row (default: row ``n`` is ``scores[n]``).
+
+    Returns:
+        (N, K, h, w) gradients.
+    """
+    count = len(index)
+    positions = torch.arange(count) if positions is None else positions
+    chunk = max(1, GRADIENT_CHUNK_ELEMENTS // max(1, leaf.numel()))
+    if count <= chunk and len(leaf) == 1:  # one batched backward gives the answer as a view
+        try:
+            return _batched_gradients(scores, leaf, positions)[:, 0]
+        except (RuntimeError, NotImplementedError):
+            pass
+    out = torch.empty((count, *leaf.shape[1:]), dtype=leaf.dtype, device=leaf.device)
+    for start in range(0, count, chunk):
+        stop = min(start + chunk, count)
+        try:
+            grads = _batched_gradients(scores, leaf, positions[start:stop])
+        except (RuntimeError, NotImplementedError):  # vmap has no batching rule for an op
+            for row in range(start, stop):
+                (grads,) = torch.autograd.grad(scores[int(positions[row])], leaf,
+                                               retain_graph=True)
+                out[row] = grads[index[row]]
+            continue
+        if len(leaf) == 1:  # one image: a view, no gather
+            out[start:stop] = grads[:, 0]
+        else:
+            out[start:stop] = grads[torch.arange(stop - start), index[start:stop]]
+    return out
+
+
+def _batched_gradients(scores: torch.Tensor, leaf: torch.Tensor,
+                       positions: torch.Tensor) -> torch.Tensor:
+    """(len(positions), U, K, h, w): one batched backward, one-hot at each position."""
+    one_hot = torch.zeros((len(positions), len(scores)), dtype=scores.dtype,
+                          device=scores.device)
+    one_hot[torch.arange(len(positions)), positions.to(scores.device)] = 1
+    with warnings.catch_warnings():  # vmap's "performance drop" notes for unbatched ops
+        warnings.simplefilter("ignore", UserWarning)
+        (grads,) = torch.autograd.grad(scores, leaf, grad_outputs=one_hot, retain_graph=True,
+                                       is_grads_batched=True)
+    return grads
+
+
 
 
 @dataclass
@@ -180,13 +302,20 @@ class HeatmapMethod:
         images: torch.Tensor,
         target: TargetSpec = "top1",
         labels: Sequence[int] | torch.Tensor | None = None,
+        upsample_maps: bool = True,
     ) -> HeatmapResult:
         """Compute heatmaps of a batch.
+
+        Rows that share an input image (``topK`` with K > 1, or a :class:`Targets` giving
+        several classes per image) share ONE forward pass of that image: the rows are views of
+        it, and gradients come from one batched backward pass (see :func:`row_gradients`).
 
         Args:
             images: (N, C, H, W) float batch, preprocessed for the model.
             target: see :func:`wsolkit.maps.targets.resolve_targets`.
             labels: ground-truth classes for ``target="gt"``.
+            upsample_maps: False leaves ``maps`` empty, (M, 0, 0), for callers that only use
+                the layer-resolution ``raw`` maps (e.g. scoring every class of an image).
 
         Returns:
             A :class:`HeatmapResult` with one map per (image, target) pair.
@@ -198,12 +327,15 @@ class HeatmapMethod:
                 images = images.clone()
             layer = self.layer or self.default_layer(images)
             first = self.forward(images, layer, target=target, labels=labels)
-            if first.targets.expanded:
-                first = self.forward(images[first.targets.image_index], layer, first.targets)
+            index = first.targets.image_index
+            if not torch.equal(index, torch.arange(len(images), device=index.device)):
+                first = self._expand(first, images, layer)
             raw = self.layer_map(first).detach().float()
             scores = first.scores().detach()
+        maps = (self.to_heatmap(raw, images.shape[-2:]) if upsample_maps
+                else raw.new_zeros((len(raw), 0, 0)))
         return HeatmapResult(
-            maps=self.to_heatmap(raw, images.shape[-2:]),
+            maps=maps,
             raw=raw,
             classes=first.targets.classes,
             scores=scores,
@@ -211,6 +343,25 @@ class HeatmapMethod:
             image_index=first.targets.image_index,
             method=self.name,
             layer=layer,
+        )
+
+    def _expand(self, first: ForwardPass, images: torch.Tensor, layer: str) -> ForwardPass:
+        """One row per target, as views of the distinct images' single forward pass.
+
+        A method that overrides :meth:`forward` (to capture more during it) gets its forward
+        pass run again on the repeated images instead, as its extra captures are per row.
+        """
+        index = first.targets.image_index
+        if type(self).forward is not HeatmapMethod.forward:
+            return self.forward(images[index], layer, first.targets)
+        device_index = index.to(first.activations.device)
+        return ForwardPass(
+            images=_gather_rows(images, device_index),
+            layer=layer,
+            activations=_gather_rows(first.activations.detach(), device_index),
+            logits=_gather_rows(first.logits, device_index),
+            targets=first.targets,
+            distinct=DistinctPass(first.activations, first.logits, index),
         )
 
     def forward(

@@ -33,4 +33,5 @@ class CAM(HeatmapMethod):
                 f"takes {fc.in_features}; use the layer feeding the pooled linear head"
             )
         weights = fc.weight.detach()[forward.targets.classes.to(fc.weight.device)]
-        return torch.einsum("nk,nkhw->nhw", weights.to(forward.activations), forward.activations)
+        # one matrix product per distinct image, also when it explains every class
+        return forward.weighted_sum(weights.to(forward.activations))

@@ -43,7 +43,7 @@ class GradCAM(HeatmapMethod):
     def layer_map(self, forward: ForwardPass) -> torch.Tensor:
         """``sum_k mean_ij(dS/dA_k) A_k``."""
         weights = forward.gradients().mean(dim=(2, 3))
-        return weighted_sum(weights, forward.activations.detach())
+        return forward.weighted_sum(weights)
 
 
 class GradCAMpp(HeatmapMethod):

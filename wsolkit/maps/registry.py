@@ -6,7 +6,9 @@ from wsolkit.errors import InputError
 from wsolkit.maps.base import HeatmapMethod
 from wsolkit.maps.beam import BeamSearch
 from wsolkit.maps.cam import CAM
+from wsolkit.maps.fcam import FCAM
 from wsolkit.maps.gradcam import GradCAM, GradCAMpp, LayerCAM, XGradCAM
+from wsolkit.maps.heads import ExCAM, Wildcat
 from wsolkit.maps.objectness import Objectness
 from wsolkit.maps.rcam import RCAM, RCAM1, RCAM2, RCAM3
 from wsolkit.maps.scorecam import ScoreCAM
@@ -48,5 +50,5 @@ def method_names() -> list[str]:
 
 
 for _method in (CAM, GradCAM, GradCAMpp, SmoothGradCAMpp, XGradCAM, LayerCAM, ScoreCAM,
-                Objectness, BeamSearch, RCAM1, RCAM2, RCAM3, RCAM):
+                Objectness, BeamSearch, Wildcat, ExCAM, FCAM, RCAM1, RCAM2, RCAM3, RCAM):
     register(_method)

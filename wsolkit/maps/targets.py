@@ -12,7 +12,6 @@ import torch
 from wsolkit.errors import TargetError
 
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]
-TargetSpec = int | str | Sequence[int] | torch.Tensor | ScoreFn
 
 _TOPK = re.compile(r"top(\d+)$")
 
@@ -50,6 +49,9 @@ class Targets:
         return scores
 
 
+TargetSpec = int | str | Sequence[int] | torch.Tensor | ScoreFn | Targets
+
+
 def resolve_targets(
     target: TargetSpec, logits: torch.Tensor, labels: Sequence[int] | torch.Tensor | None = None
 ) -> Targets:
@@ -58,7 +60,8 @@ def resolve_targets(
     Args:
         target: ``"top1"``, ``"topK"`` (K maps per image, best class first), ``"gt"`` (uses
             ``labels``), a class index for every image, one index per image, or a callable
-            mapping (N, classes) logits to (N,) scores.
+            mapping (N, classes) logits to (N,) scores, or a :class:`Targets` of (image, class)
+            rows (e.g. every class of every image), checked and used as given.
         logits: (N, classes) logits of the images.
         labels: ground-truth class per image, for ``target="gt"``.
 
@@ -67,6 +70,8 @@ def resolve_targets(
     """
     count, num_classes = logits.shape
     images = torch.arange(count)
+    if isinstance(target, Targets):
+        return _check_rows(target, count, num_classes)
     if callable(target) and not isinstance(target, torch.Tensor):
         return Targets(torch.full((count,), -1, dtype=torch.long), images, target)
     if isinstance(target, str):
@@ -90,6 +95,19 @@ def resolve_targets(
     if single and not isinstance(target, bool):  # one class for every image (also numpy ints)
         return _explicit([target] * count, count, num_classes, "target")
     return _explicit(target, count, num_classes, "target")
+
+
+def _check_rows(targets: Targets, count: int, num_classes: int) -> Targets:
+    classes = torch.as_tensor(targets.classes).reshape(-1)
+    index = torch.as_tensor(targets.image_index).reshape(-1)
+    if (classes.is_floating_point() or index.is_floating_point() or len(classes) != len(index)
+            or len(index) == 0):
+        raise TargetError("Targets need as many integer classes as image indices (at least one)")
+    if int(index.min()) < 0 or int(index.max()) >= count:
+        raise TargetError(f"Targets image index {int(index.max())} out of range for {count} images")
+    if targets.score_fn is None and (int(classes.min()) < 0 or int(classes.max()) >= num_classes):
+        raise TargetError(f"Targets class index out of range: the model has {num_classes} classes")
+    return Targets(classes.long().cpu(), index.long().cpu(), targets.score_fn)
 
 
 def _explicit(

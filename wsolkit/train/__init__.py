@@ -1,5 +1,6 @@
-"""Training loops: fine-tuning a classifier on a dataset's image-level labels."""
+"""Training loops: fine-tuning a classifier, training WILDCAT/ex-CAM heads on image-level labels."""
 
 from wsolkit.train.finetune import FinetuneSettings, finetune, multilabel_map
+from wsolkit.train.heads import HeadSettings, train_head
 
-__all__ = ["FinetuneSettings", "finetune", "multilabel_map"]
+__all__ = ["FinetuneSettings", "HeadSettings", "finetune", "multilabel_map", "train_head"]
