@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import secrets
@@ -69,3 +70,14 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
 def write_json_atomic(path: str | os.PathLike[str], data: object) -> None:
     """Write ``data`` as indented UTF-8 JSON, atomically (see :func:`write_bytes_atomic`)."""
     write_bytes_atomic(path, (json.dumps(data, indent=2) + "\n").encode("utf-8"))
+
+
+def write_torch_atomic(path: str | os.PathLike[str], data: object) -> bytes:
+    """``torch.save`` ``data`` atomically (see :func:`write_bytes_atomic`); returns the bytes."""
+    import torch  # the readers in wsolkit.data need no torch
+
+    buffer = io.BytesIO()
+    torch.save(data, buffer)
+    payload = buffer.getvalue()
+    write_bytes_atomic(path, payload)
+    return payload

@@ -197,9 +197,7 @@ def save_decoder(decoder: FCAMDecoder, path: str | Path, meta: dict | None = Non
     The file is written atomically; ``meta`` (model name, seed CAM, settings, scores) is kept
     beside the weights for the record.
     """
-    import io
-
-    from wsolkit.data.atomic import write_bytes_atomic
+    from wsolkit.data.atomic import write_torch_atomic
 
     state = {k: (v.half() if half and v.is_floating_point() else v).clone()
              for k, v in decoder.state_dict().items()}
@@ -214,11 +212,7 @@ def save_decoder(decoder: FCAMDecoder, path: str | Path, meta: dict | None = Non
         "meta": meta or {},
         "state_dict": state,
     }
-    handle = io.BytesIO()
-    torch.save(payload, handle)
-    data = handle.getvalue()
-    write_bytes_atomic(path, data)
-    return data
+    return write_torch_atomic(path, payload)
 
 
 def load_decoder(path: str | Path) -> tuple[FCAMDecoder, dict]:

@@ -16,7 +16,6 @@ Every epoch draws its order, views and pseudo-pixels from generators seeded by
 from __future__ import annotations
 
 import contextlib
-import io
 import math
 import sys
 import time
@@ -29,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from wsolkit.data.atomic import make_out_dir, write_bytes_atomic, write_json_atomic
+from wsolkit.data.atomic import make_out_dir, write_json_atomic, write_torch_atomic
 from wsolkit.data.sample import Sample
 from wsolkit.errors import InputError
 from wsolkit.eval.box_accuracy import BoxAccuracy
@@ -209,9 +208,9 @@ def train_fcam(
             best = {"score": None if score is None else score[1], "epoch": epoch + 1,
                     "metric": None if score is None else score[0],
                     "decoder": {k: v.clone() for k, v in decoder.state_dict().items()}}
-        _write(checkpoint_path, {**state, "epoch": epoch + 1, "decoder": decoder.state_dict(),
-                                 "optimizer": optimizer.state_dict(), "history": history,
-                                 "best": best})
+        write_torch_atomic(checkpoint_path, {
+            **state, "epoch": epoch + 1, "decoder": decoder.state_dict(),
+            "optimizer": optimizer.state_dict(), "history": history, "best": best})
         _save_best(out, spec, best, {**meta, "epoch": best["epoch"], "val": best.get("score")})
         write_json_atomic(work / METRICS, _metrics(state, history, best, failures, out))
         if log is not None:
@@ -370,12 +369,6 @@ def _image_size(path: Path) -> tuple[int, int]:
 
     with Image.open(path) as image:
         return image.size
-
-
-def _write(path: Path, payload: dict) -> None:
-    handle = io.BytesIO()
-    torch.save(payload, handle)
-    write_bytes_atomic(path, handle.getvalue())
 
 
 def _save_best(out: Path, spec: DecoderSpec, best: dict, meta: dict) -> None:

@@ -24,7 +24,6 @@ inside an epoch resumes from the end of the last finished epoch.
 from __future__ import annotations
 
 import contextlib
-import io
 import math
 import sys
 import time
@@ -38,7 +37,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from wsolkit.data.atomic import make_out_dir, write_bytes_atomic, write_json_atomic
+from wsolkit.data.atomic import make_out_dir, write_json_atomic, write_torch_atomic
 from wsolkit.data.images import load_image
 from wsolkit.data.sample import Sample
 from wsolkit.errors import ImageError, InputError
@@ -230,7 +229,7 @@ def finetune(
             "val_map": val_map,
             "seconds": round(time.perf_counter() - began, 2),
         })
-        _save_checkpoint(checkpoint_path, {
+        write_torch_atomic(checkpoint_path, {
             **state,
             "epoch": epoch + 1,
             "model": model.module.state_dict(),
@@ -447,12 +446,6 @@ def _validate(
     finally:
         model.module.train(training)
     return multilabel_map(np.concatenate(scores), targets[val_idx])
-
-
-def _save_checkpoint(path: Path, content: dict[str, Any]) -> None:
-    buffer = io.BytesIO()
-    torch.save(content, buffer)
-    write_bytes_atomic(path, buffer.getvalue())
 
 
 def _load_checkpoint(path: Path, expected: dict[str, Any]) -> dict[str, Any]:

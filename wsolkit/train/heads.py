@@ -20,7 +20,6 @@ uninterrupted one) and ``<out stem>.json`` (validation mAP per epoch, settings).
 from __future__ import annotations
 
 import hashlib
-import io
 import math
 import sys
 import time
@@ -33,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from wsolkit.data.atomic import write_bytes_atomic, write_json_atomic
+from wsolkit.data.atomic import write_json_atomic, write_torch_atomic
 from wsolkit.data.images import load_image
 from wsolkit.data.sample import Sample
 from wsolkit.errors import ImageError, InputError, ModelError, WSOLError
@@ -206,11 +205,12 @@ def train_head(
         val_map = _validate(head, features, val_idx, targets)
         history.append({"epoch": epoch + 1, "loss": loss, "val_map": val_map,
                         "seconds": round(time.perf_counter() - began, 2)})
-        _save(ckpt_path, {**state, "epoch": epoch + 1, "head": head.state_dict(),
-                          "optimizer": optimizer.state_dict(), "history": history,
-                          "before": before})
-        _save(head_path, head_record(head, settings.head, classifier.name, layer, class_names,
-                                     {"settings": asdict(settings)}))
+        write_torch_atomic(ckpt_path, {
+            **state, "epoch": epoch + 1, "head": head.state_dict(),
+            "optimizer": optimizer.state_dict(), "history": history, "before": before})
+        write_torch_atomic(head_path, head_record(
+            head, settings.head, classifier.name, layer, class_names,
+            {"settings": asdict(settings)}))
         if log is not None:
             log(f"epoch {epoch + 1}/{settings.epochs}: loss {loss:.4f}, val mAP "
                 f"{_percent(val_map)} (at initialization {_percent(before)})")
@@ -218,8 +218,9 @@ def train_head(
                                                  train_idx, val_idx, before, history, start,
                                                  head_path, failures))
     if start >= settings.epochs:
-        _save(head_path, head_record(head, settings.head, classifier.name, layer, class_names,
-                                     {"settings": asdict(settings)}))
+        write_torch_atomic(head_path, head_record(
+            head, settings.head, classifier.name, layer, class_names,
+            {"settings": asdict(settings)}))
     metrics = _metrics(source, classifier, layer, settings, class_names, train_idx, val_idx,
                        before, history, start, head_path, failures)
     write_json_atomic(metrics_path, metrics)
@@ -309,8 +310,8 @@ def cached_features(
         classifier.module.train(training)
     features = torch.cat(chunks) if chunks else torch.zeros(0, 1, 1, 1, 1, dtype=torch.half)
     if cache is not None:
-        _save(Path(cache), {"key": key, "features": features, "kept": kept,
-                            "failures": failures})
+        write_torch_atomic(Path(cache), {"key": key, "features": features, "kept": kept,
+                                          "failures": failures})
     return features, kept, failures
 
 
@@ -410,12 +411,6 @@ def _validate(head: WildcatHead, features: torch.Tensor, val_idx: np.ndarray,
         return None
     scores = torch.sigmoid(_scores(head, features, val_idx)).numpy()
     return multilabel_map(scores, targets[val_idx])[0]
-
-
-def _save(path: Path, content: dict[str, Any]) -> None:
-    buffer = io.BytesIO()
-    torch.save(content, buffer)
-    write_bytes_atomic(path, buffer.getvalue())
 
 
 def _load_checkpoint(path: Path, expected: dict[str, Any]) -> dict[str, Any]:
