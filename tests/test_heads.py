@@ -149,3 +149,15 @@ def test_init_noise_is_seeded_and_keeps_the_top1() -> None:
     assert torch.equal(gap.argmax(1), logits.argmax(1))
     assert torch.allclose(pooled, 1.6 * heads[0].class_maps(uniform).mean((2, 3)), atol=1e-5)
     assert torch.equal(pooled.argsort(1), logits.argsort(1))
+
+
+def test_unreadable_head_file_is_a_one_line_error_naming_it(tmp_path):
+    from wsolkit.errors import ModelError
+    from wsolkit.models.wildcat import read_head
+
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a torch file")
+    with pytest.raises(ModelError, match="junk.pt: not a readable head file") as error:
+        read_head(junk)
+    assert "\n" not in str(error.value)
+    assert junk.read_bytes() == b"not a torch file"  # input left as found

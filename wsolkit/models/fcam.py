@@ -26,6 +26,7 @@ from torch import nn
 
 from wsolkit.errors import InputError, LayerError, ModelError
 from wsolkit.models.layers import get_layer
+from wsolkit.models.loading import read_torch_file
 
 __all__ = [
     "DEFAULT_DECODER",
@@ -224,11 +225,7 @@ def load_decoder(path: str | Path) -> tuple[FCAMDecoder, dict]:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"F-CAM decoder file {path} not found")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - any unpickling failure is a bad file
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise InputError(f"{path}: not a readable F-CAM decoder file ({first})") from None
+    payload = read_torch_file(path, "F-CAM decoder file", InputError)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise InputError(f"{path}: not an F-CAM decoder file (written by wsolkit train-fcam)")
     if payload.get("version") != VERSION:

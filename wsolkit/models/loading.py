@@ -5,11 +5,12 @@ from __future__ import annotations
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from wsolkit.errors import ModelError
+from wsolkit.errors import ModelError, WSOLError
 from wsolkit.models.classifier import Classifier, as_classifier
 from wsolkit.models.efficientnet_lite import build_efficientnet_lite0
 
@@ -96,14 +97,30 @@ def _embedded() -> Classifier:
     )
 
 
+
+def read_torch_file(path: str | Path, what: str, error: type[WSOLError] = ModelError) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU, with a one-line error for a bad file.
+
+    Args:
+        path: the file (its existence is the caller's check, with its own wording).
+        what: what the file should be, for the message (``"head file"``, ``"checkpoint"``).
+        error: the exception class raised.
+
+    Raises:
+        error: ``"<path>: not a readable <what> (...)"`` when torch cannot load it.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as failure:  # noqa: BLE001 - torch raises many types for a bad file
+        # torch's own message spans several lines and talks about its internals
+        raise error(f"{path}: not a readable {what} (torch.load failed: "
+                    f"{type(failure).__name__})") from None
+
 def _load_state_dict(module: nn.Module, weights: str | Path) -> None:
     path = Path(weights)
     if not path.is_file():
         raise ModelError(f"{path}: weights file not found")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - torch raises many types for a bad file
-        raise ModelError(f"{path}: not a readable state dict ({error})") from error
+    state = read_torch_file(path, "state dict")
     state = state.get("state_dict", state) if isinstance(state, dict) else state
     try:
         module.load_state_dict(state)

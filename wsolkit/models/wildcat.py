@@ -31,6 +31,7 @@ from torch import nn
 
 from wsolkit.errors import InputError, LayerError, ModelError
 from wsolkit.models.layers import get_layer
+from wsolkit.models.loading import read_torch_file
 
 __all__ = [
     "DROPOUTS",
@@ -297,10 +298,7 @@ def read_head(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"{path}: head file not found")
-    try:
-        record = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - torch raises many types for a bad file
-        raise ModelError(f"{path}: not a readable head file ({error})") from None
+    record = read_torch_file(path, "head file")
     if not isinstance(record, dict) or record.get("format") != HEAD_FORMAT:
         raise ModelError(f"{path}: not a wsolkit head file (made by 'wsolkit train-head')")
     return record

@@ -45,7 +45,7 @@ from wsolkit.eval.classification import multilabel_map
 from wsolkit.models.adaptation import head_parameter_names, with_adaptation_head
 from wsolkit.models.classifier import Classifier
 from wsolkit.models.layers import get_layer
-from wsolkit.models.loading import save_classifier
+from wsolkit.models.loading import read_torch_file, save_classifier
 from wsolkit.train.augment import Augment
 from wsolkit.train.sampling import class_balanced_epoch, repeat_factors, split_train_val
 
@@ -449,10 +449,7 @@ def _validate(
 
 
 def _load_checkpoint(path: Path, expected: dict[str, Any]) -> dict[str, Any]:
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - torch raises many types for a bad file
-        raise InputError(f"--resume: {path} is not a readable checkpoint ({error})") from None
+    saved = read_torch_file(path, "checkpoint (--resume)", InputError)
     if not isinstance(saved, dict) or saved.get("format") != _FORMAT:
         raise InputError(f"--resume: {path} is not a wsolkit finetune checkpoint")
     if saved["base_model"] != expected["base_model"]:

@@ -39,6 +39,7 @@ from wsolkit.errors import ImageError, InputError, ModelError, WSOLError
 from wsolkit.eval.classification import multilabel_map
 from wsolkit.models.classifier import Classifier
 from wsolkit.models.layers import find_linear
+from wsolkit.models.loading import read_torch_file
 from wsolkit.models.wildcat import DROPOUTS, HeadModel, WildcatHead, head_record
 from wsolkit.train.sampling import split_train_val
 
@@ -414,10 +415,7 @@ def _validate(head: WildcatHead, features: torch.Tensor, val_idx: np.ndarray,
 
 
 def _load_checkpoint(path: Path, expected: dict[str, Any]) -> dict[str, Any]:
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - torch raises many types for a bad file
-        raise InputError(f"--resume: {path} is not a readable checkpoint ({error})") from None
+    saved = read_torch_file(path, "checkpoint (--resume)", InputError)
     if not isinstance(saved, dict) or saved.get("format") != _FORMAT or "head" not in saved:
         raise InputError(f"--resume: {path} is not a wsolkit train-head checkpoint")
     if saved["backbone"] != expected["backbone"] or saved["layer"] != expected["layer"]:
