@@ -102,7 +102,7 @@ class ForwardPass:
         With shared images, one matrix product per distinct image (no (N, K, h, w) copy).
         """
         if self.distinct is None:
-            return torch.einsum("nk,nkhw->nhw", weights, self.activations.detach())
+            return weighted_sum(weights, self.activations.detach())
         features = self.distinct.activations.detach()
         _, channels, height, width = features.shape
         index = self.distinct.image_index.to(features.device)
@@ -112,6 +112,11 @@ class ForwardPass:
             product = weights[rows].to(features) @ features[image].reshape(channels, -1)
             out[rows] = product.reshape(-1, height, width).to(out)
         return out
+
+
+def weighted_sum(weights: torch.Tensor, activations: torch.Tensor) -> torch.Tensor:
+    """``sum_k w[n, k] A[n, k]`` -> (N, h, w)."""
+    return torch.einsum("nk,nkhw->nhw", weights, activations)
 
 
 def _gather_rows(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -175,8 +180,6 @@ def _batched_gradients(scores: torch.Tensor, leaf: torch.Tensor,
         (grads,) = torch.autograd.grad(scores, leaf, grad_outputs=one_hot, retain_graph=True,
                                        is_grads_batched=True)
     return grads
-
-
 
 
 @dataclass

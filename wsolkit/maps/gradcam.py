@@ -4,12 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from wsolkit.maps.base import ForwardPass, HeatmapMethod
-
-
-def weighted_sum(weights: torch.Tensor, activations: torch.Tensor) -> torch.Tensor:
-    """``sum_k w[n, k] A[n, k]`` -> (N, h, w)."""
-    return torch.einsum("nk,nkhw->nhw", weights, activations)
+from wsolkit.maps.base import ForwardPass, HeatmapMethod, weighted_sum
 
 
 def gradcampp_weights(

@@ -6,8 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from wsolkit.errors import InputError
-from wsolkit.maps.base import ForwardPass, HeatmapMethod
-from wsolkit.maps.gradcam import weighted_sum
+from wsolkit.maps.base import ForwardPass, HeatmapMethod, weighted_sum
 
 
 def normalized_masks(activations: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

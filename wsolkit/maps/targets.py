@@ -30,11 +30,6 @@ class Targets:
     image_index: torch.Tensor
     score_fn: ScoreFn | None = None
 
-    @property
-    def expanded(self) -> bool:
-        """True when images must be repeated (top-k with k > 1)."""
-        return len(self.image_index) != int(self.image_index.max()) + 1
-
     def scores(self, logits: torch.Tensor) -> torch.Tensor:
         """Target score per row of ``logits`` (the class logit, or the callable's output)."""
         if self.score_fn is None:
