@@ -27,7 +27,7 @@ from wsolkit.data.atomic import write_json_atomic
 from wsolkit.data.images import load_image
 from wsolkit.data.sample import Sample
 from wsolkit.errors import ImageError, InputError
-from wsolkit.maps.base import HeatmapMethod
+from wsolkit.maps.base import HeatmapMethod, weighted_sum
 from wsolkit.models.classifier import Classifier
 from wsolkit.models.fcam import capture_skips
 
@@ -76,14 +76,6 @@ def _train_views(image: Image.Image, boxes: list[tuple[int, int, bool]],
     return out
 
 
-def _to_tensor(classifier: Classifier, images: list[Image.Image]) -> torch.Tensor:
-    arrays = np.stack([np.asarray(im, np.float32) / 255.0 for im in images])
-    tensor = torch.from_numpy(arrays).permute(0, 3, 1, 2)
-    mean = torch.tensor(classifier.mean).view(1, 3, 1, 1)
-    std = torch.tensor(classifier.std).view(1, 3, 1, 1)
-    return ((tensor - mean) / std).to(classifier.device)
-
-
 def readable_samples(samples: Sequence[Sample], need_labels: bool,
                      source: str) -> tuple[list[Sample], list[str]]:
     """Samples whose image opens (and, with ``need_labels``, that have a label)."""
@@ -124,12 +116,11 @@ def linear_head_seed(name: str, activations: torch.Tensor, weights: torch.Tensor
     """
     area = activations.shape[-2] * activations.shape[-1]
     if name == "cam":
-        return torch.einsum("nk,nkhw->nhw", weights, activations)
+        return weighted_sum(weights, activations)
     if name == "gradcam":
-        return torch.einsum("nk,nkhw->nhw", weights / area, activations).clamp(min=0)
+        return weighted_sum(weights / area, activations).clamp(min=0)
     if name == "layercam":
-        grads = (weights / area).clamp(min=0)
-        return torch.einsum("nk,nkhw->nhw", grads, activations).clamp(min=0)
+        return weighted_sum((weights / area).clamp(min=0), activations).clamp(min=0)
     raise InputError(f"no linear-head form for seed method {name!r}")
 
 
@@ -211,7 +202,8 @@ def build_cache(
                 labels.extend([sample.label] * views)
             else:
                 images.append(image.resize((size, size), Image.BILINEAR))
-        tensor = _to_tensor(classifier, images)
+        # the views are already at the input size, so preprocess only normalizes them
+        tensor = classifier.preprocess_batch(images)
         with capture_skips(classifier.module, layers) as found:
             if method is not None:
                 result = method(tensor, target="gt", labels=labels)
