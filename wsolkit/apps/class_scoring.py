@@ -33,7 +33,7 @@ import torch
 from wsolkit.apps.protocol import PROTOCOL_SIZE, protocol_map, protocol_source
 from wsolkit.data.sample import Sample
 from wsolkit.errors import InputError
-from wsolkit.eval import DetectionAP, PointingAP, PointingGame
+from wsolkit.eval import DetectionAP, PointingAP, PointingGame, peaks
 from wsolkit.eval.classification import multilabel_map
 from wsolkit.maps import HeatmapMethod, HeatmapResult
 from wsolkit.maps.beam import select_classes
@@ -73,14 +73,11 @@ class ClassMaps:
                                                         np.float32)
 
     def points(self) -> np.ndarray:
-        """(C, 2) ``x, y`` grid peak of each class with a grid, (0, 0) for the others.
-
-        The first maximum in row-major order, as :func:`wsolkit.eval.peaks` takes it.
-        """
+        """(C, 2) ``x, y`` grid peak of each class with a grid, (0, 0) for the others."""
         points = np.zeros((len(self.peak_values), 2), np.int64)
-        for c, grid in self.grids.items():
-            index = int(np.argmax(grid))
-            points[c] = index % grid.shape[1], index // grid.shape[1]
+        if self.grids:
+            classes = list(self.grids)
+            points[classes] = peaks(np.stack([self.grids[c] for c in classes]))[1]
         return points
 
 
