@@ -93,9 +93,8 @@ class HeadMethod(HeatmapMethod):
         if forward.activations.shape[1] != len(self.classifier.class_names):
             raise TargetError(f"{self.name}: layer {forward.layer!r} is not the head's class "
                               f"maps ({CLASS_MAPS_LAYER!r})")
-        # One row of class maps serves a batch of copies of one image (HeadModel.forward).
-        rows = (torch.zeros if len(forward.activations) == 1 else torch.arange)(
-            len(classes), dtype=torch.long, device=classes.device)
+        # many classes of one image are rows over the base class's single forward pass of it
+        rows = torch.arange(len(classes), device=classes.device)
         return forward.activations[rows, classes]
 
 

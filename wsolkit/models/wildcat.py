@@ -255,14 +255,7 @@ class HeadModel(nn.Module):
         return found[0]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """(N, C) head scores of an image batch.
-
-        A batch of copies of one image (how a caller may ask for many classes' maps of an
-        image) runs backbone and head once and expands the scores; the class maps module then
-        outputs a single (1, C, h, w) row shared by all of them.
-        """
-        if len(images) > 1 and bool((images == images[:1]).all()):
-            return self.head(self.features(images[:1])).expand(len(images), -1)
+        """(N, C) head scores of an image batch."""
         return self.head(self.features(images))
 
 
