@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from wsolkit.cli.options import set_threads
+from wsolkit.cli.options import names, set_threads
 
 
 def add_train_fcam_parser(commands: argparse._SubParsersAction) -> None:
@@ -110,8 +110,7 @@ def run_train_fcam(args: argparse.Namespace) -> int:
     if args.widths is not None:
         changes["widths"] = _int_list(args.widths, "--widths")
     if args.skip_layers is not None:
-        changes["skip_layers"] = tuple(n.strip() for n in args.skip_layers.split(",")
-                                       if n.strip())
+        changes["skip_layers"] = names(args.skip_layers)
     settings = replace(settings, **changes)
     settings.check()  # fail on a bad value before loading anything
     get_method(settings.cam)

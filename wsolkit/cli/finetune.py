@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from wsolkit.cli.options import set_threads
+from wsolkit.cli.options import names, set_threads
 
 
 def add_finetune_parser(commands: argparse._SubParsersAction) -> None:
@@ -69,7 +69,7 @@ def run_finetune(args: argparse.Namespace) -> int:
     from wsolkit.train import FinetuneSettings, finetune
 
     set_threads(args.threads)
-    layers = tuple(n.strip() for n in (args.train_layers or "").split(",") if n.strip())
+    layers = names(args.train_layers)
     settings = FinetuneSettings(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, head_lr=args.head_lr,
         hidden=args.hidden, dropout=args.dropout, optimizer=args.optimizer,

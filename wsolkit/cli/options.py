@@ -11,6 +11,11 @@ def check_limit(limit: int | None) -> None:
         raise InputError(f"--limit {limit}: must be at least 1")
 
 
+def names(text: str | None) -> tuple[str, ...]:
+    """Comma-separated names (layers) of an option, blanks dropped; None gives none."""
+    return tuple(name.strip() for name in (text or "").split(",") if name.strip())
+
+
 def set_threads(threads: int | None) -> None:
     """Give torch ``--threads`` intra-op threads (None: leave torch's default)."""
     if threads is None:
