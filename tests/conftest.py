@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 
 import pytest
@@ -14,6 +15,27 @@ torch.set_num_threads(1)
 
 NUM_CLASSES = 5
 FEATURE_CHANNELS = 6
+
+# CI (.ci/run) has ../shared/data and every extra it installs: there a skipped test means
+# something it should have tested is missing, so the skip fails the run. Skips that depend on
+# what is installed by design (a test of the error without an optional package) are marked
+# ``either_way`` and stay skips.
+STRICT_SKIPS = os.environ.get("WSOLKIT_STRICT_SKIPS") == "1"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "either_way: skipped by design in some environments (allowed in CI)")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):  # noqa: ANN201
+    outcome = yield
+    report = outcome.get_result()
+    if STRICT_SKIPS and report.skipped and item.get_closest_marker("either_way") is None:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = f"skipped, which WSOLKIT_STRICT_SKIPS=1 (CI) forbids: {reason}"
 
 
 class TinyCNN(nn.Module):

@@ -207,14 +207,29 @@ def test_beam_keeps_m_distinct_regions_and_batching_does_not_matter(tiny_model, 
 
 
 def test_wider_beam_finds_at_least_the_greedy_score(tiny_model, tiny_images):
-    greedy = BeamSearch(tiny_model, beam_width=1, levels=3)
-    wide = BeamSearch(tiny_model, beam_width=8, levels=3)
-    greedy(tiny_images, target=[3, 3])
-    wide(tiny_images, target=[3, 3])
-    for n in range(2):  # level 1: both score all four children of the root
-        g = greedy.last_trace[0].scores[greedy.last_trace[0].rows == n].max()
-        w = wide.last_trace[0].scores[wide.last_trace[0].rows == n].max()
-        assert float(w) == pytest.approx(float(g))
+    # Wherever greedy's region of the previous level is still in the wide beam, its children
+    # (greedy's next region among them) are all candidates there, so the wide beam's best score
+    # is at least greedy's. At level 1 both score the root's children; at level 2 greedy's
+    # level-1 region (one of at most 4 children) is always among the 8 kept.
+    greedy = BeamSearch(tiny_model, beam_width=1, levels=4)
+    wide = BeamSearch(tiny_model, beam_width=8, levels=4)
+    greedy(tiny_images, target=[3, 1])
+    wide(tiny_images, target=[3, 1])
+    checked = 0
+    for n in range(2):
+        for level in range(4):
+            g_level, w_level = greedy.last_trace[level], wide.last_trace[level]
+            g_score = float(g_level.scores[g_level.rows == n][0])
+            w_best = float(w_level.scores[w_level.rows == n].max())
+            if level > 0:
+                previous = greedy.last_trace[level - 1].regions[
+                    greedy.last_trace[level - 1].rows == n][0]
+                kept = wide.last_trace[level - 1].regions[wide.last_trace[level - 1].rows == n]
+                if not any(torch.allclose(previous, r) for r in kept):
+                    continue
+            assert w_best >= g_score - 1e-5
+            checked += 1
+    assert checked >= 4  # levels 1 and 2 of both images at least
 
 
 # ------------------------------------------------------------------------------ heatmaps

@@ -197,7 +197,10 @@ def test_all_foreground_seeds_and_no_background():
     image, truth = two_colour_image()
     assert grabcut(image, np.full(truth.shape, FGD, np.uint8)).all()
     probable = grabcut(image, np.full(truth.shape, PR_FGD, np.uint8))
-    assert probable.shape == truth.shape  # the outer ring became background seeds
+    # the outer ring (blue) became background seeds, so GrabCut ran and found the red square;
+    # without them the whole image (IoU 0.25 with the square) would come back
+    assert probable.shape == truth.shape and iou(probable, truth) > 0.8
+    assert not probable[[0, -1], :].any() and not probable[:, [0, -1]].any()
     assert not grabcut(image, np.full(truth.shape, PR_BGD, np.uint8)).any()
 
 
@@ -243,7 +246,23 @@ def test_box_prior_is_a_gaussian_centred_on_the_box():
     assert prior.shape == (20, 30) and prior.dtype == np.float32
     assert np.unravel_index(prior.argmax(), prior.shape) in {(7, 14), (7, 15), (8, 14), (8, 15)}
     assert np.allclose(prior[7, :15], prior[7, 15:][::-1])  # symmetric about x = 15
-    # pixel (row 3, col 10) has its centre at (10.5, 3.5): 4.5 / 5 and 4.5 / 4 stds away
+    # pixel (row 3, col 10) has its centre at (10.5, 3.5), 4.5 px from the centre (15, 8)
+    # both ways; the box is 10 x 8, so the 1/e half-widths are 5 and 4 px
     assert np.isclose(prior[3, 10], np.exp(-(4.5 / 5) ** 2 - (4.5 / 4) ** 2), rtol=1e-5)
     with pytest.raises(InputError, match="sigma"):
         box_prior((5, 5), (0, 0, 5, 5), sigma=0)
+
+
+def test_box_prior_standard_deviation_is_sigma_over_root_two_of_the_box():
+    # measured as a distribution: the second moment of one row of a wide map
+    box, sigma = (400.0, 300.0, 600.0, 500.0), 0.3  # a 200 x 200 box centred at (500, 400)
+    prior = box_prior((800, 1000), box, sigma=sigma).astype(np.float64)
+    row = prior[400]
+    xs = np.arange(1000) + 0.5
+    mean = (row * xs).sum() / row.sum()
+    std = np.sqrt((row * (xs - mean) ** 2).sum() / row.sum())
+    assert mean == pytest.approx(500.0, abs=1e-6)
+    assert std == pytest.approx(sigma * 200 / np.sqrt(2), rel=1e-3)
+    # and 1/e at sigma * size (60 px) from the centre: pixel centre (559.5, 400.5)
+    assert prior[400, 559] == pytest.approx(np.exp(-((59.5 / 60) ** 2 + (0.5 / 60) ** 2)),
+                                            rel=1e-5)

@@ -288,6 +288,7 @@ def tree(tmp_path, monkeypatch):
         "e.tif",
         "f.TIFF",
         "g.bmp",
+        "h.gif",
         "notes.txt",
         ".hidden.jpg",
         "sub/s.jpg",
@@ -301,11 +302,26 @@ def tree(tmp_path, monkeypatch):
     return root
 
 
-TOP = ["A.PNG", "b.jpg", "c.Jpeg", "d.webp", "e.tif", "f.TIFF", "g.bmp"]
+TOP = ["A.PNG", "b.jpg", "c.Jpeg", "d.webp", "e.tif", "f.TIFF", "g.bmp", "h.gif"]
 
 
 def test_image_extensions():
-    assert {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"} == set(IMAGE_EXTENSIONS)
+    assert {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"} == set(
+        IMAGE_EXTENSIONS)
+
+
+def test_animated_gif_reads_its_first_frame(tmp_path):
+    first = np.zeros((40, 48, 3), np.uint8)
+    first[:, :24] = (255, 0, 0)
+    second = np.full((40, 48, 3), (0, 0, 255), np.uint8)
+    path = tmp_path / "a.gif"
+    Image.fromarray(first).save(path, save_all=True, duration=100, loop=0,
+                                append_images=[Image.fromarray(second)])
+    with Image.open(path) as check:
+        assert check.n_frames == 2
+    image = load_image(path)
+    assert image.mode == "RGB" and image.size == (48, 40)
+    np.testing.assert_array_equal(np.asarray(image), first)  # red | black, not the blue frame
 
 
 def test_folder_non_recursive(tree):

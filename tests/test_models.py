@@ -168,6 +168,7 @@ def test_load_unknown_model_name():
         load_model("nope")
 
 
+@pytest.mark.either_way
 @pytest.mark.skipif(importlib.util.find_spec("torchvision") is not None,
                     reason="torchvision is installed")
 def test_load_torchvision_without_torchvision():
@@ -175,6 +176,7 @@ def test_load_torchvision_without_torchvision():
         load_model("torchvision:resnet18")
 
 
+@pytest.mark.either_way
 @pytest.mark.skipif(importlib.util.find_spec("timm") is not None, reason="timm is installed")
 def test_load_timm_without_timm():
     with pytest.raises(ModelError, match="pip install timm"):

@@ -183,6 +183,7 @@ def test_gradient_fallback_without_vmap_gives_the_same(monkeypatch):
         raise RuntimeError("no batching rule")
 
     monkeypatch.setattr(base, "_batched_gradients", no_vmap)
+    monkeypatch.setattr(base, "linear_head_gradients", lambda *args: None)  # the generic path
     looped = method(images, target="top4").raw
     torch.testing.assert_close(batched, looped, atol=1e-6, rtol=1e-5)
 
@@ -199,3 +200,53 @@ def test_row_gradients_in_chunks_match_autograd_one_by_one(monkeypatch):
         # d/dA of sum_k w_ck A_k^2 is 2 w_ck A_k on the row's own image
         expected = 2 * weights[classes[row], :, None, None] * leaf[index[row]].detach()
         torch.testing.assert_close(grads[row], expected)
+
+
+def _tiny_head_pass(pool: torch.nn.Module):
+    """TinyCNN's hooked features as a leaf and logits through ``pool`` and its linear head."""
+    model = seeded(TinyCNN, seed=4)
+    images = torch.randn(2, 3, 48, 48, generator=torch.Generator().manual_seed(8))
+    leaf = model.features(images).detach().requires_grad_()
+    logits = model.fc(pool(leaf).flatten(1))
+    return model, leaf, logits
+
+
+def test_linear_head_gradients_match_autograd_class_by_class():
+    model, leaf, logits = _tiny_head_pass(torch.nn.AdaptiveAvgPool2d(1))
+    classes = torch.tensor([4, 0, 2, 2, 1])
+    grads = base.linear_head_gradients(model.fc, logits, leaf, classes)
+    assert grads is not None and grads.shape == (5, *leaf.shape[1:])
+    assert grads.stride(2) == grads.stride(3) == 0  # a view: nothing per location stored
+    for row, c in enumerate(classes.tolist()):
+        for image in range(2):  # the same for either image: the head is linear in the pool
+            (expected,) = torch.autograd.grad(logits[image, c], leaf, retain_graph=True)
+            torch.testing.assert_close(grads[row], expected[image])
+
+
+def test_linear_head_gradients_refuse_a_head_that_is_not_average_pooled():
+    model, leaf, logits = _tiny_head_pass(torch.nn.AdaptiveMaxPool2d(1))
+    assert base.linear_head_gradients(model.fc, logits, leaf, torch.tensor([0, 1])) is None
+    model, leaf, _ = _tiny_head_pass(torch.nn.AdaptiveAvgPool2d(1))
+    squared = model.fc(leaf.pow(2).mean(dim=(2, 3)))  # the same fc, but not linear in leaf
+    assert base.linear_head_gradients(model.fc, squared, leaf, torch.tensor([0, 1])) is None
+
+
+class MaxPooledTinyCNN(TinyCNN):
+    """TinyCNN whose head max-pools: the pooled-average gradient shortcut must not apply."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pool = torch.nn.AdaptiveMaxPool2d(1)
+
+
+@pytest.mark.parametrize("name", ["gradcam", "gradcampp", "layercam"])
+def test_every_class_gradients_equal_one_backward_per_class(name):
+    for module in (seeded(TinyCNN, seed=4), seeded(MaxPooledTinyCNN, seed=4)):
+        model = wsolkit.as_classifier(module, layer="features.act", fc="fc")
+        method = get_method(name)(model)
+        images = torch.randn(1, 3, 48, 48, generator=torch.Generator().manual_seed(9))
+        classes = torch.arange(NUM_CLASSES)
+        shared = method(images, target=Targets(classes, torch.zeros_like(classes)))
+        for c in range(NUM_CLASSES):  # independent: a forward and a backward per class
+            single = method(images, target=c)
+            torch.testing.assert_close(shared.raw[c], single.raw[0], atol=1e-6, rtol=1e-5)

@@ -12,6 +12,7 @@ from wsolkit.refine import (
     component_masks,
     largest_component,
     localize,
+    localize_stack,
     resize_map,
     scale_boxes,
     threshold_map,
@@ -288,6 +289,63 @@ def test_localize_torch_mask_type():
     assert isinstance(result.mask, torch.Tensor) and result.mask.dtype == torch.bool
     assert isinstance(result.boxes, np.ndarray)
     np.testing.assert_array_equal(result.mask.numpy(), heat >= 0.2)
+
+
+def _reference_components(heat: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
+    """8-connected components by scipy's labelling: edge boxes and mean heat, best first."""
+    from scipy import ndimage
+
+    labels, count = ndimage.label(heat >= level, structure=np.ones((3, 3)))
+    rows = []
+    for index, (ys, xs) in enumerate(ndimage.find_objects(labels), start=1):
+        mean = heat[labels == index].astype(np.float64).mean()
+        rows.append((-mean, index, [xs.start, ys.start, xs.stop, ys.stop], mean))
+    rows.sort(key=lambda row: (row[0], row[1]))  # score descending, then raster order
+    return (np.array([r[2] for r in rows], np.float32).reshape(-1, 4),
+            np.array([r[3] for r in rows], np.float32))
+
+
+def test_localize_stack_matches_scipy_labelling_map_by_map():
+    rng = np.random.default_rng(3)
+    maps = rng.random((6, 17, 13)).astype(np.float32)
+    maps[1, 0, :] = 1.0  # touches the top edge: must not join the map above
+    maps[0, -1, :] = 1.0  # touches the bottom edge: must not join the map below
+    maps[2] = 0.7  # one tie-free full component
+    levels = np.array([0.8, 0.9, 0.5, 0.95, 0.3, 1.01])  # the last map has no foreground
+    found = localize_stack(maps, levels)
+    assert len(found) == 6
+    total = 0
+    for heat, level, (boxes, scores) in zip(maps, levels, found, strict=True):
+        ref_boxes, ref_scores = _reference_components(heat, level)
+        np.testing.assert_array_equal(boxes, ref_boxes)
+        np.testing.assert_allclose(scores, ref_scores, rtol=1e-6)
+        assert boxes.dtype == np.float32 and scores.dtype == np.float32
+        total += len(boxes)
+    assert total > 20 and len(found[5][0]) == 0 and len(found[2][0]) == 1
+
+
+def test_localize_stack_equals_localize_all_components():
+    maps = np.random.default_rng(4).random((3, 20, 20))
+    found = localize_stack(torch.from_numpy(maps), torch.tensor([0.6, 0.7, 0.9]))
+    for heat, level, (boxes, scores) in zip(maps, (0.6, 0.7, 0.9), found, strict=True):
+        single = localize(heat, "fixed", level, mode="all")
+        np.testing.assert_array_equal(boxes, single.boxes)
+        np.testing.assert_array_equal(scores, single.scores)
+
+
+def test_localize_stack_errors_and_input_untouched():
+    maps = np.random.default_rng(5).random((2, 4, 4))
+    before = maps.copy()
+    localize_stack(maps, [0.5, 0.5])
+    np.testing.assert_array_equal(maps, before)
+    assert localize_stack(np.zeros((0, 4, 4)), []) == []
+    with pytest.raises(InputError, match=r"maps must be a \(K, H, W\) stack"):
+        localize_stack(maps[0], [0.5])
+    with pytest.raises(InputError, match="thresholds has 1 values for 2 maps"):
+        localize_stack(maps, [0.5])
+    maps[0, 0, 0] = np.nan
+    with pytest.raises(InputError, match="maps contain NaN or inf"):
+        localize_stack(maps, [0.5, 0.5])
 
 
 # ---------------------------------------------------------------- resize

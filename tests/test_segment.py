@@ -1,6 +1,7 @@
 import hashlib
 import json
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -17,6 +18,7 @@ from wsolkit.apps.instances import (
 from wsolkit.apps.segment import SegmentSettings, segment_files, segment_heatmap
 from wsolkit.cli.main import main
 from wsolkit.errors import InputError
+from wsolkit.refine.grabcut import BGD, FGD
 
 
 def scene(size=64, seed=0):
@@ -229,6 +231,15 @@ def test_segment_heatmap_rules(rule):
     assert np.array_equal(image, before)
     if rule != "paper":
         assert iou(mask, big | small) > 0.6
+    else:  # MASON's rule: no sure background (but the border frame), FGD where v > mean
+        inner = labels[1:-1, 1:-1]
+        assert not (inner == BGD).any() and (labels[[0, -1], :] == BGD).all()
+        sure = np.argwhere(labels == FGD)
+        assert len(sure) > 0
+        assert sure.min() >= 4 and sure.max() < 24  # inside the heat's support [1, 6) x 4
+        grown = cv2.resize((labels == FGD).astype(np.uint8), (64, 64),
+                           interpolation=cv2.INTER_NEAREST).astype(bool)
+        assert mask[grown].all()  # GrabCut never drops a sure-foreground seed
 
 
 def test_segment_files_writes_masks(embedded_model, tmp_path):
@@ -303,3 +314,27 @@ def test_cli_settings_keep_measured_defaults_unless_another_rule():
     args = build_parser().parse_args(["instances", "x.json", "--out", "o.json",
                                       "--prior-sigma", "none"])
     assert args.prior_sigma is None
+
+
+@pytest.mark.parametrize("command, flag, field", [
+    (command, flag, field) for command in ("segment", "instances")
+    for flag, field in (("--fg", "fg"), ("--split", "split"), ("--bg", "bg"),
+                        ("--max-side", "max_side"))
+] + [("instances", "--prior-sigma", "prior_sigma")])
+def test_cli_none_reaches_the_settings_as_none(command, flag, field):
+    from wsolkit.apps.instances import InstanceSettings
+    from wsolkit.apps.segment import SegmentSettings
+    from wsolkit.cli.main import _parse_options, build_parser
+    from wsolkit.cli.segment import instance_settings, segment_settings
+
+    build = segment_settings if command == "segment" else instance_settings
+    defaults = SegmentSettings() if command == "segment" else InstanceSettings()
+    base = [command, "x.json", "--out", "o"]
+    given = build(build_parser().parse_args([*base, flag, "none"]), {})
+    assert getattr(given, field) is None
+    unset = build(build_parser().parse_args(base), {})
+    assert getattr(unset, field) == getattr(defaults, field)  # not given: the measured default
+    if field == "max_side":
+        assert defaults.max_side is not None  # so "none" (full size) is a real choice
+        assert build(build_parser().parse_args([*base, flag, "96"]), {}).max_side == 96
+    assert _parse_options(["scale=none"]) == {"scale": None}  # --option KEY=none too

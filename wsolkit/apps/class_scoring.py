@@ -39,7 +39,7 @@ from wsolkit.maps import HeatmapMethod, HeatmapResult
 from wsolkit.maps.beam import select_classes
 from wsolkit.maps.hooks import eval_mode
 from wsolkit.maps.targets import Targets
-from wsolkit.refine import localize, scale_boxes
+from wsolkit.refine import localize_stack, scale_boxes
 
 __all__ = ["ClassMaps", "ClassScorer", "class_maps", "classes_to_detect", "every_class",
            "maps_of_result"]
@@ -194,17 +194,19 @@ class ClassScorer:
         self.labels.append(tuple(sample.labels))
 
     def _detections(self, maps: ClassMaps) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        boxes, scores, labels = [np.zeros((0, 4), np.float32)], [np.zeros(0)], [np.zeros(0, int)]
-        for c in maps.detect:
-            grid = maps.grids.get(c)
-            if grid is None or not grid.any():
-                continue
-            found = (localize(grid, "fraction", self.threshold, mode="all")
-                     if maps.thresholds is None
-                     else localize(grid, "fixed", maps.thresholds[c], mode="all"))
-            boxes.append(found.boxes)
-            scores.append(found.scores * maps.probabilities[c])
-            labels.append(np.full(len(found.boxes), c))
+        classes = [c for c in maps.detect
+                   if c in maps.grids and maps.grids[c].any()]  # a constant map: no detection
+        if not classes:
+            return np.zeros((0, 4), np.float32), np.zeros(0), np.zeros(0, int)
+        grids = np.stack([maps.grids[c] for c in classes])
+        if maps.thresholds is None:  # the "fraction" rule of localize, every map at once
+            levels = self.threshold * grids.reshape(len(classes), -1).max(1).astype(np.float64)
+        else:
+            levels = np.asarray([maps.thresholds[c] for c in classes], np.float64)
+        found = localize_stack(grids, levels)
+        boxes = [b for b, _ in found]
+        scores = [s * maps.probabilities[c] for c, (_, s) in zip(classes, found, strict=True)]
+        labels = [np.full(len(b), c) for c, (b, _) in zip(classes, found, strict=True)]
         return np.concatenate(boxes), np.concatenate(scores), np.concatenate(labels)
 
     def compute(self) -> dict:

@@ -66,8 +66,8 @@ class InstanceSettings:
         context: growth of the box for the crop (background for GrabCut), fraction of its size.
         margin: growth of the box for the region GrabCut may label foreground.
         prior_sigma: the seed map is the heatmap times a Gaussian centred on the region
-            (:func:`~wsolkit.refine.grabcut.box_prior`, std ``prior_sigma`` x its size); None:
-            the heatmap alone.
+            (:func:`~wsolkit.refine.grabcut.box_prior`: 1/e half-width ``prior_sigma`` x its
+            size, i.e. std ``prior_sigma / sqrt(2)`` x its size); None: the heatmap alone.
         heat_power: exponent of the heatmap in that product (0: the prior alone).
         rule, fg, split, bg: stratification of the seed map inside the region.
         iterations: GrabCut iterations.
@@ -109,7 +109,7 @@ class InstanceSettings:
         if self.context < self.margin:
             raise InputError(f"--context {self.context} must be >= --margin {self.margin}")
         if self.max_side is not None and self.max_side < 8:
-            raise InputError(f"--max-side {self.max_side}: must be at least 8")
+            raise InputError(f"max_side={self.max_side}: must be at least 8 (or None)")
         if self.iterations < 1:
             raise InputError(f"--iterations {self.iterations}: must be at least 1")
         if self.overlap not in ("smaller_on_top", "none"):

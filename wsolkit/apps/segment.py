@@ -68,7 +68,7 @@ class SegmentSettings:
         if self.rule not in RULES:
             raise InputError(f"--rule {self.rule!r}: use one of {', '.join(RULES)}")
         if self.max_side is not None and self.max_side < 8:
-            raise InputError(f"--max-side {self.max_side}: must be at least 8")
+            raise InputError(f"max_side={self.max_side}: must be at least 8 (or None)")
         if self.batch_size < 1:
             raise InputError(f"--batch-size {self.batch_size}: must be at least 1")
         if self.iterations < 1:

@@ -5,8 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from wsolkit.errors import InputError
+
+if TYPE_CHECKING:
+    from wsolkit.apps.instances import InstanceSettings
+    from wsolkit.apps.segment import SegmentSettings
 
 EXIT_OK, EXIT_BAD_ITEMS = 0, 1
 _UNSET = "unset"
@@ -41,7 +46,9 @@ def _sigma(text: str) -> float | None | str:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number or 'none'") from None
 
 
-def _max_side(text: str) -> int | None:
+def _max_side(text: str) -> int | None | str:
+    if text == _UNSET:
+        return _UNSET
     if text.lower() in ("none", "full"):
         return None
     try:
@@ -67,8 +74,9 @@ def _add_common(run: argparse.ArgumentParser, rule_default: str) -> None:
                          help=f"{text} of the rule, in [0, 1], 'none' or 'default' (the rule's "
                               "own); default: the measured default of the command's rule")
     run.add_argument("--iterations", type=int, default=5, help="GrabCut iterations (default 5)")
-    run.add_argument("--max-side", type=_max_side, default=None,
-                     help="GrabCut working size: longer side in pixels, or 'none' for full size")
+    run.add_argument("--max-side", type=_max_side, default=_UNSET,
+                     help="GrabCut working size: longer side in pixels, or 'none' for full size "
+                          "(default: the command's measured size)")
     run.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                      help="heatmap method option (repeatable)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -114,8 +122,9 @@ def add_instances_parser(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--margin", type=float, default=None,
                      help="growth of each box for the region GrabCut may label foreground")
     run.add_argument("--prior-sigma", type=_sigma, default=_UNSET,
-                     help="seed map = heatmap x Gaussian centred on the box with this std (a "
-                          "fraction of the box size), or 'none' for the heatmap alone")
+                     help="seed map = heatmap x Gaussian centred on the box with this 1/e "
+                          "half-width (a fraction of the box size; std = it / sqrt(2)), or "
+                          "'none' for the heatmap alone")
     run.add_argument("--heat-power", type=float, default=None,
                      help="exponent of the heatmap in the seed map (0: the box prior alone)")
     run.add_argument("--overlap", default="smaller_on_top", choices=["smaller_on_top", "none"],
@@ -139,23 +148,15 @@ def _settings_kwargs(args: argparse.Namespace, options: dict, default_rule: str)
             kwargs[name] = value
         elif rule != default_rule:
             kwargs[name] = "default"
-    if args.max_side is not None:
+    if args.max_side != _UNSET:  # None ('none') is full size, not "not given"
         kwargs["max_side"] = args.max_side
     return kwargs
 
 
-def run_segment(args: argparse.Namespace, options: dict | None = None) -> int:
-    """Run ``wsolkit segment``; returns the exit code (1 when some images failed)."""
-    from tqdm import tqdm
+def segment_settings(args: argparse.Namespace, options: dict) -> SegmentSettings:
+    """The checked ``SegmentSettings`` of a ``wsolkit segment`` command line."""
+    from wsolkit.apps.segment import SegmentSettings
 
-    from wsolkit.apps.segment import SegmentSettings, segment_files
-    from wsolkit.cli.main import _parse_options, _parse_target
-    from wsolkit.data.images import expand_paths
-    from wsolkit.maps import get_method
-    from wsolkit.models import load_model
-
-    get_method(args.method)
-    options = _parse_options(args.option) if options is None else options
     kwargs = _settings_kwargs(args, options, SegmentSettings.rule)
     kwargs["batch_size"] = args.batch_size
     if args.crf is not None:
@@ -164,6 +165,38 @@ def run_segment(args: argparse.Namespace, options: dict | None = None) -> int:
         kwargs["border"] = args.border
     settings = SegmentSettings(**kwargs)
     settings.check()
+    return settings
+
+
+def instance_settings(args: argparse.Namespace, options: dict) -> InstanceSettings:
+    """The checked ``InstanceSettings`` of a ``wsolkit instances`` command line."""
+    from wsolkit.apps.instances import InstanceSettings
+
+    kwargs = _settings_kwargs(args, options, InstanceSettings.rule)
+    kwargs["overlap"] = args.overlap
+    for name in ("context", "margin", "heat_power"):
+        if getattr(args, name) is not None:
+            kwargs[name] = getattr(args, name)
+    if args.prior_sigma != _UNSET:
+        kwargs["prior_sigma"] = args.prior_sigma
+    settings = InstanceSettings(**kwargs)
+    settings.check()
+    return settings
+
+
+def run_segment(args: argparse.Namespace, options: dict | None = None) -> int:
+    """Run ``wsolkit segment``; returns the exit code (1 when some images failed)."""
+    from tqdm import tqdm
+
+    from wsolkit.apps.segment import segment_files
+    from wsolkit.cli.main import _parse_options, _parse_target
+    from wsolkit.data.images import expand_paths
+    from wsolkit.maps import get_method
+    from wsolkit.models import load_model
+
+    get_method(args.method)
+    options = _parse_options(args.option) if options is None else options
+    settings = segment_settings(args, options)
     files, problems = expand_paths(args.paths, recursive=args.recursive)
     if not files:
         for item, reason in problems:
@@ -190,22 +223,14 @@ def run_instances(args: argparse.Namespace, options: dict | None = None) -> int:
     """Run ``wsolkit instances``; returns the exit code (1 when some images failed)."""
     from tqdm import tqdm
 
-    from wsolkit.apps.instances import InstanceSettings, check_inputs, instances_from_json
+    from wsolkit.apps.instances import check_inputs, instances_from_json
     from wsolkit.cli.main import _parse_options
     from wsolkit.maps import get_method
     from wsolkit.models import load_model
 
     get_method(args.method)
     options = _parse_options(args.option) if options is None else options
-    kwargs = _settings_kwargs(args, options, InstanceSettings.rule)
-    kwargs["overlap"] = args.overlap
-    for name in ("context", "margin", "heat_power"):
-        if getattr(args, name) is not None:
-            kwargs[name] = getattr(args, name)
-    if args.prior_sigma != _UNSET:
-        kwargs["prior_sigma"] = args.prior_sigma
-    settings = InstanceSettings(**kwargs)
-    settings.check()
+    settings = instance_settings(args, options)
     if not args.images.exists():
         raise InputError(f"{args.images}: no such file or folder")
     if args.images.is_dir() and args.boxes is None:

@@ -19,7 +19,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from wsolkit.errors import ImageError
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+    {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 )
 """Lower-case file extensions (with the dot) that folder and glob expansion treat as images."""
 
@@ -47,8 +47,9 @@ def load_image(path: str | os.PathLike[str]) -> Image.Image:
     decoded (so truncated files fail here, not later). EXIF orientation is applied. Grayscale,
     palette, alpha, CMYK, 1-bit, 16-bit and float images are converted to 8-bit RGB: alpha is
     dropped, 16-bit and 32-bit integer values are scaled from 0..65535 to 0..255, float values
-    in [0, 1] are scaled to 0..255 and other float values are clipped to 0..255. The file is
-    only read, never modified.
+    in [0, 1] are scaled to 0..255 and other float values are clipped to 0..255. Of an animated
+    file (GIF, WebP, TIFF pages) the first frame is read. The file is only read, never
+    modified.
 
     Args:
         path: Path of the image file.

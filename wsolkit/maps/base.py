@@ -21,6 +21,7 @@ from wsolkit.errors import InputError, LayerError, ModelError
 from wsolkit.maps.hooks import capture_layer, eval_mode
 from wsolkit.maps.targets import Targets, TargetSpec, resolve_targets
 from wsolkit.models.classifier import Classifier, as_classifier
+from wsolkit.models.layers import find_linear
 
 UPSAMPLING = ("bilinear", "bicubic")
 
@@ -56,6 +57,10 @@ class ForwardPass:
         activations: (N, K, h, w) output of the hooked layer.
         logits: (N, classes) model output.
         targets: the (image, class) pair each row explains.
+        linear_head: the pooled linear head (global average pool + ``nn.Linear``) when the
+            hooked layer feeds it: the gradient of a logit is then its weight row / (h*w) at
+            every location, which :meth:`gradients` uses for many rows of one image after
+            checking it against autograd (:func:`linear_head_gradients`).
         distinct: set when rows share input images (expanded targets such as top-k or every
             class of an image): the single forward pass of the distinct images the rows are
             views of. Then ``images``, ``activations`` and ``logits`` are gathered from it
@@ -69,6 +74,7 @@ class ForwardPass:
     logits: torch.Tensor
     targets: Targets
     distinct: DistinctPass | None = None
+    linear_head: torch.nn.Linear | None = None
 
     def scores(self) -> torch.Tensor:
         """(N,) target scores; carries the autograd graph back to the hooked layer if any."""
@@ -91,10 +97,21 @@ class ForwardPass:
                 # every (image, class) logit as one flat vector: a row's output gradient is
                 # one-hot at its position, and the backward stays (U, classes) wide
                 classes = self.targets.classes.to(logits.device)
+                if self.linear_head is not None:
+                    found = linear_head_gradients(self.linear_head, logits, leaf, classes)
+                    if found is not None:
+                        return found
                 positions = index.to(logits.device) * logits.shape[1] + classes
                 return row_gradients(logits.reshape(-1), leaf, index, positions)
             scores = self.targets.scores(_gather_rows(logits, index.to(logits.device)))
             return row_gradients(scores, leaf, index)
+
+    def gradient_means(self) -> torch.Tensor:
+        """(N, K) spatial mean of :meth:`gradients` (Grad-CAM's channel weights)."""
+        grads = self.gradients()
+        if grads.stride(2) == 0 and grads.stride(3) == 0:  # spatially constant: any location
+            return grads[:, :, 0, 0]
+        return grads.mean(dim=(2, 3))
 
     def weighted_sum(self, weights: torch.Tensor) -> torch.Tensor:
         """``sum_k weights[n, k] * activations[n, k]`` -> (N, h, w), activations detached.
@@ -117,6 +134,38 @@ class ForwardPass:
 def weighted_sum(weights: torch.Tensor, activations: torch.Tensor) -> torch.Tensor:
     """``sum_k w[n, k] A[n, k]`` -> (N, h, w)."""
     return torch.einsum("nk,nkhw->nhw", weights, activations)
+
+
+def linear_head_gradients(fc: torch.nn.Linear, logits: torch.Tensor, leaf: torch.Tensor,
+                          classes: torch.Tensor) -> torch.Tensor | None:
+    """Gradients of the ``classes`` logits w.r.t. the layer feeding a pooled linear head.
+
+    When ``logits = fc(mean_hw(leaf))`` the gradient of logit ``c`` is ``fc.weight[c] / (h*w)``
+    at every location of every image: the (N, K, h, w) result is an expanded view of N weight
+    rows (no memory, no backward per class). That the network is such a head is checked, not
+    assumed: one backward pass of a random combination of every logit must match the same
+    combination of the weight rows (a different Jacobian passes with probability 0), else
+    None (the caller takes the batched backward passes).
+
+    Args:
+        fc: the head's linear layer.
+        logits: (U, classes) logits of the distinct images, with the graph back to ``leaf``.
+        leaf: (U, K, h, w) hooked activations.
+        classes: (N,) class of each row.
+    """
+    _, channels, height, width = leaf.shape
+    if fc.in_features != channels or fc.out_features != logits.shape[1]:
+        return None
+    weights = fc.weight.detach().to(leaf) / (height * width)
+    mix = torch.randn(logits.shape, generator=torch.Generator().manual_seed(0))
+    mix = mix.to(logits)
+    (actual,) = torch.autograd.grad(logits, leaf, grad_outputs=mix, retain_graph=True)
+    expected = (mix.to(weights) @ weights)[:, :, None, None]
+    scale = float(expected.abs().max())
+    if not torch.allclose(actual, expected.expand_as(actual), rtol=1e-3, atol=1e-4 * scale):
+        return None
+    rows = weights[classes.to(weights.device)]
+    return rows[:, :, None, None].expand(len(classes), channels, height, width)
 
 
 def _gather_rows(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -365,7 +414,20 @@ class HeatmapMethod:
             logits=_gather_rows(first.logits, device_index),
             targets=first.targets,
             distinct=DistinctPass(first.activations, first.logits, index),
+            linear_head=self._linear_head(images, layer),
         )
+
+    def _linear_head(self, images: torch.Tensor, layer: str) -> torch.nn.Linear | None:
+        """The pooled linear head if ``layer`` feeds it (gradients then have a closed form)."""
+        if not self.needs_gradients:
+            return None
+        try:
+            head = self.classifier.cam_head(images)
+            if head.feature_layer != layer:
+                return None
+            return find_linear(self.module, head.fc_layer)
+        except (LayerError, ModelError):  # no detectable head: batched backward passes
+            return None
 
     def forward(
         self,

@@ -37,7 +37,7 @@ class GradCAM(HeatmapMethod):
 
     def layer_map(self, forward: ForwardPass) -> torch.Tensor:
         """``sum_k mean_ij(dS/dA_k) A_k``."""
-        weights = forward.gradients().mean(dim=(2, 3))
+        weights = forward.gradient_means()
         return forward.weighted_sum(weights)
 
 

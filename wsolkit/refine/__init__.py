@@ -10,6 +10,7 @@ from wsolkit.refine.components import (
     component_masks,
     largest_component,
     localize,
+    localize_stack,
 )
 from wsolkit.refine.crf import CRFParams, crf_kl_divergences, dense_crf
 from wsolkit.refine.grabcut import (
@@ -51,6 +52,7 @@ __all__ = [
     "guided_upsample_x2",
     "largest_component",
     "localize",
+    "localize_stack",
     "nms",
     "resize_map",
     "scale_boxes",

@@ -214,3 +214,65 @@ def localize(
     found = _components(binary, heat, mode, int(min_area))
     union = np.isin(found.labels, found.ids)
     return Localization(found.boxes, found.scores, _like(union, heatmap))
+
+
+def localize_stack(maps: Any, thresholds: Any) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Boxes and scores of every component of many maps, from one labelling pass.
+
+    The same as ``localize(maps[i], "fixed", thresholds[i], mode="all")`` for each ``i``
+    (boxes and scores only).
+
+    The thresholded maps are stacked one above the other with an empty row between them (no
+    8-connected component crosses it), so one ``cv2.connectedComponentsWithStats`` call and
+    one ``bincount`` of the heat replace a call per map: scoring a thousand class maps of one
+    image costs milliseconds instead of a Python round trip per map.
+
+    Args:
+        maps: (K, H, W) finite float maps, numpy or torch (checked as :func:`localize` does).
+        thresholds: (K,) thresholds (a sequence, numpy or torch); map ``i`` is foreground
+            where ``maps[i] >= thresholds[i]`` (compared in float64, as
+            :func:`~wsolkit.refine.threshold.threshold_map`).
+
+    Returns:
+        Per map, ``(boxes, scores)`` as :func:`localize` gives them: (n, 4) float32 edge
+        boxes and (n,) float32 mean heat, by score descending (ties: raster order).
+
+    Raises:
+        InputError: ``maps`` not (K, H, W) with H, W > 0, non-finite values, or the number of
+            thresholds differs from K.
+    """
+    heat = _to_numpy(maps, "maps")
+    if heat.ndim != 3 or heat.shape[1] == 0 or heat.shape[2] == 0:
+        raise InputError(f"maps must be a (K, H, W) stack, got shape {tuple(heat.shape)}")
+    heat = heat.astype(np.float64)
+    if not np.isfinite(heat).all():
+        raise InputError("maps contain NaN or inf")
+    if isinstance(thresholds, torch.Tensor):
+        thresholds = thresholds.detach().cpu().numpy()
+    levels = np.asarray(thresholds, np.float64).reshape(-1)
+    count, height, width = heat.shape
+    if len(levels) != count:
+        raise InputError(f"thresholds has {len(levels)} values for {count} maps")
+    if count == 0:
+        return []
+    rows = height + 1  # each map and the empty row below it
+    tiled = np.zeros((count, rows, width), np.uint8)
+    tiled[:, :height] = heat >= levels[:, None, None]
+    labels_count, labels, stats, _ = cv2.connectedComponentsWithStats(
+        tiled.reshape(count * rows, width), connectivity=8, ltype=cv2.CV_32S)
+    padded = np.zeros((count, rows, width))
+    padded[:, :height] = heat
+    sums = np.bincount(labels.ravel(), weights=padded.ravel(), minlength=labels_count)[1:]
+    stats = stats[1:]
+    areas = stats[:, cv2.CC_STAT_AREA].astype(np.float64)
+    scores = sums / np.maximum(areas, 1)
+    tile, top = np.divmod(stats[:, cv2.CC_STAT_TOP], rows)
+    left = stats[:, cv2.CC_STAT_LEFT]
+    boxes = np.stack([left, top, left + stats[:, cv2.CC_STAT_WIDTH],
+                      top + stats[:, cv2.CC_STAT_HEIGHT]], axis=1).astype(np.float32)
+    # labels follow raster order, so sorting by (map, -score) stably keeps localize's ties
+    order = np.lexsort((-scores, tile))
+    boxes, scores = boxes[order], scores[order].astype(np.float32)
+    bounds = np.searchsorted(tile[order], np.arange(count + 1))
+    return [(boxes[bounds[i]:bounds[i + 1]].reshape(-1, 4), scores[bounds[i]:bounds[i + 1]])
+            for i in range(count)]

@@ -282,12 +282,14 @@ def box_prior(
     """Gaussian "object in the middle of its box" prior, 1 at the box centre.
 
     ``exp(-((x - cx) / (sigma w))^2 - ((y - cy) / (sigma h))^2)`` at pixel centres, for a box
-    of centre ``(cx, cy)`` and size ``(w, h)`` (edge coordinates).
+    of centre ``(cx, cy)`` and size ``(w, h)`` (edge coordinates): a Gaussian whose standard
+    deviation is ``sigma w / sqrt(2)`` across and ``sigma h / sqrt(2)`` down (``sigma`` is
+    the 1/e half-width, not the standard deviation).
 
     Args:
         shape: (H, W) of the map.
         box: ``x0, y0, x1, y1`` in pixel edges (may extend past the map).
-        sigma: standard deviation as a fraction of the box size, > 0.
+        sigma: 1/e half-width as a fraction of the box size (std = ``sigma / sqrt(2)``), > 0.
 
     Returns:
         (H, W) float32 map in (0, 1].
