@@ -22,10 +22,10 @@ import numpy as np
 ROWS = {
     "cam": "CAM",
     "rcam": "rCAM",
-    "fcam": "F-CAM, CAM seed (shipped: pseudo-pixels + CRF + size)",
-    "fcam_layercam": "F-CAM, LayerCAM seed",
-    "ablation_pseudo_pixels": "ablation: pseudo-pixels only",
-    "ablation_pseudo_pixels_crf": "ablation: pseudo-pixels + CRF",
+    "fcam": "F-CAM, LayerCAM seed (shipped)",
+    "fcam_cam": "F-CAM, CAM seed (pseudo-pixels + CRF + size)",
+    "ablation_pseudo_pixels": "ablation, CAM seed: pseudo-pixels only",
+    "ablation_pseudo_pixels_crf": "ablation, CAM seed: pseudo-pixels + CRF",
 }
 COLUMNS = {
     "imagenet-dev": ["MaxBoxAcc", "MaxBoxAccV2", "top-1 loc", "top-5 loc", "pointing"],
@@ -34,7 +34,7 @@ COLUMNS = {
 README_RCAM = {"imagenet-dev": {"MaxBoxAcc": 69.8, "MaxBoxAccV2": 66.2, "top-1 loc": 56.9},
                "davis": {"PxAP": 32.9, "F OIS": 0.511, "F ODS": 0.463, "MAE": 0.246,
                          "mIoU": 34.5}}
-TRAIN_RUNS = {"fcam": "shipped", "fcam_layercam": "layercam",
+TRAIN_RUNS = {"fcam": "shipped", "fcam_cam": "cam_seed",
               "ablation_pseudo_pixels": "pseudo_pixels",
               "ablation_pseudo_pixels_crf": "pseudo_pixels_crf"}
 
@@ -124,8 +124,8 @@ def main() -> None:
                     f"{100 * b:.0f}%" for b in entry["histogram"]["bins"]) + " |")
         lines.append("")
     lines += ["## Training (imagenet-sample; selection on imagenet-dev)", "",
-              "Seconds per epoch as measured: 1 torch thread per run, the four runs at once "
-              "beside other jobs on 2 shared CPU cores (a loaded machine, not a quiet one).", "",
+              "Seconds per epoch as measured: 1 torch thread per run, with other runs and "
+              "jobs at once on 2 shared CPU cores (a loaded machine, not a quiet one).", "",
               "| decoder | seed CAM | best epoch / epochs | val MaxBoxAccV2 | s per epoch |",
               "|---|---|---:|---:|---:|"]
     for row, run in TRAIN_RUNS.items():

@@ -20,7 +20,7 @@ from wsolkit.maps.fcam import FCAM
 from wsolkit.maps.registry import get_method
 from wsolkit.models.classifier import Classifier
 from wsolkit.models.fcam import DecoderSpec, FCAMDecoder, load_decoder, save_decoder
-from wsolkit.train.fcam import FCAMSettings, train_fcam
+from wsolkit.train.fcam import FCAMSettings, make_optimizer, train_fcam
 
 SKIPS = ("features.relu1", "features.act")  # 4 channels at full size, 6 at half size
 
@@ -261,3 +261,20 @@ def test_model_left_as_found_and_no_hooks_left(decoder_file):
 def test_a_layer_other_than_the_decoder_output_is_refused(decoder_file):
     with pytest.raises(InputError, match="fcam: layer 'features.conv2'"):
         FCAM(seeded(TinyCNN), layer="features.conv2", decoder=str(decoder_file))
+
+
+def test_paper_preset_is_the_authors_cub_command():
+    # the values of sbelharbi/fcam-wsol's CUB command, as stated in issue 11 and docs/fcam.md
+    paper = FCAMSettings.paper()
+    assert (paper.optimizer, paper.lr, paper.momentum, paper.weight_decay) == ("sgd", 0.01, 0.9,
+                                                                               1e-4)
+    assert (paper.batch_size, paper.n_fg, paper.n_bg, paper.k, paper.bg_fraction) == (32, 1, 1,
+                                                                                      3, 0.1)
+    assert (paper.crf, paper.sigma_rgb, paper.sigma_xy, paper.size) == (2e-9, 15.0, 100.0, 0.1)
+    assert (paper.elb_t, paper.elb_rate, paper.elb_max) == (1.0, 1.01, 10.0)
+    ours = FCAMSettings()
+    assert (ours.bg_fraction, ours.optimizer, ours.n_fg) != (paper.bg_fraction, paper.optimizer,
+                                                             paper.n_fg)
+    assert FCAMSettings.paper(epochs=7).epochs == 7  # options override the preset
+    optimizer = make_optimizer(torch.nn.Linear(2, 2), paper)
+    assert isinstance(optimizer, torch.optim.SGD) and optimizer.defaults["nesterov"]

@@ -324,6 +324,24 @@ def test_localize_stack_matches_scipy_labelling_map_by_map():
     assert total > 20 and len(found[5][0]) == 0 and len(found[2][0]) == 1
 
 
+def test_localize_stack_places_blobs_of_cropped_maps_where_they_are():
+    # sparse maps: each map's foreground is cropped to its own rectangle before labelling
+    rng = np.random.default_rng(6)
+    maps = np.zeros((5, 30, 40), np.float32)
+    maps[0, 25:30, 33:40] = 0.9  # bottom-right corner
+    maps[1, 0:2, 0:3] = 0.8  # top-left corner
+    maps[1, 10:14, 20:22] = rng.uniform(0.6, 1.0, (4, 2))
+    maps[2, 5:6, 7:8] = 1.0  # one pixel
+    maps[3] = rng.random((30, 40)) * (rng.random((30, 40)) > 0.9)  # scattered
+    levels = np.array([0.5, 0.5, 0.5, 0.3, 0.5])  # map 4 is empty
+    for heat, level, (boxes, scores) in zip(maps, levels, localize_stack(maps, levels),
+                                            strict=True):
+        ref_boxes, ref_scores = _reference_components(heat, level)
+        np.testing.assert_array_equal(boxes, ref_boxes)
+        np.testing.assert_allclose(scores, ref_scores, rtol=1e-6)
+    assert localize_stack(maps[4:], [0.5])[0][0].shape == (0, 4)
+
+
 def test_localize_stack_equals_localize_all_components():
     maps = np.random.default_rng(4).random((3, 20, 20))
     found = localize_stack(torch.from_numpy(maps), torch.tensor([0.6, 0.7, 0.9]))
@@ -431,3 +449,18 @@ def test_scale_boxes():
         scale_boxes(np.zeros((3,)), (2, 2), (4, 4))
     with pytest.raises(InputError, match=r"^to_size must be a pair"):
         scale_boxes(boxes, (2, 2), (4, -1))
+
+
+def test_localize_stack_float32_thresholds_match_float64_comparison():
+    from wsolkit.refine.components import _exact_levels
+
+    rng = np.random.default_rng(7)
+    levels = rng.random(50)  # float64 thresholds, mostly not float32 numbers
+    near = levels.astype(np.float32)
+    values = np.concatenate([near, np.nextafter(near, np.float32(0)),
+                             np.nextafter(near, np.float32(2)), rng.random(200).astype(np.float32)])
+    exact = _exact_levels(levels, np.dtype(np.float32))
+    assert exact.dtype == np.float32
+    for level, level32 in zip(levels, exact, strict=True):
+        np.testing.assert_array_equal(values >= level32,
+                                      values.astype(np.float64) >= level)
