@@ -31,7 +31,7 @@ COLUMNS = {
     "imagenet-dev": ["MaxBoxAcc", "MaxBoxAccV2", "top-1 loc", "top-5 loc", "pointing"],
     "davis": ["PxAP", "F OIS", "F ODS", "MAE", "mIoU"],
 }
-README_RCAM = {"imagenet-dev": {"MaxBoxAcc": 69.8, "MaxBoxAccV2": 66.2, "top-1 loc": 56.9},
+RCAM_DOCS = {"imagenet-dev": {"MaxBoxAcc": 69.8, "MaxBoxAccV2": 66.2, "top-1 loc": 56.9},
                "davis": {"PxAP": 32.9, "F OIS": 0.511, "F ODS": 0.463, "MAE": 0.246,
                          "mIoU": 34.5}}
 TRAIN_RUNS = {"fcam": "shipped", "fcam_cam": "cam_seed",
@@ -102,16 +102,17 @@ def main() -> None:
                               "histogram": histogram(args.work / "maps" / dataset / row),
                               "source": "this run"}
             elif row == "rcam":
-                table[row] = {"scores": {c: README_RCAM[dataset].get(c) for c in columns},
+                table[row] = {"scores": {c: RCAM_DOCS[dataset].get(c) for c in columns},
                               "histogram": None,
-                              "source": "README (scripts/evaluate_rcam.sh), not re-run"}
+                              "source": "docs/rcam.md (scripts/evaluate_rcam.sh), not re-run"}
         report["datasets"][dataset] = table
         lines += [f"## {dataset}", "",
                   "| method | " + " | ".join(columns) + " | near-binary pixels |",
                   "|---|" + "---:|" * (len(columns) + 1)]
         for row, entry in table.items():
             hist = entry["histogram"]
-            name = ROWS[row] + (" (README, not re-run)" if entry["source"] != "this run" else "")
+            quoted = entry["source"] != "this run"
+            name = ROWS[row] + (" (docs/rcam.md, not re-run)" if quoted else "")
             lines.append(f"| {name} | " + " | ".join(
                 _cell(entry["scores"][c], c) for c in columns) + " | " +
                 ("-" if hist is None else f"{100 * hist['near_binary']:.0f}%") + " |")

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduce the README's beam-search results (Bency et al.), next to CAM / Grad-CAM:
+# Reproduce docs/beam.md's beam-search results (Bency et al.), next to CAM / Grad-CAM:
 #  1. imagenet-dev (boxes, target = GT class, embedded ImageNet model): MaxBoxAcc, V2, top-1 loc;
 #  2. coco-mini (multi-object) with a model of COCO's 80 classes: the fine-tuning demo's model
 #     (scripts/finetune_demo.sh, run first when out/finetune-demo/model.pt is missing). The

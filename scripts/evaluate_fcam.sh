@@ -6,7 +6,7 @@
 # first when missing (seed 0, the shipped settings but for the named change; 4 epochs, about
 # 7 min each on one quiet core) into $FCAM_WORK (default out/fcam), sharing the caches of
 # scripts/train_fcam.sh. rCAM is slow: it runs (imagenet-dev only) when FCAM_RCAM=1, else the
-# report quotes the README's number.
+# report quotes docs/rcam.md's number.
 # Extra arguments go to every `wsolkit evaluate` call (e.g. `--limit 50` for a quick check).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -10,7 +10,7 @@
 # the table to benchmarks/results/mosaics.md and .json. Methods not registered (wildcat, excam
 # before they exist) are skipped with a note. REUSE=1 keeps reports already written.
 # SKIP_SINGLE="beam ..." leaves out those methods' imagenet-dev run (n/a in the table; beam's,
-# 394 searches, is in the README's beam table from scripts/evaluate_beam.sh).
+# 394 searches, is in docs/beam.md's table from scripts/evaluate_beam.sh).
 # Extra args go to every `wsolkit evaluate`.
 #   METHODS="cam gradcam beam@0.03 wildcat excam" bash scripts/evaluate_mosaics.sh
 # beam searches every kept class (about 1 s per mosaic-class on 2 cores): at P = 0.001 that is

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduce the README's rCAM ablation table: CAM and the rCAM stages (rcam1: scale-1 CAM
+# Reproduce docs/rcam.md's rCAM ablation table: CAM and the rCAM stages (rcam1: scale-1 CAM
 # upsampled by guided filters on PCA shape maps; rcam2: the same at scale 2 (448); rcam3: both
 # fused by their class probabilities; rcam: rcam3 refined by a dense CRF) on imagenet-dev
 # (boxes: MaxBoxAcc, MaxBoxAccV2) and davis (masks: PxAP, F-measure OIS / ODS, MAE), with the

@@ -21,7 +21,8 @@ For every box of a COCO JSON file or VOC folder:
    its size per side and clipped to the image.
 
 Defaults, measured on coco-mini and imagenet-dev with the corruption of
-``benchmarks/clean_boxes_eval.py`` (README): crop scoring separates true from false boxes
+``benchmarks/clean_boxes_eval.py`` (docs/cleaning_proposals.md):
+crop scoring separates true from false boxes
 better than the whole-image map (AUC 0.70 vs 0.61 on coco-mini, 0.85 vs 0.81 on
 imagenet-dev). Scores tried: mean heat inside, inside-minus-ring difference (AUC 0.70 /
 0.85), inside/ring ratio (0.71 / 0.88), peak contrast (0.69 / 0.87), raw activation inside
@@ -31,7 +32,8 @@ the box fills its window (most imagenet-dev boxes), so there they measure box si
 content, and the raw activation does not carry over from one set to the other.
 Tightening at ``fraction`` 0.2 left the mean IoU of enlarged boxes with the true boxes about
 unchanged, and higher fractions made it worse (the objectness blobs are smaller than the
-objects): see the README before relying on it. ``context`` 0.5 was the only value tried.
+objects): see docs/cleaning_proposals.md before relying on it. ``context`` 0.5 was the only
+value tried.
 """
 
 from __future__ import annotations

@@ -56,7 +56,7 @@ from wsolkit.refine.resize import resize_map
 class InstanceSettings:
     """How each box becomes a mask.
 
-    Defaults chosen by measurement on ``shared/data/coco-mval`` (README,
+    Defaults chosen by measurement on ``shared/data/coco-mval`` (docs/segmentation.md,
     ``benchmarks/segmentation_eval.py``).
 
     Attributes:

@@ -33,7 +33,7 @@ class SegmentSettings:
     """How heatmaps become foreground masks.
 
     Defaults chosen by measurement on ``shared/data/davis`` (``benchmarks/segmentation_eval.py``,
-    README).
+    docs/segmentation.md).
 
     Attributes:
         method: registered heatmap method.

@@ -17,7 +17,7 @@ The pipeline, per image and target class ``c`` (taken from scale 1 for both scal
    ``RCAMConfig(radius=None)``; the default is a fixed radius of 2 at every step, which
    scored better on imagenet-dev and davis (on davis the fitted ``sigma`` gives median radii
    1, 4, 3 and 6 on the 14, 28, 28 and 56 pixel guides, often 1 where the fit fails; the large
-   ones over-smooth; see the README, section rCAM).
+   ones over-smooth; see docs/rcam.md).
 4. **Fusion** (eq. 5, :func:`fuse`): ``rCAM_3 = rCAM_1 * P_1(c) + rCAM_2 * P_2(c)`` after
    bilinear upsampling of both to the input size, then min-max normalization.
 5. **Dense CRF** (:func:`refine_crf`): unaries from ``rCAM_3`` and ``1 - rCAM_3`` on the RGB
@@ -84,7 +84,7 @@ FUSE_INPUTS = ("minmax", "raw")
 RCAM_CRF = CRFParams(gaussian_sxy=3.0, gaussian_compat=3.0, bilateral_sxy=60.0,
                      bilateral_srgb=5.0, bilateral_compat=5.0)
 """rCAM's CRF kernels (at 224; scaled with ``crf_size``): ``CRFParams()`` but a colour std
-of 5 instead of 10 (tuned on imagenet-dev and davis as a whole; see the README, section rCAM)."""
+of 5 instead of 10 (tuned on imagenet-dev and davis as a whole; see docs/rcam.md)."""
 
 
 @dataclass(frozen=True)
