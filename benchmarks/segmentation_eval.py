@@ -6,8 +6,8 @@ Whole-image foreground segmentation on davis (``wsolkit.apps.segment``):
 - MASON's rule (``--rule paper``) + GrabCut;
 - the default robust rule + GrabCut (``SegmentSettings()``), and with ``--grid`` a small grid.
 
-Box-to-mask on coco-mval (``wsolkit.apps.instances``), box = tight box of the GT mask
-(``mask_box``), scored with ``BoxMaskIoU`` (the 128 "unknown" band ignored):
+Box-to-mask on coco-mval and on davis (``wsolkit.apps.instances``), box = tight box of the GT
+mask (``mask_box``), scored with ``BoxMaskIoU`` (the 128 "unknown" band ignored):
 
 - plain GrabCut from the box (``grabcut_box``: 5% margin, 5 iterations, whole image);
 - the paper's seeding (crop heatmap, MASON's rule inside the box, full resolution);
@@ -15,6 +15,7 @@ Box-to-mask on coco-mval (``wsolkit.apps.instances``), box = tight box of the GT
 
     python benchmarks/segmentation_eval.py davis
     python benchmarks/segmentation_eval.py coco-mval
+    python benchmarks/segmentation_eval.py boxes --grid     # coco-mval and davis-boxes
     python benchmarks/segmentation_eval.py all --grid --json benchmarks/results/segmentation.json
 
 ``--write-boxes FILE`` only writes the coco-mval boxes used here (the tight box of each GT
@@ -110,7 +111,8 @@ def davis_rows(data: Path, limit: int | None, grid: bool) -> list[dict]:
     return rows
 
 
-def coco_rows(data: Path, limit: int | None, grid: bool, baselines: bool) -> list[dict]:
+def box_rows(data: Path, limit: int | None, grid: bool, baselines: bool) -> list[dict]:
+    """Box-to-mask on a mask folder (coco-mval, davis): the box is the tight box of each mask."""
     dataset = MaskFolderDataset(data)
     samples = list(dataset)[:limit]
     model = load_model()
@@ -148,6 +150,9 @@ def coco_rows(data: Path, limit: int | None, grid: bool, baselines: bool) -> lis
             (None, replace(default, max_side=224)),
             (None, replace(default, iterations=10)),
             (None, replace(default, rule="paper")),
+            (None, replace(default, max_side=320)),
+            (None, replace(default, fg=None)),
+            (None, replace(default, max_side=320, fg=None)),
         ]
     for name, settings in configs:
         heatmaps = CropHeatmaps(model, settings)
@@ -210,12 +215,14 @@ def _table(title: str, unit: str, rows: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("set", choices=["davis", "coco-mval", "all"])
+    parser.add_argument("set", choices=["davis", "coco-mval", "davis-boxes", "boxes", "all"],
+                        help="davis: whole-image foreground; coco-mval, davis-boxes: box-to-mask "
+                             "(the tight box of each GT mask); boxes: both box-to-mask sets")
     parser.add_argument("--data", type=Path, default=DATA, help="folder holding the sets")
     parser.add_argument("--limit", type=int, default=None, help="first N images only")
     parser.add_argument("--grid", action="store_true", help="also the option grid / ablations")
     parser.add_argument("--no-baselines", action="store_true",
-                        help="coco-mval: skip plain GrabCut and the paper's seeding (slow)")
+                        help="box-to-mask: skip plain GrabCut and the paper's seeding (slow)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch / OpenCV threads (the scores do not depend on it; on a busy "
                              "machine 1 avoids OpenMP spin-waiting)")
@@ -233,10 +240,11 @@ def main() -> None:
     if args.set in ("davis", "all"):
         out["davis"] = davis_rows(args.data / "davis", args.limit, args.grid)
         print(_table(f"davis ({args.limit or 'all'} images)", "image", out["davis"]))
-    if args.set in ("coco-mval", "all"):
-        out["coco-mval"] = coco_rows(args.data / "coco-mval", args.limit, args.grid,
-                                     not args.no_baselines)
-        print(_table(f"coco-mval ({args.limit or 'all'} boxes)", "box", out["coco-mval"]))
+    for name in ("coco-mval", "davis-boxes"):
+        if args.set in (name, "boxes", "all"):
+            folder = args.data / name.removesuffix("-boxes")
+            out[name] = box_rows(folder, args.limit, args.grid, not args.no_baselines)
+            print(_table(f"{name} ({args.limit or 'all'} boxes)", "box", out[name]))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(out, indent=2) + "\n")
