@@ -77,10 +77,19 @@ def fp16_check(work: Path, data: Path) -> dict | None:
             "metric": "MaxBoxAccV2 (imagenet-dev, threshold step 0.01)"}
 
 
-def _cell(value: float | None, column: str) -> str:
+def cell(value: float | None, column: str) -> str:
+    """A table cell: F-measures and MAE to 3 decimals, percentages to 1, '-' when missing."""
     if value is None:
         return "-"
     return f"{value:.3f}" if column in ("F OIS", "F ODS", "MAE") else f"{value:.1f}"
+
+
+def write_report(out: Path, report: dict, lines: list[str]) -> None:
+    """Write OUT.json and OUT.md and print the markdown."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
 
 
 def main() -> None:
@@ -114,7 +123,7 @@ def main() -> None:
             quoted = entry["source"] != "this run"
             name = ROWS[row] + (" (docs/rcam.md, not re-run)" if quoted else "")
             lines.append(f"| {name} | " + " | ".join(
-                _cell(entry["scores"][c], c) for c in columns) + " | " +
+                cell(entry["scores"][c], c) for c in columns) + " | " +
                 ("-" if hist is None else f"{100 * hist['near_binary']:.0f}%") + " |")
         lines += ["", "Map-value histogram (fraction of pixels per tenth of [0, 1]):", "",
                   "| method | " + " | ".join(f"{i / 10:.1f}-" for i in range(10)) + " |",
@@ -144,10 +153,7 @@ def main() -> None:
         report["fp16_check"] = check
         lines += ["", f"Shipped decoder in fp16: {check['metric']} {check['fp16']:.2f} vs "
                   f"{check['fp32']:.2f} with the fp32 weights of the same epoch."]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_report(args.out, report, lines)
 
 
 if __name__ == "__main__":

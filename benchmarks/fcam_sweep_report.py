@@ -14,14 +14,10 @@ import argparse
 import json
 from pathlib import Path
 
+from fcam_report import cell, write_report  # the same cells and files as the main report
+
 COLUMNS = {"imagenet-dev": ["MaxBoxAcc", "MaxBoxAccV2", "top-1 loc"],
            "davis": ["PxAP", "F ODS", "MAE", "mIoU"]}
-
-
-def _cell(value: float | None, column: str) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.3f}" if column in ("F ODS", "MAE") else f"{value:.1f}"
 
 
 def main() -> None:
@@ -47,7 +43,7 @@ def main() -> None:
                for d in COLUMNS}
         report["cam"] = cam
         lines.append("| CAM (fcam.json) | - | - | - | - | " + " | ".join(
-            _cell(cam[d].get(c), c) for d, cols in COLUMNS.items() for c in cols) + " | - | - |")
+            cell(cam[d].get(c), c) for d, cols in COLUMNS.items() for c in cols) + " | - | - |")
     for name in runs:
         training = json.loads((args.sweep / name / "metrics.json").read_text())
         scores = {}
@@ -63,12 +59,9 @@ def main() -> None:
                      f"{settings.get('optimizer', 'adam')}, {settings['lr']} | "
                      f"{settings['n_fg']}+{settings['n_bg']} | {settings['batch_size']} | "
                      + " | ".join(
-            _cell(scores[d][c], c) for d, cols in COLUMNS.items() for c in cols)
+            cell(scores[d][c], c) for d, cols in COLUMNS.items() for c in cols)
             + f" | {training['best_epoch']} | {', '.join(f'{v:.1f}' for v in history)} |")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_report(args.out, report, lines)
 
 
 if __name__ == "__main__":
