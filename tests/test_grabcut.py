@@ -266,3 +266,39 @@ def test_box_prior_standard_deviation_is_sigma_over_root_two_of_the_box():
     # and 1/e at sigma * size (60 px) from the centre: pixel centre (559.5, 400.5)
     assert prior[400, 559] == pytest.approx(np.exp(-((59.5 / 60) ** 2 + (0.5 / 60) ** 2)),
                                             rel=1e-5)
+
+
+def radial_image(size=48, seed=2):
+    """Red centre fading to blue at the rim: GrabCut's boundary moves a little each iteration."""
+    yy, xx = np.mgrid[0:size, 0:size]
+    fade = np.clip(np.hypot(yy - size / 2, xx - size / 2) / (size / 2), 0, 1)[..., None]
+    image = (1 - fade) * np.array([220, 40, 40]) + fade * np.array([40, 40, 220])
+    image += np.random.default_rng(seed).normal(0, 10, image.shape)
+    labels = np.full((size, size), PR_FGD, np.uint8)
+    labels[:2], labels[-2:], labels[:, :2], labels[:, -2:] = BGD, BGD, BGD, BGD
+    labels[size // 2 - 2:size // 2 + 2, size // 2 - 2:size // 2 + 2] = FGD
+    return np.clip(image, 0, 255).astype(np.uint8), labels
+
+
+def opencv_grabcut(image, labels, iterations):
+    """One cv2.grabCut call with ``iterations`` from the label map (the reference)."""
+    import cv2
+
+    work = labels.copy()
+    cv2.setRNGSeed(0)
+    cv2.grabCut(image, work, None, np.zeros((1, 65)), np.zeros((1, 65)), iterations,
+                cv2.GC_INIT_WITH_MASK)
+    return (work == FGD) | (work == PR_FGD)
+
+
+def test_grabcut_to_convergence_stops_when_the_labels_stop_changing():
+    image, labels = radial_image()
+    # by hand: the first count n >= 2 whose labels equal those of n - 1 iterations
+    runs = [opencv_grabcut(image, labels, n) for n in range(1, 21)]
+    stop = next(n for n in range(2, 21) if np.array_equal(runs[n - 1], runs[n - 2]))
+    assert stop > 5  # the case takes more than the default 5 iterations
+    assert not np.array_equal(runs[4], runs[stop - 1])
+    assert np.array_equal(grabcut(image, labels, 20, converge=True), runs[stop - 1])
+    assert np.array_equal(grabcut(image, labels, 5), runs[4])
+    # the cap bounds the iterations: capped at 3, the result of 3 iterations
+    assert np.array_equal(grabcut(image, labels, 3, converge=True), runs[2])

@@ -323,6 +323,7 @@ def grabcut(
     image: np.ndarray,
     labels_or_rect: np.ndarray | Sequence[float],
     iterations: int = 5,
+    converge: bool = False,
 ) -> np.ndarray:
     """Run OpenCV GrabCut from a label map or a box; never fails on degenerate seeds.
 
@@ -351,7 +352,11 @@ def grabcut(
             (not modified), or a box ``x0, y0, x1, y1`` in pixel-edge coordinates
             (GrabCut's rectangle initialization: probable foreground inside, sure background
             outside; the box is clipped to the image).
-        iterations: GrabCut iterations, >= 1.
+        iterations: GrabCut iterations, >= 1 (with ``converge``: the most run).
+        converge: iterate until an iteration after the first changes no pixel's label
+            (MASON: "iterated until the GMM converges"), at most ``iterations`` times. Run one
+            iteration at a time, each resuming from the colour models of the previous one:
+            the same computation as one call with that many iterations.
 
     Returns:
         (H, W) bool mask of the pixels labelled (probable) foreground.
@@ -383,8 +388,15 @@ def grabcut(
     foreground_model = np.zeros((1, 65), np.float64)
     try:
         cv2.setRNGSeed(0)
-        cv2.grabCut(image, work, None, background_model, foreground_model, iterations,
-                    cv2.GC_INIT_WITH_MASK)
+        if not converge:
+            cv2.grabCut(image, work, None, background_model, foreground_model, iterations,
+                        cv2.GC_INIT_WITH_MASK)
+        for index in range(iterations if converge else 0):
+            before = work.copy()
+            cv2.grabCut(image, work, None, background_model, foreground_model, 1,
+                        cv2.GC_EVAL if index else cv2.GC_INIT_WITH_MASK)
+            if index and np.array_equal(work, before):
+                break
     except cv2.error:
         return (labels == FGD) | (labels == PR_FGD)
     return (work == FGD) | (work == PR_FGD)
