@@ -1,9 +1,9 @@
 import hashlib
 import json
 
-import cv2
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
 
@@ -15,10 +15,17 @@ from wsolkit.apps.instances import (
     instances_from_json,
     resolve_overlaps,
 )
-from wsolkit.apps.segment import SegmentSettings, segment_files, segment_heatmap
+from wsolkit.apps.segment import (
+    SegmentSettings,
+    image_heatmaps,
+    segment_files,
+    segment_heatmap,
+)
 from wsolkit.cli.main import main
 from wsolkit.errors import InputError
-from wsolkit.refine.grabcut import BGD, FGD
+from wsolkit.maps import get_method
+from wsolkit.models import as_classifier
+from wsolkit.refine.grabcut import FGD, PR_BGD, PR_FGD
 
 
 def scene(size=64, seed=0):
@@ -220,7 +227,7 @@ def test_encode_rle_is_json_ready():
 # --- whole-image segmentation ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("rule", ["paper", "quantile", "otsu"])
+@pytest.mark.parametrize("rule", ["quantile", "otsu"])
 def test_segment_heatmap_rules(rule):
     image, big, small = scene()
     heat = np.zeros((8, 8), np.float32)
@@ -229,17 +236,123 @@ def test_segment_heatmap_rules(rule):
     mask, labels = segment_heatmap(image, heat, SegmentSettings(rule=rule, max_side=32))
     assert mask.shape == big.shape and labels.shape == (32, 32)
     assert np.array_equal(image, before)
-    if rule != "paper":
-        assert iou(mask, big | small) > 0.6
-    else:  # MASON's rule: no sure background (but the border frame), FGD where v > mean
-        inner = labels[1:-1, 1:-1]
-        assert not (inner == BGD).any() and (labels[[0, -1], :] == BGD).all()
-        sure = np.argwhere(labels == FGD)
-        assert len(sure) > 0
-        assert sure.min() >= 4 and sure.max() < 24  # inside the heat's support [1, 6) x 4
-        grown = cv2.resize((labels == FGD).astype(np.uint8), (64, 64),
-                           interpolation=cv2.INTER_NEAREST).astype(bool)
-        assert mask[grown].all()  # GrabCut never drops a sure-foreground seed
+    assert iou(mask, big | small) > 0.6
+
+
+def paper_heatmap():
+    """64x64: 1.0 on the red square, 0.2 below it, two faint patches, zeros elsewhere."""
+    heat = np.zeros((64, 64), np.float32)
+    heat[8:40, 8:40] = 1.0  # 1024 px
+    heat[40:48, 8:40] = 0.2  # 256 px
+    heat[50:60, 50:60] = 0.001  # 100 px: 0.255 of 255, rounds to 0
+    heat[0:4, 50:64] = 0.003  # 56 px: 0.765 of 255, rounds to 1
+    return heat
+
+
+def hand_labels(heat, zero, above_mean):
+    """PR_BGD where ``zero``, FGD where ``above_mean``, PR_FGD elsewhere."""
+    labels = np.full(heat.shape, PR_FGD, np.uint8)
+    labels[zero] = PR_BGD
+    labels[above_mean] = FGD
+    return labels
+
+
+def test_paper_rule_seeds_match_a_hand_computation():
+    image, _, _ = scene()
+    heat = paper_heatmap()
+    # mean = (1024 x 1 + 256 x 0.2 + 100 x 0.001 + 56 x 0.003) / 4096 = 1075.468 / 4096 = 0.2626:
+    # only the 1.0 square is above it; the 0.2 band and both faint patches are in (0, mean]
+    settings = SegmentSettings(rule="paper", crf=False, border=0.0, max_side=None)
+    mask, labels = segment_heatmap(image, heat, settings)
+    expected = hand_labels(heat, heat == 0, heat == 1.0)
+    assert np.array_equal(labels, expected)
+    assert mask[heat == 1.0].all()  # GrabCut never drops a sure-foreground seed
+
+
+def test_paper_preset_scales_to_0_255_before_the_rule():
+    image, _, _ = scene()
+    heat = paper_heatmap()
+    before = heat.copy()
+    # on 0..255 the map holds 255 (1024 px), 51 (256 px), 0 (0.001 -> 0.255 rounds to 0) and
+    # 1 (0.003 -> 0.765); mean = (1024 x 255 + 256 x 51 + 56 x 1) / 4096 = 66.95
+    mask, labels = segment_heatmap(image, heat, SegmentSettings.paper())
+    expected = hand_labels(heat, heat <= 0.001, heat == 1.0)
+    assert np.array_equal(labels, expected)
+    assert (labels[50:60, 50:60] == PR_BGD).all() and (labels[0:4, 50:64] == PR_FGD).all()
+    assert np.array_equal(heat, before) and mask[heat == 1.0].all()
+
+
+def test_paper_preset_settings():
+    paper = SegmentSettings.paper()
+    assert (paper.network_size, paper.upsample, paper.levels, paper.rule, paper.mean) == (
+        "full", "bicubic", 255, "paper", "all")
+    assert (paper.crf, paper.border, paper.max_side, paper.converge) == (False, 0.0, None, True)
+    assert SegmentSettings.paper(iterations=7).iterations == 7
+    for bad in ({"levels": 0}, {"network_size": "half"}, {"upsample": "nearest"},
+                {"mean": "median"}):
+        with pytest.raises(InputError, match=next(iter(bad))):
+            SegmentSettings(**bad).check()
+
+
+def test_full_size_network_input_with_bicubic_upsampling(tiny_model):
+    classifier = as_classifier(tiny_model, layer="features.act")
+    pixels, _, _ = scene(size=64)
+    image = Image.fromarray(pixels[:20, :28])
+    method = get_method("objectness")(classifier, upsample="bicubic")
+    maps, layer = image_heatmaps(method, [image], SegmentSettings.paper())
+    # by hand: the frame at its own size, normalized, through the layers, channels summed,
+    # bicubic to 20 x 28, min-max
+    x = (torch.from_numpy(pixels[:20, :28] / 255.0).permute(2, 0, 1).float()
+         - torch.tensor(classifier.mean).view(3, 1, 1)) / torch.tensor(classifier.std).view(3, 1, 1)
+    with torch.no_grad():
+        summed = tiny_model.features(x[None]).sum(dim=1, keepdim=True)  # (1, 1, 10, 14)
+    up = torch.nn.functional.interpolate(summed, size=(20, 28), mode="bicubic",
+                                         align_corners=False)[0, 0].numpy()
+    expected = (up - up.min()) / (up.max() - up.min())
+    assert layer == "features.act" and maps[0].shape == (20, 28)
+    assert np.allclose(maps[0], expected, atol=1e-5)
+    squashed, _ = image_heatmaps(method, [image], SegmentSettings())
+    assert squashed[0].shape == classifier.input_size  # the default: the model's input size
+
+
+def small_vgg16(batch_norm=False):
+    """VGG-16's layout (13 3x3 convs, 5 max pools, FC head) with few channels, seeded."""
+    torch.manual_seed(0)
+    layers, channels = [], 3
+    for width in [4, 4, "M", 6, 6, "M", 8, 8, 8, "M", 8, 8, 8, "M", 8, 8, 8, "M"]:
+        if width == "M":
+            layers.append(torch.nn.MaxPool2d(2, 2))
+            continue
+        layers.append(torch.nn.Conv2d(channels, width, 3, padding=1))
+        layers += [torch.nn.BatchNorm2d(width)] if batch_norm else []
+        layers.append(torch.nn.ReLU(inplace=True))
+        channels = width
+    model = torch.nn.Module()
+    model.features = torch.nn.Sequential(*layers)
+    model.avgpool = torch.nn.AdaptiveAvgPool2d(7)
+    model.classifier = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(8 * 49, 16),
+                                           torch.nn.ReLU(True), torch.nn.Linear(16, 5))
+    model.forward = lambda x: model.classifier(model.avgpool(model.features(x)))
+    return model.eval()
+
+
+def test_objectness_takes_conv5_3_of_a_vgg16():
+    from wsolkit.maps.objectness import vgg16_conv5_3
+
+    # torchvision's numbering: vgg16 conv5_3 is features.28, its ReLU features.29; vgg16_bn
+    # conv5_3 features.40, BN 41, ReLU 42
+    assert vgg16_conv5_3(small_vgg16()) == "features.29"
+    assert vgg16_conv5_3(small_vgg16(batch_norm=True)) == "features.42"
+    tiny = torch.nn.Sequential()
+    tiny.features = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.MaxPool2d(2))
+    assert vgg16_conv5_3(tiny) is None
+    model = small_vgg16()
+    images = torch.randn(1, 3, 64, 48, generator=torch.Generator().manual_seed(1))
+    result = get_method("objectness")(model)(images)
+    with torch.no_grad():  # by hand: 4 pools -> 4 x 3, the ReLU'd conv5_3 summed over channels
+        expected = model.features[:30](images.clone()).sum(dim=1)
+    assert result.layer == "features.29" and result.raw.shape == (1, 4, 3)
+    assert torch.allclose(result.raw, expected, atol=1e-6)
 
 
 def test_segment_files_writes_masks(embedded_model, tmp_path):
@@ -338,3 +451,20 @@ def test_cli_none_reaches_the_settings_as_none(command, flag, field):
         assert defaults.max_side is not None  # so "none" (full size) is a real choice
         assert build(build_parser().parse_args([*base, flag, "96"]), {}).max_side == 96
     assert _parse_options(["scale=none"]) == {"scale": None}  # --option KEY=none too
+
+
+def test_cli_preset_paper_and_explicit_overrides():
+    from wsolkit.cli.main import build_parser
+    from wsolkit.cli.segment import segment_settings
+
+    def settings(*extra):
+        return segment_settings(build_parser().parse_args(["segment", "x", "--out", "o",
+                                                           *extra]), {})
+
+    assert settings("--preset", "paper") == SegmentSettings.paper()
+    changed = settings("--preset", "paper", "--iterations", "7", "--max-side", "300",
+                       "--rule", "quantile", "--crf")
+    assert changed == SegmentSettings.paper(iterations=7, max_side=300, rule="quantile",
+                                            crf=True)
+    assert settings() == SegmentSettings()  # --preset ours: the measured defaults
+    assert settings("--iterations", "3").iterations == 3

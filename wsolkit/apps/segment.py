@@ -1,18 +1,20 @@
 """Whole-image foreground segmentation: a heatmap stratified into GrabCut seeds (MASON 3.1).
 
 For each image: heatmap (any registered method, objectness by default) at the model's input
-size -> resized to the GrabCut working size (the image, shrunk so that its longer side is at
-most ``max_side``) -> optionally refined by the dense CRF -> :func:`~wsolkit.refine.grabcut.
-stratify` -> :func:`~wsolkit.refine.grabcut.grabcut` -> mask resized back to the image.
+size (or of the image at its own size) -> resized to the GrabCut working size (the image,
+shrunk so that its longer side is at most ``max_side``) -> optionally refined by the dense CRF
+-> optionally scaled to integer levels -> :func:`~wsolkit.refine.grabcut.stratify` ->
+:func:`~wsolkit.refine.grabcut.grabcut` -> mask resized back to the image.
+:meth:`SegmentSettings.paper` is the paper's own pipeline (docs/segmentation.md).
 """
 
 from __future__ import annotations
 
 import io
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import cv2
 import numpy as np
@@ -23,7 +25,7 @@ from wsolkit.data.images import load_image
 from wsolkit.errors import DependencyError, ImageError, InputError
 from wsolkit.models.classifier import Classifier
 from wsolkit.refine.grabcut import RULES, grabcut, stratify
-from wsolkit.refine.resize import resize_map
+from wsolkit.refine.resize import INTERPOLATIONS, resize_map
 
 RESULTS_FILE = "results.json"
 
@@ -43,10 +45,19 @@ class SegmentSettings:
         fg, split, bg: rule parameters (``"default"``: the rule's defaults; None: none).
         border: sure-background frame along the image edges (fraction of the shorter side).
         crf: refine the heatmap with the dense CRF before stratifying (needs pydensecrf2).
-        iterations: GrabCut iterations.
+        iterations: GrabCut iterations (with ``converge``: the most run).
         max_side: GrabCut runs on the image shrunk to this longer side (None: full size).
-        batch_size: images per forward pass.
+        batch_size: images per forward pass (``network_size="full"``: one image a pass).
         options: extra heatmap-method options.
+        network_size: ``"model"``: the image is resized to the model's input size for the
+            heatmap; ``"full"``: it goes through the network at its own size.
+        upsample: ``"bilinear"`` or ``"bicubic"`` resizing of the layer's map to the network
+            input and of the heatmap to the working size.
+        levels: the [0, 1] heatmap is scaled to the integers ``0..levels`` (rounded) before
+            stratifying (the paper: 255); None: left as it is.
+        mean: ``rule="paper"``: its mean over ``"all"`` pixels (the paper's text) or the
+            ``"nonzero"`` ones.
+        converge: iterate GrabCut until its labels stop changing (``iterations`` a cap).
     """
 
     method: str = "objectness"
@@ -62,9 +73,40 @@ class SegmentSettings:
     max_side: int | None = 256
     batch_size: int = 16
     options: dict = field(default_factory=dict)
+    network_size: Literal["model", "full"] = "model"
+    upsample: str = "bilinear"
+    levels: int | None = None
+    mean: str = "all"
+    converge: bool = False
+
+    @classmethod
+    def paper(cls, **changes: Any) -> SegmentSettings:
+        """MASON's own pipeline (section 3 and 3.1), with ``changes`` applied.
+
+        The image at its own size through the network; objectness (the layer: the model's
+        objectness layer, conv5_3 on a VGG-16); bicubic upsampling to the image size; min-max
+        scaling to 0..255 (integers: our reading of "scaled between 0 and 255"); the paper's
+        rule (``> mean`` sure foreground, ``(0, mean]`` probable foreground, ``0`` probable
+        background, mean over all pixels); GrabCut on the full-size image, iterated until its
+        labels stop changing (at most 20 times: the paper gives no cap); no CRF, no border.
+        """
+        paper = cls(method="objectness", rule="paper", fg="default", split="default",
+                    bg="default", border=0.0, crf=False, iterations=20, max_side=None,
+                    batch_size=1, network_size="full", upsample="bicubic", levels=255,
+                    mean="all", converge=True)
+        return replace(paper, **changes)
 
     def check(self) -> None:
         """Raise :class:`InputError` for values that cannot work."""
+        if self.network_size not in ("model", "full"):
+            raise InputError(f"network_size={self.network_size!r}: use 'model' or 'full'")
+        if self.upsample not in INTERPOLATIONS:
+            raise InputError(f"upsample={self.upsample!r}: use one of {', '.join(INTERPOLATIONS)}")
+        if self.levels is not None and (isinstance(self.levels, bool)
+                                        or not isinstance(self.levels, int) or self.levels < 1):
+            raise InputError(f"levels={self.levels!r}: must be an integer >= 1 (or None)")
+        if self.mean not in ("all", "nonzero"):
+            raise InputError(f"mean={self.mean!r}: use 'all' or 'nonzero'")
         if self.rule not in RULES:
             raise InputError(f"--rule {self.rule!r}: use one of {', '.join(RULES)}")
         if self.max_side is not None and self.max_side < 8:
@@ -109,7 +151,7 @@ def save_mask_map(folder: Path, stem: str, mask: np.ndarray) -> None:
 def stratify_options(settings: Any) -> dict[str, Any]:
     """The ``fg`` / ``split`` / ``bg`` keyword arguments of :func:`stratify` for a rule."""
     if settings.rule == "paper":
-        return {}
+        return {"mean": getattr(settings, "mean", "all")}
     names = ("fg", "split", "bg") if settings.rule == "quantile" else ("fg", "bg")
     return {name: getattr(settings, name) for name in names}
 
@@ -129,7 +171,9 @@ def segment_heatmap(
         size.
     """
     work = shrink(image, settings.max_side)
-    heat = resize_map(np.asarray(heatmap, np.float32), work.shape[:2])
+    heat = np.asarray(heatmap, np.float32)
+    if heat.shape != work.shape[:2]:
+        heat = resize_map(heat, work.shape[:2], settings.upsample)
     if settings.crf:
         from wsolkit.refine.crf import dense_crf
 
@@ -137,8 +181,10 @@ def segment_heatmap(
             heat = dense_crf(work if work.flags.writeable else work.copy(), heat)
         except DependencyError as error:
             raise DependencyError(f"{error}; or segment without it (--no-crf)") from None
+    if settings.levels is not None:  # v -> round(levels v): the smallest values become 0
+        heat = np.round(heat * settings.levels) / settings.levels
     labels = stratify(heat, settings.rule, border=settings.border, **stratify_options(settings))
-    mask = grabcut(work, labels, settings.iterations)
+    mask = grabcut(work, labels, settings.iterations, converge=settings.converge)
     return grow_mask(mask, image.shape[:2]), labels
 
 
@@ -183,7 +229,10 @@ def segment_files(
     from wsolkit.viz import save_png
 
     settings.check()
-    method = get_method(settings.method)(classifier, layer=settings.layer, **settings.options)
+    options = dict(settings.options)
+    if settings.upsample != "bilinear":  # every method's own default
+        options.setdefault("upsample", settings.upsample)
+    method = get_method(settings.method)(classifier, layer=settings.layer, **options)
     out_dir.mkdir(parents=True, exist_ok=True)
     namer = OutputNamer(out_dir, list(paths))
     report = SegmentReport()
@@ -198,12 +247,11 @@ def segment_files(
             except ImageError as error:
                 report.failures.append((str(path), str(error)))
         if loaded:
-            tensor = classifier.preprocess_batch([image for _, image in loaded])
-            result = method(tensor, target=settings.target)
-            report.layer = result.layer
-            for row, (path, image) in enumerate(loaded):
+            maps, report.layer = image_heatmaps(method, [image for _, image in loaded],
+                                                settings)
+            for (path, image), heat in zip(loaded, maps, strict=True):
                 pixels = np.asarray(image)
-                mask, _ = segment_heatmap(pixels, result.maps[row].cpu().numpy(), settings)
+                mask, _ = segment_heatmap(pixels, heat, settings)
                 mask_file = namer.name(path.stem, ".mask.png")
                 overlay_file = namer.name(path.stem, ".segment.png")
                 save_png(mask_file, mask.astype(np.uint8) * 255)
@@ -229,6 +277,25 @@ def segment_files(
     }
     write_json_atomic(out_dir / RESULTS_FILE, summary)
     return report
+
+
+def image_heatmaps(method: Any, images: Sequence[Any], settings: SegmentSettings
+                   ) -> tuple[list[np.ndarray], str]:
+    """Heatmaps of PIL images with a built heatmap method; returns them and the layer.
+
+    ``network_size="model"``: one batch at the model's input size (maps at that size);
+    ``"full"``: each image through the network at its own size (maps at the image's size).
+    """
+    classifier = method.classifier
+    if settings.network_size == "model":
+        result = method(classifier.preprocess_batch(images), target=settings.target)
+        return [row.cpu().numpy() for row in result.maps], result.layer
+    maps = []
+    for image in images:
+        tensor = classifier.preprocess(image, (image.height, image.width))[None]
+        result = method(tensor.to(classifier.device), target=settings.target)
+        maps.append(result.maps[0].cpu().numpy())
+    return maps, result.layer
 
 
 def mask_overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -73,7 +73,9 @@ def _add_common(run: argparse.ArgumentParser, rule_default: str) -> None:
         run.add_argument(f"--{name}", type=_fraction_or_none, default=_UNSET,
                          help=f"{text} of the rule, in [0, 1], 'none' or 'default' (the rule's "
                               "own); default: the measured default of the command's rule")
-    run.add_argument("--iterations", type=int, default=5, help="GrabCut iterations (default 5)")
+    run.add_argument("--iterations", type=int, default=None,
+                     help="GrabCut iterations (default 5; with 'segment --preset paper' the most "
+                          "run while iterating to convergence, default 20)")
     run.add_argument("--max-side", type=_max_side, default=_UNSET,
                      help="GrabCut working size: longer side in pixels, or 'none' for full size "
                           "(default: the command's measured size)")
@@ -102,6 +104,11 @@ def add_segment_parser(commands: argparse._SubParsersAction) -> None:
                           "needs pydensecrf2)")
     run.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
     run.add_argument("--recursive", action="store_true", help="also search subfolders")
+    run.add_argument("--preset", choices=["ours", "paper"], default="ours",
+                     help="ours: the measured defaults; paper: MASON's own pipeline (full-size "
+                          "image through the network, bicubic, 0..255, the paper's rule, "
+                          "full-size GrabCut to convergence); options given explicitly "
+                          "override either (docs/segmentation.md)")
     _add_common(run, "quantile")
 
 
@@ -138,8 +145,9 @@ def _settings_kwargs(args: argparse.Namespace, options: dict, default_rule: str)
     Unset rule parameters keep the measured defaults when the rule is the command's default
     rule, and take the rule's own defaults (``STRATIFY_DEFAULTS``) for another rule.
     """
-    kwargs = {"method": args.method, "layer": args.layer, "iterations": args.iterations,
-              "options": options}
+    kwargs = {"method": args.method, "layer": args.layer, "options": options}
+    if args.iterations is not None:
+        kwargs["iterations"] = args.iterations
     rule = default_rule if args.rule == _UNSET else args.rule
     kwargs["rule"] = rule
     for name in ("fg", "split", "bg"):
@@ -157,13 +165,26 @@ def segment_settings(args: argparse.Namespace, options: dict) -> SegmentSettings
     """The checked ``SegmentSettings`` of a ``wsolkit segment`` command line."""
     from wsolkit.apps.segment import SegmentSettings
 
-    kwargs = _settings_kwargs(args, options, SegmentSettings.rule)
-    kwargs["batch_size"] = args.batch_size
+    paper = getattr(args, "preset", "ours") == "paper"
+    if paper:  # only what was given on the command line changes the preset
+        kwargs = {"method": args.method, "layer": args.layer, "options": options}
+        if args.iterations is not None:
+            kwargs["iterations"] = args.iterations
+        if args.rule != _UNSET:
+            kwargs["rule"] = args.rule
+        for name in ("fg", "split", "bg"):
+            if getattr(args, name) != _UNSET:
+                kwargs[name] = getattr(args, name)
+        if args.max_side != _UNSET:
+            kwargs["max_side"] = args.max_side
+    else:
+        kwargs = _settings_kwargs(args, options, SegmentSettings.rule)
+        kwargs["batch_size"] = args.batch_size
     if args.crf is not None:
         kwargs["crf"] = args.crf
     if args.border is not None:
         kwargs["border"] = args.border
-    settings = SegmentSettings(**kwargs)
+    settings = SegmentSettings.paper(**kwargs) if paper else SegmentSettings(**kwargs)
     settings.check()
     return settings
 

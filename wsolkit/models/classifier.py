@@ -65,11 +65,18 @@ class Classifier:
         logits = logits.float()
         return logits.sigmoid() if self.multi_label else logits.softmax(dim=-1)
 
-    def preprocess(self, image: Image.Image) -> torch.Tensor:
-        """Resize an RGB PIL image to ``input_size`` and normalize it to a CHW tensor."""
+    def preprocess(self, image: Image.Image, size: tuple[int, int] | None = None
+                   ) -> torch.Tensor:
+        """Resize an RGB PIL image to ``size`` and normalize it to a CHW tensor.
+
+        Args:
+            image: RGB PIL image.
+            size: (height, width); None: :attr:`input_size`. The image's own size keeps it
+                as it is (a fully convolutional pass at full resolution).
+        """
         if not isinstance(image, Image.Image) or image.mode != "RGB":
             raise InputError("preprocess expects an RGB PIL image (see wsolkit.load_image)")
-        height, width = self.input_size
+        height, width = self.input_size if size is None else size
         resized = image.resize((width, height), Image.Resampling.BILINEAR)
         array = np.asarray(resized, dtype=np.float32) / 255.0
         tensor = torch.from_numpy(array).permute(2, 0, 1)
