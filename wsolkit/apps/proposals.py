@@ -19,14 +19,10 @@ back to image pixels, ranks them and removes near-duplicates with NMS:
 5. **NMS** (:func:`wsolkit.refine.nms`) at ``nms_iou`` over the boxes of all views, then the
    ``top_k`` best.
 
-Defaults chosen by the mean recall over 1..1000 proposals at IoU 0.5/0.7/0.9 on coco-mini and
-the first 150 images of imagenet-dev (objectness at ``features.head``): the ``full`` view alone
-gives about 9 boxes per image; adding ``full2`` raised the mean recall at IoU 0.5 from 6.5 to
-10.1 (coco-mini) and from 51.8 to 56.5 (imagenet-dev), ``grid`` (after scoring areas against
-the image, not the crop) to 11.2 and 59.3, the 11 box variants to 13.1 and 61.3 (about 650
-boxes per image). ``area_power`` 0.5 and 1 tied, 0 was much worse (51.1 -> 33.7 on
-imagenet-dev at IoU 0.5); NMS 0.8 balanced IoU 0.7 and 0.9 (0.7 lost 0.9-recall, 0.9 lost
-0.5-recall); other threshold ranges changed recall by under one point.
+The defaults (views, thresholds, ``area_power`` 0.5, the box variants, NMS 0.8) were chosen
+in earlier trials on coco-mini and imagenet-dev whose scripts are not in the repository, so no
+comparison with other values is claimed here; the recall of the defaults against selective
+search is measured by ``benchmarks/proposals_eval.py`` (docs/cleaning_proposals.md).
 
 :func:`selective_search` wraps OpenCV's selective search (fast mode), the baseline.
 """
