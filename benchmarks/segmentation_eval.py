@@ -6,6 +6,11 @@ Whole-image foreground segmentation on davis (``wsolkit.apps.segment``):
 - MASON's rule (``--rule paper``) + GrabCut;
 - the default robust rule + GrabCut (``SegmentSettings()``), and with ``--grid`` a small grid.
 
+MASON's own pipeline on davis (``davis-paper``, :func:`paper_rows`): ``SegmentSettings.paper()``
+(the frame at its own size through the network, bicubic, 0..255, the paper's rule, full-size
+GrabCut iterated to convergence) beside the same rule on the ported pipeline and our default;
+``--grid`` adds the paper's pipeline steps one at a time on top of our default.
+
 Box-to-mask on coco-mval and on davis (``wsolkit.apps.instances``), box = tight box of the GT
 mask (``mask_box``), scored with ``BoxMaskIoU`` (the 128 "unknown" band ignored):
 
@@ -14,6 +19,8 @@ mask (``mask_box``), scored with ``BoxMaskIoU`` (the 128 "unknown" band ignored)
 - the default (``InstanceSettings()``), and with ``--grid`` its ablations.
 
     python benchmarks/segmentation_eval.py davis
+    python benchmarks/segmentation_eval.py davis-paper --grid \
+        --json benchmarks/results/segmentation_davis_paper.json
     python benchmarks/segmentation_eval.py coco-mval
     python benchmarks/segmentation_eval.py boxes --grid     # coco-mval and davis-boxes
     python benchmarks/segmentation_eval.py all --grid --json benchmarks/results/segmentation.json
@@ -48,7 +55,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from wsolkit.apps.instances import CropHeatmaps, InstanceSettings, instance_masks  # noqa: E402
-from wsolkit.apps.segment import SegmentSettings, segment_heatmap  # noqa: E402
+from wsolkit.apps.segment import SegmentSettings, image_heatmaps, segment_heatmap  # noqa: E402
 from wsolkit.data import MaskFolderDataset, load_image, mask_box  # noqa: E402
 from wsolkit.eval import BoxMaskIoU, PixelMetrics  # noqa: E402
 from wsolkit.maps import get_method  # noqa: E402
@@ -107,6 +114,52 @@ def davis_rows(data: Path, limit: int | None, grid: bool) -> list[dict]:
         seconds = (time.perf_counter() - start) / len(images)
         rows.append({"setting": name or _describe(settings), "mIoU": metric.compute()["mIoU"],
                      "seconds": seconds})
+        print(_row(rows[-1]), file=sys.stderr, flush=True)
+    return rows
+
+
+def paper_rows(data: Path, limit: int | None, grid: bool) -> list[dict]:
+    """Whole-image davis: MASON's pipeline (``SegmentSettings.paper()``) beside ours."""
+    samples = list(MaskFolderDataset(data))[:limit]
+    model = load_model()
+    images = [load_image(sample.path) for sample in samples]
+    truths = [sample.load_mask() for sample in samples]
+    cache: dict[tuple[str, str], list[np.ndarray]] = {}
+
+    def heatmaps(settings: SegmentSettings) -> list[np.ndarray]:
+        key = (settings.network_size, settings.upsample)
+        if key not in cache:
+            method = get_method("objectness")(model, upsample=settings.upsample)
+            cache[key] = [image_heatmaps(method, [image], settings)[0][0] for image in images]
+        return cache[key]
+
+    default = SegmentSettings()
+    paper = SegmentSettings.paper()
+    configs = [
+        ("MASON's pipeline (`--preset paper`): full-size network input, bicubic, 0..255, "
+         "paper rule (mean of all pixels), full-size GrabCut to convergence (cap 20)", paper),
+        ("MASON's pipeline, mean of the nonzero pixels", replace(paper, mean="nonzero")),
+        ("paper rule on the ported pipeline (224 input, bilinear, [0, 1] map, 256 px, "
+         "5 iterations)", replace(default, rule="paper", crf=False, border=0.0)),
+        (f"default: {_describe(default)}", default),
+    ]
+    if grid:
+        configs += [
+            ("default + full-size network input, bicubic",
+             replace(default, network_size="full", upsample="bicubic")),
+            ("default + GrabCut to convergence (cap 20)",
+             replace(default, converge=True, iterations=20)),
+        ]
+    rows = []
+    for name, settings in configs:
+        metric = BoxMaskIoU()
+        maps = heatmaps(settings)
+        start = time.perf_counter()
+        for image, heat, (fg, ignore) in zip(images, maps, truths, strict=True):
+            mask, _ = segment_heatmap(np.asarray(image), heat, settings)
+            metric.update(mask, fg, ignore)
+        seconds = (time.perf_counter() - start) / len(images)
+        rows.append({"setting": name, "mIoU": metric.compute()["mIoU"], "seconds": seconds})
         print(_row(rows[-1]), file=sys.stderr, flush=True)
     return rows
 
@@ -215,9 +268,11 @@ def _table(title: str, unit: str, rows: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("set", choices=["davis", "coco-mval", "davis-boxes", "boxes", "all"],
-                        help="davis: whole-image foreground; coco-mval, davis-boxes: box-to-mask "
-                             "(the tight box of each GT mask); boxes: both box-to-mask sets")
+    parser.add_argument("set", choices=["davis", "davis-paper", "coco-mval", "davis-boxes",
+                                        "boxes", "all"],
+                        help="davis: whole-image foreground; davis-paper: MASON's pipeline "
+                             "there; coco-mval, davis-boxes: box-to-mask (the tight box of each "
+                             "GT mask); boxes: both box-to-mask sets")
     parser.add_argument("--data", type=Path, default=DATA, help="folder holding the sets")
     parser.add_argument("--limit", type=int, default=None, help="first N images only")
     parser.add_argument("--grid", action="store_true", help="also the option grid / ablations")
@@ -240,6 +295,10 @@ def main() -> None:
     if args.set in ("davis", "all"):
         out["davis"] = davis_rows(args.data / "davis", args.limit, args.grid)
         print(_table(f"davis ({args.limit or 'all'} images)", "image", out["davis"]))
+    if args.set == "davis-paper":
+        out["davis-paper"] = paper_rows(args.data / "davis", args.limit, args.grid)
+        print(_table(f"davis, MASON's pipeline ({args.limit or 'all'} images)", "image",
+                     out["davis-paper"]))
     for name in ("coco-mval", "davis-boxes"):
         if args.set in (name, "boxes", "all"):
             folder = args.data / name.removesuffix("-boxes")
