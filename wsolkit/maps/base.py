@@ -18,8 +18,10 @@ import torch
 import torch.nn.functional as F
 
 from wsolkit.errors import InputError, LayerError, ModelError
+from wsolkit.maps.fusion import check_fusion, fuse_layers
 from wsolkit.maps.hooks import capture_layer, eval_mode
 from wsolkit.maps.targets import Targets, TargetSpec, resolve_targets
+from wsolkit.maps.tokens import check_reshape
 from wsolkit.models.classifier import Classifier, as_classifier
 from wsolkit.models.layers import find_linear
 
@@ -264,6 +266,14 @@ class HeatmapMethod:
         layer: name of the layer to hook; defaults to the model's layer for this method.
         fc: name of the linear layer of the CAM head (detected when omitted).
         upsample: ``"bilinear"`` (default) or ``"bicubic"`` resizing of the raw map.
+        reshape: how a token or channels-last layer output becomes an (N, C, h, w) map:
+            None (automatic), ``"nchw"``, ``"nhwc"``, ``"tokens"`` or ``"tokens:P"`` (see
+            :mod:`wsolkit.maps.tokens`).
+
+        fuse: how the maps of several layers combine: ``"mean"`` or ``"max"``.
+
+    ``layer`` may name several layers (a sequence, or names joined by commas): the method then
+    runs at each and their maps are fused (:mod:`wsolkit.maps.fusion`).
     """
 
     name: ClassVar[str] = ""
@@ -324,16 +334,20 @@ class HeatmapMethod:
         layer: str | None = None,
         fc: str | None = None,
         upsample: str = "bilinear",
+        reshape: str | None = None,
+        fuse: str = "mean",
     ) -> None:
         if upsample not in UPSAMPLING:
             raise InputError(f"upsample={upsample!r}: use one of {', '.join(UPSAMPLING)}")
+        self.reshape = check_reshape(reshape)
+        self.fuse = check_fusion(fuse)
         self.classifier = as_classifier(model, fc=fc)
         if isinstance(self.classifier.module, torch.jit.ScriptModule):
             raise ModelError(
                 "TorchScript models cannot be hooked for heatmaps; save the model with "
                 "torch.save(model) or use its architecture with a state dict instead"
             )
-        self.layer = layer
+        self.layer = check_layers(layer)
         self.upsample = upsample
 
     @property
@@ -342,8 +356,13 @@ class HeatmapMethod:
         return self.classifier.module
 
     def default_layer(self, sample: torch.Tensor) -> str:
-        """Layer hooked when none is named: the one feeding the classifier head."""
-        return self.classifier.cam_head(sample).feature_layer
+        """Layer hooked when none is named.
+
+        The model's layer for this method (``Classifier.method_layers``, measured for the
+        embedded model), else the one feeding the classifier head.
+        """
+        return (self.classifier.method_layers.get(self.name)
+                or self.classifier.cam_head(sample).feature_layer)
 
     def layer_map(self, forward: ForwardPass) -> torch.Tensor:
         """Return the raw (N, h, w) map of a forward pass. The one override point."""
@@ -373,6 +392,8 @@ class HeatmapMethod:
             A :class:`HeatmapResult` with one map per (image, target) pair.
         """
         images = check_images(images).to(self.classifier.device)
+        if isinstance(self.layer, tuple):
+            return fuse_layers(self, images, target, labels, upsample_maps)
         # Hooks and gradients need normal tensors, also inside a caller's torch.inference_mode().
         with torch.inference_mode(False), eval_mode(self.module):
             if images.is_inference():
@@ -438,7 +459,8 @@ class HeatmapMethod:
         labels: Sequence[int] | torch.Tensor | None = None,
     ) -> ForwardPass:
         """Run the model once with ``layer`` hooked; resolve ``target`` unless ``targets``."""
-        with capture_layer(self.module, layer, self.needs_gradients) as capture:
+        with capture_layer(self.module, layer, self.needs_gradients, self.reshape,
+                           tuple(images.shape[-2:])) as capture:
             with torch.no_grad():
                 logits = self.module(images)
         if capture.activation is None:
@@ -459,6 +481,23 @@ class HeatmapMethod:
         span = maps.amax(dim=(1, 2), keepdim=True) - low
         safe = torch.where(span > 0, span, torch.ones_like(span))
         return torch.where(span > 0, (maps - low) / safe, torch.zeros_like(maps)).float()
+
+
+def check_layers(layer: object) -> str | tuple[str, ...] | None:
+    """One layer name, or several (a sequence or names joined by commas) as a tuple.
+
+    Raises:
+        InputError: not a name, or an empty name among several.
+    """
+    if layer is None:
+        return None
+    names = layer.split(",") if isinstance(layer, str) else layer
+    if isinstance(names, (list, tuple)) and all(isinstance(n, str) for n in names):
+        names = [n.strip() for n in names]
+        if names and all(names):
+            return names[0] if len(names) == 1 else tuple(names)
+    raise InputError(f"layer={layer!r}: give a layer name, or several as a list or joined by "
+                     "commas")
 
 
 def check_images(images: object) -> torch.Tensor:

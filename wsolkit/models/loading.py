@@ -23,7 +23,7 @@ EFFICIENTNET_LITE0_OBJECTNESS_LAYER = "features.head"
 CLASSIFIER_INFO = "wsolkit_info"
 _INFO_FIELDS = (
     "class_names", "input_size", "mean", "std", "feature_layer", "fc_layer", "objectness_layer",
-    "multi_label",
+    "multi_label", "method_layers",
 )
 
 
