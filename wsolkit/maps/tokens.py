@@ -14,7 +14,9 @@ The layout is chosen automatically (``reshape=None``):
 - (N, L, C) token outputs drop the model's prefix tokens: ``num_prefix_tokens`` when the model
   has it (timm's ViT, DeiT, and their register-token variants), else one for a ``class_token``
   or ``cls_token`` attribute (torchvision's ViT), plus one for a ``dist_token``; without any of
-  these, the fewest leading tokens (0..16) that leave a grid of about the input's aspect ratio. The
+  these, the number of leading tokens (0..16) whose remaining tokens form the grid nearest the
+  input's aspect ratio (within 10%; ties: the fewest). Small grids can be ambiguous there:
+  set ``reshape`` for such models. The
   remaining tokens are a row-major (h, w) grid of the input's aspect ratio.
 
 Or set by the user: ``"nchw"`` (as is), ``"nhwc"``, ``"tokens"`` (prefix found as above) or
@@ -33,12 +35,13 @@ import torch
 from torch import nn
 
 from wsolkit.errors import InputError, LayerError
+from wsolkit.models.layers import is_channels_last_model
 
 LAYOUTS = ("nchw", "nhwc", "tokens")
 # The most leading non-patch tokens tried when a model does not say how many it has.
 MAX_PREFIX_TOKENS = 16
 # How far (a factor) a token grid's aspect ratio may be from the input's.
-GRID_ASPECT_TOLERANCE = 1.2
+GRID_ASPECT_TOLERANCE = 1.1
 
 
 @dataclass(frozen=True)
@@ -113,7 +116,7 @@ def resolve_reshape(spec: str | None, model: nn.Module, layer: str, output: torc
         return _token_reshape(layer, output, prefix, image_size)
     if output.ndim == 4 and name == "nhwc":
         return Reshape("nhwc")
-    if output.ndim == 4 and name == "" and "Swin" in type(model).__name__ \
+    if output.ndim == 4 and name == "" and is_channels_last_model(model) \
             and _channels_last(output, image_size):
         return Reshape("nhwc")
     if output.ndim == 4 and name in ("", "nchw"):
@@ -138,10 +141,11 @@ def _token_reshape(layer: str, output: torch.Tensor, prefix: int | None,
     tokens = output.shape[1]
     height, width = image_size or (1, 1)
     tries = [prefix] if prefix is not None else range(min(MAX_PREFIX_TOKENS, tokens - 1) + 1)
-    for count in tries:
-        grid = _grid(tokens - count, height, width)
-        if grid is not None:
-            return Reshape("tokens", count, grid)
+    found = [(count, grid) for count in tries
+             if (grid := _grid(tokens - count, height, width)) is not None]
+    if found:  # the grid nearest the input's aspect ratio; ties: the fewest prefix tokens
+        count, grid = min(found, key=lambda item: (_mismatch(*item[1], height, width), item[0]))
+        return Reshape("tokens", count, grid)
     said = f"after {prefix} prefix tokens " if prefix is not None else ""
     raise LayerError(f"layer {layer!r} outputs {tokens} tokens: {said}they do not form a grid of "
                      f"the input's {height}:{width} aspect ratio; set reshape='tokens:P'")
@@ -156,7 +160,7 @@ def _grid(count: int, height: int, width: int) -> tuple[int, int] | None:
     if count < 1:
         return None
     best = min((h for h in range(1, count + 1) if count % h == 0),
-               key=lambda h: abs(math.log(h * width / (count // h * height))))
+               key=lambda h: _mismatch(h, count // h, height, width))
     return (best, count // best) if _near(best, count // best, height, width) else None
 
 
@@ -168,5 +172,10 @@ def _channels_last(output: torch.Tensor, image_size: tuple[int, int] | None) -> 
                                                                      width)
 
 
+def _mismatch(rows: int, cols: int, height: int, width: int) -> float:
+    """|log| of the ratio between a grid's aspect ratio and the input's."""
+    return abs(math.log(rows * width / (cols * height)))
+
+
 def _near(rows: int, cols: int, height: int, width: int) -> bool:
-    return abs(math.log(rows * width / (cols * height))) <= math.log(GRID_ASPECT_TOLERANCE)
+    return _mismatch(rows, cols, height, width) <= math.log(GRID_ASPECT_TOLERANCE)
