@@ -52,6 +52,6 @@ def method_names() -> list[str]:
 
 
 for _method in (CAM, GradCAM, GradCAMpp, SmoothGradCAMpp, XGradCAM, LayerCAM, ScoreCAM,
-                Objectness, BeamSearch, Wildcat, ExCAM, FCAM, RCAM1, RCAM2, RCAM3, RCAM,
-                EigenCAM, BagCAMs):
+                Objectness, EigenCAM, BagCAMs, BeamSearch, Wildcat, ExCAM, FCAM, RCAM1, RCAM2,
+                RCAM3, RCAM):
     register(_method)
