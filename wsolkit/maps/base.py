@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from wsolkit.errors import InputError, LayerError, ModelError
-from wsolkit.maps.fusion import check_fusion, fuse_layers
+from wsolkit.maps.fusion import check_fusion, check_layers, fuse_layers
 from wsolkit.maps.hooks import capture_layer, eval_mode
 from wsolkit.maps.targets import Targets, TargetSpec, resolve_targets
 from wsolkit.maps.tokens import check_reshape
@@ -481,23 +481,6 @@ class HeatmapMethod:
         span = maps.amax(dim=(1, 2), keepdim=True) - low
         safe = torch.where(span > 0, span, torch.ones_like(span))
         return torch.where(span > 0, (maps - low) / safe, torch.zeros_like(maps)).float()
-
-
-def check_layers(layer: object) -> str | tuple[str, ...] | None:
-    """One layer name, or several (a sequence or names joined by commas) as a tuple.
-
-    Raises:
-        InputError: not a name, or an empty name among several.
-    """
-    if layer is None:
-        return None
-    names = layer.split(",") if isinstance(layer, str) else layer
-    if isinstance(names, (list, tuple)) and all(isinstance(n, str) for n in names):
-        names = [n.strip() for n in names]
-        if names and all(names):
-            return names[0] if len(names) == 1 else tuple(names)
-    raise InputError(f"layer={layer!r}: give a layer name, or several as a list or joined by "
-                     "commas")
 
 
 def check_images(images: object) -> torch.Tensor:

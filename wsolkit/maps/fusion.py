@@ -36,6 +36,23 @@ def check_fusion(fuse: object) -> str:
     return str(fuse)
 
 
+def check_layers(layer: object) -> str | tuple[str, ...] | None:
+    """One layer name, or several (a sequence or names joined by commas) as a tuple.
+
+    Raises:
+        InputError: not a name, or an empty name among several.
+    """
+    if layer is None:
+        return None
+    names = layer.split(",") if isinstance(layer, str) else layer
+    if isinstance(names, (list, tuple)) and all(isinstance(n, str) for n in names):
+        names = [n.strip() for n in names]
+        if names and all(names):
+            return names[0] if len(names) == 1 else tuple(names)
+    raise InputError(f"layer={layer!r}: give a layer name, or several as a list or joined by "
+                     "commas")
+
+
 def fuse_maps(raws: Sequence[torch.Tensor], relu: bool, fuse: str = "mean") -> torch.Tensor:
     """Combine (N, h_i, w_i) raw maps of several layers into one (N, h, w) map.
 
