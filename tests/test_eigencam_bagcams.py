@@ -141,3 +141,25 @@ def test_bagcams_inplace_relus_and_top2(inplace_model, tiny_images):
     expected = bagcams_reference(plain, tiny_images[a.image_index], layer, a.classes)
     torch.testing.assert_close(a.raw, expected, rtol=1e-4, atol=1e-7)
     assert_no_hooks(inplace_model)
+
+
+# ------------------------------------------------------------------------- embedded model
+
+
+def test_embedded_defaults_are_the_measured_layers(embedded_model):
+    """bagcams at features.stage6, eigencam fused over stage5 + head (benchmarks/reach_eval.py);
+    the fused default equals naming the layers."""
+    from test_maps import CHELSEA
+
+    from wsolkit.data.images import load_image
+
+    x = embedded_model.preprocess(load_image(CHELSEA))[None]
+    bag = METHODS["bagcams"](embedded_model)(x)
+    assert bag.layer == "features.stage6" and bag.raw.shape == (1, 7, 7)
+    eigen = METHODS["eigencam"](embedded_model)(x)
+    named = METHODS["eigencam"](embedded_model, layer="features.stage5,features.head")(x)
+    assert eigen.layer == "features.stage5,features.head" and eigen.raw.shape == (1, 14, 14)
+    assert torch.equal(eigen.raw, named.raw)
+    assert METHODS["cam"](embedded_model)(x).layer == "features.head"
+    # naming a layer replaces the preset
+    assert METHODS["bagcams"](embedded_model, layer="features.head")(x).layer == "features.head"

@@ -392,13 +392,16 @@ class HeatmapMethod:
             A :class:`HeatmapResult` with one map per (image, target) pair.
         """
         images = check_images(images).to(self.classifier.device)
-        if isinstance(self.layer, tuple):
-            return fuse_layers(self, images, target, labels, upsample_maps)
+        # the model's preset for this method may itself be several layers
+        preset = self.classifier.method_layers.get(self.name)
+        layers = self.layer or (check_layers(preset) if preset else None)
+        if isinstance(layers, tuple):
+            return fuse_layers(self, images, layers, target, labels, upsample_maps)
         # Hooks and gradients need normal tensors, also inside a caller's torch.inference_mode().
         with torch.inference_mode(False), eval_mode(self.module):
             if images.is_inference():
                 images = images.clone()
-            layer = self.layer or self.default_layer(images)
+            layer = layers or self.default_layer(images)
             first = self.forward(images, layer, target=target, labels=labels)
             index = first.targets.image_index
             if not torch.equal(index, torch.arange(len(images), device=index.device)):

@@ -74,9 +74,9 @@ def fuse_maps(raws: Sequence[torch.Tensor], relu: bool, fuse: str = "mean") -> t
     return stacked.mean(dim=0) if fuse == "mean" else stacked.amax(dim=0)
 
 
-def fuse_layers(method: HeatmapMethod, images: torch.Tensor, target: TargetSpec,
-                labels: object, upsample_maps: bool) -> HeatmapResult:
-    """Run ``method`` at each of its layers (``method.layer``, a tuple) and fuse the maps.
+def fuse_layers(method: HeatmapMethod, images: torch.Tensor, layers: tuple[str, ...],
+                target: TargetSpec, labels: object, upsample_maps: bool) -> HeatmapResult:
+    """Run ``method`` at each of ``layers`` and fuse the maps.
 
     Returns:
         A :class:`~wsolkit.maps.base.HeatmapResult` whose ``raw`` is the fused map at the
@@ -86,7 +86,7 @@ def fuse_layers(method: HeatmapMethod, images: torch.Tensor, target: TargetSpec,
     from wsolkit.maps.base import HeatmapResult
 
     results = []
-    for name in method.layer:
+    for name in layers:
         single = copy.copy(method)
         single.layer = name
         results.append(single(images, target=target, labels=labels, upsample_maps=False))
@@ -102,5 +102,5 @@ def fuse_layers(method: HeatmapMethod, images: torch.Tensor, target: TargetSpec,
         logits=first.logits,
         image_index=first.image_index,
         method=method.name,
-        layer=",".join(method.layer),
+        layer=",".join(layers),
     )

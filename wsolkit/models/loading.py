@@ -19,6 +19,13 @@ DEFAULT_MODEL = "efficientnet_lite0"
 # Chosen by `python benchmarks/objectness_layer.py` on shared/data/imagenet-dev (see README).
 EFFICIENTNET_LITE0_OBJECTNESS_LAYER = "features.head"
 
+# Layers of the methods whose best layer is not features.head, chosen by MaxBoxAccV2 on
+# shared/data/imagenet-dev with `python benchmarks/reach_eval.py` (docs/bagcams_eigencam.md).
+EFFICIENTNET_LITE0_METHOD_LAYERS = {
+    "bagcams": "features.stage6",
+    "eigencam": "features.stage5,features.head",
+}
+
 # Module attribute in which save_classifier stores what a Classifier adds to its module.
 CLASSIFIER_INFO = "wsolkit_info"
 _INFO_FIELDS = (
@@ -96,6 +103,8 @@ def _embedded(name: str = DEFAULT_MODEL) -> Classifier:
         feature_layer="features.head",
         fc_layer="fc",
         objectness_layer=EFFICIENTNET_LITE0_OBJECTNESS_LAYER,
+        # measured for Lite0 only; Lite1/Lite2 use the layer feeding the head
+        method_layers=dict(EFFICIENTNET_LITE0_METHOD_LAYERS) if name == DEFAULT_MODEL else {},
     )
 
 
