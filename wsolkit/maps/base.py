@@ -269,7 +269,6 @@ class HeatmapMethod:
         reshape: how a token or channels-last layer output becomes an (N, C, h, w) map:
             None (automatic), ``"nchw"``, ``"nhwc"``, ``"tokens"`` or ``"tokens:P"`` (see
             :mod:`wsolkit.maps.tokens`).
-
         fuse: how the maps of several layers combine: ``"mean"`` or ``"max"``.
 
     ``layer`` may name several layers (a sequence, or names joined by commas): the method then
