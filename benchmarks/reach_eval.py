@@ -1,6 +1,6 @@
 """Eigen-CAM / PC1, BagCAMs and layer fusion on the dev sets, each at its best layer.
 
-Run (from the repository root; about half an hour on 1 busy CPU thread):
+Run (from the repository root; about an hour on 1 thread of a busy 2-core machine):
 
     python benchmarks/reach_eval.py [--data DIR] [--threads 1] [--limit N]
                                     [--json benchmarks/results/reach.json]
