@@ -72,3 +72,19 @@ def test_comma_string_list_and_one_layer(tiny_model, tiny_images):
 def test_bad_fusion_options(tiny_model, options, message):
     with pytest.raises(InputError, match=message):
         METHODS["gradcam"](tiny_model, **options)
+
+
+def test_cli_fuses_comma_separated_layers(tmp_path):
+    """``--layer a,b`` reaches the library as two fused layers (``--option fuse=max`` accepted)."""
+    import json
+    from pathlib import Path
+
+    from wsolkit.cli.main import main
+
+    chelsea = Path(__file__).resolve().parents[1] / "examples" / "chelsea.jpg"
+    out = tmp_path / "out"
+    assert main(["localize", str(chelsea), "--method", "layercam", "--layer",
+                 "features.stage5,features.head", "--option", "fuse=max", "--out", str(out),
+                 "--quiet"]) == 0
+    written = json.loads((out / "results.json").read_text())
+    assert written["layer"] == "features.stage5,features.head"
