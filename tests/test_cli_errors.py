@@ -67,7 +67,8 @@ def test_evaluate_checks_out_and_save_maps_first(tmp_path, a_file, capsys):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--option", "foo=1"], "option 'foo' is unknown to gradcam; it takes fc, layer,"),
+        (["--option", "foo=1"],
+         "option 'foo' is unknown to gradcam; it takes fc, fuse, layer, reshape,"),
         (["--method", "smoothgradcampp", "--option", "samples=abc"],
          "option samples='abc' of smoothgradcampp: expected an integer"),
         (["--method", "scorecam", "--option", "max_channels=2", "--option", "batch_size=x"],

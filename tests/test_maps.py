@@ -24,7 +24,7 @@ from wsolkit.models import Classifier
 # Methods whose raw map is the hooked layer's resolution (the CAM family).
 LAYER_MAP_METHODS = [
     "cam", "gradcam", "gradcampp", "smoothgradcampp", "xgradcam", "layercam", "scorecam",
-    "objectness",
+    "objectness", "eigencam", "bagcams",
 ]
 # Methods that bring their own trained network (a head or decoder file for a given backbone):
 # their logits and layers are their own, so the generic contract below does not apply; each has

@@ -18,8 +18,10 @@ import torch
 import torch.nn.functional as F
 
 from wsolkit.errors import InputError, LayerError, ModelError
+from wsolkit.maps.fusion import check_fusion, check_layers, fuse_layers
 from wsolkit.maps.hooks import capture_layer, eval_mode
 from wsolkit.maps.targets import Targets, TargetSpec, resolve_targets
+from wsolkit.maps.tokens import check_reshape
 from wsolkit.models.classifier import Classifier, as_classifier
 from wsolkit.models.layers import find_linear
 
@@ -264,6 +266,13 @@ class HeatmapMethod:
         layer: name of the layer to hook; defaults to the model's layer for this method.
         fc: name of the linear layer of the CAM head (detected when omitted).
         upsample: ``"bilinear"`` (default) or ``"bicubic"`` resizing of the raw map.
+        reshape: how a token or channels-last layer output becomes an (N, C, h, w) map:
+            None (automatic), ``"nchw"``, ``"nhwc"``, ``"tokens"`` or ``"tokens:P"`` (see
+            :mod:`wsolkit.maps.tokens`).
+        fuse: how the maps of several layers combine: ``"mean"`` or ``"max"``.
+
+    ``layer`` may name several layers (a sequence, or names joined by commas): the method then
+    runs at each and their maps are fused (:mod:`wsolkit.maps.fusion`).
     """
 
     name: ClassVar[str] = ""
@@ -324,16 +333,20 @@ class HeatmapMethod:
         layer: str | None = None,
         fc: str | None = None,
         upsample: str = "bilinear",
+        reshape: str | None = None,
+        fuse: str = "mean",
     ) -> None:
         if upsample not in UPSAMPLING:
             raise InputError(f"upsample={upsample!r}: use one of {', '.join(UPSAMPLING)}")
+        self.reshape = check_reshape(reshape)
+        self.fuse = check_fusion(fuse)
         self.classifier = as_classifier(model, fc=fc)
         if isinstance(self.classifier.module, torch.jit.ScriptModule):
             raise ModelError(
                 "TorchScript models cannot be hooked for heatmaps; save the model with "
                 "torch.save(model) or use its architecture with a state dict instead"
             )
-        self.layer = layer
+        self.layer = check_layers(layer)
         self.upsample = upsample
 
     @property
@@ -342,8 +355,13 @@ class HeatmapMethod:
         return self.classifier.module
 
     def default_layer(self, sample: torch.Tensor) -> str:
-        """Layer hooked when none is named: the one feeding the classifier head."""
-        return self.classifier.cam_head(sample).feature_layer
+        """Layer hooked when none is named.
+
+        The model's layer for this method (``Classifier.method_layers``, measured for the
+        embedded model), else the one feeding the classifier head.
+        """
+        return (self.classifier.method_layers.get(self.name)
+                or self.classifier.cam_head(sample).feature_layer)
 
     def layer_map(self, forward: ForwardPass) -> torch.Tensor:
         """Return the raw (N, h, w) map of a forward pass. The one override point."""
@@ -373,11 +391,16 @@ class HeatmapMethod:
             A :class:`HeatmapResult` with one map per (image, target) pair.
         """
         images = check_images(images).to(self.classifier.device)
+        # the model's preset for this method may itself be several layers
+        preset = self.classifier.method_layers.get(self.name)
+        layers = self.layer or (check_layers(preset) if preset else None)
+        if isinstance(layers, tuple):
+            return fuse_layers(self, images, layers, target, labels, upsample_maps)
         # Hooks and gradients need normal tensors, also inside a caller's torch.inference_mode().
         with torch.inference_mode(False), eval_mode(self.module):
             if images.is_inference():
                 images = images.clone()
-            layer = self.layer or self.default_layer(images)
+            layer = layers or self.default_layer(images)
             first = self.forward(images, layer, target=target, labels=labels)
             index = first.targets.image_index
             if not torch.equal(index, torch.arange(len(images), device=index.device)):
@@ -438,7 +461,8 @@ class HeatmapMethod:
         labels: Sequence[int] | torch.Tensor | None = None,
     ) -> ForwardPass:
         """Run the model once with ``layer`` hooked; resolve ``target`` unless ``targets``."""
-        with capture_layer(self.module, layer, self.needs_gradients) as capture:
+        with capture_layer(self.module, layer, self.needs_gradients, self.reshape,
+                           tuple(images.shape[-2:])) as capture:
             with torch.no_grad():
                 logits = self.module(images)
         if capture.activation is None:

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from wsolkit.errors import LayerError
+from wsolkit.maps.tokens import Reshape, resolve_reshape
 from wsolkit.models.layers import get_layer
 
 
@@ -18,11 +19,20 @@ class LayerCapture:
     With ``track_gradients`` the forward pass before the layer runs without an autograd graph
     (the caller runs the model under ``torch.no_grad()``); the hook switches gradients on from the
     layer onwards, so a backward pass only goes from the score back to this layer.
+
+    Token and channels-last outputs are read as (N, C, h, w) maps through a
+    :class:`~wsolkit.maps.tokens.Reshape` (``reshape`` option, automatic by default); with
+    gradients, the network continues from the leaf map turned back into its own layout.
     """
 
-    def __init__(self, name: str, track_gradients: bool) -> None:
+    def __init__(self, name: str, track_gradients: bool, model: nn.Module | None = None,
+                 reshape: str | None = None, image_size: tuple[int, int] | None = None) -> None:
         self.name = name
         self.track_gradients = track_gradients
+        self.model = model
+        self.reshape_spec = reshape
+        self.image_size = image_size
+        self.reshape: Reshape | None = None
         self.activation: torch.Tensor | None = None
         self.calls = 0
 
@@ -34,35 +44,75 @@ class LayerCapture:
                 f"layer {self.name!r} runs more than once per forward pass; "
                 "choose a layer that runs once"
             )
-        if not isinstance(output, torch.Tensor) or output.ndim != 4:
+        if not isinstance(output, torch.Tensor) or output.ndim not in (3, 4):
             kind = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output)
             raise LayerError(f"layer {self.name!r} outputs {kind}, not an (N, C, h, w) map")
+        model = self.model if self.model is not None else _module
+        self.reshape = resolve_reshape(self.reshape_spec, model, self.name, output,
+                                       self.image_size)
         if not self.track_gradients:
             # A clone, because layers after this one may modify their input in place.
-            self.activation = output.detach().clone()
+            self.activation = self.reshape.to_map(output.detach()).clone()
             return None
         torch.set_grad_enabled(True)  # restored by the caller's no_grad block on exit
-        self.activation = output.detach().requires_grad_(True)
-        return self.activation.clone()
+        leaf = self.reshape.to_map(output.detach()).contiguous()
+        self.activation = leaf.requires_grad_(True)
+        return self.reshape.from_map(self.activation, output.detach()).clone()
 
 
 @contextmanager
 def capture_layer(
-    model: nn.Module, name: str, track_gradients: bool = False
+    model: nn.Module, name: str, track_gradients: bool = False, reshape: str | None = None,
+    image_size: tuple[int, int] | None = None,
 ) -> Iterator[LayerCapture]:
     """Hook layer ``name`` of ``model`` for the duration of the ``with`` block.
 
-    The hook is removed in ``finally``, also when the forward pass raises.
+    The hook is removed in ``finally``, also when the forward pass raises. ``reshape`` and
+    ``image_size`` (the input's (H, W)) choose how a token or channels-last output becomes a
+    map (:func:`wsolkit.maps.tokens.resolve_reshape`).
 
     Raises:
         LayerError: if the layer does not exist.
     """
-    capture = LayerCapture(name, track_gradients)
+    capture = LayerCapture(name, track_gradients, model, reshape, image_size)
     handle = get_layer(model, name).register_forward_hook(capture.hook)
     try:
         yield capture
     finally:
         handle.remove()
+
+
+# Activations whose backward pass multiplies by a non-negative mask: clamping the gradient of
+# their output at zero equals clamping the gradient of their input (relu(g * m) = relu(g) * m).
+RELU_TYPES = (nn.ReLU, nn.ReLU6)
+
+
+@contextmanager
+def clamp_relu_gradients(model: nn.Module, skip: str | None = None) -> Iterator[None]:
+    """Let only positive gradients pass back through every ReLU module of ``model``.
+
+    For the ``with`` block, a forward hook on each ``nn.ReLU`` / ``nn.ReLU6`` module (except
+    ``skip``, the hooked layer, whose own gradient is the one a method reads) puts a tensor hook
+    on its output that clamps the output's gradient at zero. The tensor hooks live on the graph
+    of that forward pass only; the module hooks are removed in ``finally``. Functional ReLUs
+    (``F.relu`` called in a ``forward``) are not modules and are not clamped.
+    """
+
+    def hook(_module: nn.Module, _inputs: tuple, output: object) -> None:
+        if isinstance(output, torch.Tensor) and output.requires_grad:
+            output.register_hook(_positive)
+
+    handles = [module.register_forward_hook(hook) for name, module in model.named_modules()
+               if isinstance(module, RELU_TYPES) and name != skip]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _positive(grad: torch.Tensor) -> torch.Tensor:
+    return grad.clamp(min=0)
 
 
 @contextmanager

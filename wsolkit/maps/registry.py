@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from wsolkit.errors import InputError
+from wsolkit.maps.bagcams import BagCAMs
 from wsolkit.maps.base import HeatmapMethod
 from wsolkit.maps.beam import BeamSearch
 from wsolkit.maps.cam import CAM
+from wsolkit.maps.eigencam import EigenCAM
 from wsolkit.maps.fcam import FCAM
 from wsolkit.maps.gradcam import GradCAM, GradCAMpp, LayerCAM, XGradCAM
 from wsolkit.maps.heads import ExCAM, Wildcat
@@ -50,5 +52,6 @@ def method_names() -> list[str]:
 
 
 for _method in (CAM, GradCAM, GradCAMpp, SmoothGradCAMpp, XGradCAM, LayerCAM, ScoreCAM,
-                Objectness, BeamSearch, Wildcat, ExCAM, FCAM, RCAM1, RCAM2, RCAM3, RCAM):
+                Objectness, EigenCAM, BagCAMs, BeamSearch, Wildcat, ExCAM, FCAM, RCAM1, RCAM2,
+                RCAM3, RCAM):
     register(_method)

@@ -67,9 +67,13 @@ def pca_shape_maps(features: torch.Tensor | np.ndarray, components: int = 3) -> 
     return pca_shape_maps_batch(tensor[None], components)[0]
 
 
-def pca_shape_maps_batch(features: torch.Tensor | np.ndarray,
-                         components: int = 3) -> list[ShapeMaps]:
-    """:func:`pca_shape_maps` of every image of an (N, C, h, w) batch, computed batched."""
+def pca_shape_maps_batch(features: torch.Tensor | np.ndarray, components: int = 3,
+                         center: bool = True) -> list[ShapeMaps]:
+    """:func:`pca_shape_maps` of every image of an (N, C, h, w) batch, computed batched.
+
+    ``center=False`` skips the centering: the directions are then the top right singular
+    vectors of the raw (h*w, C) matrix, as in Eigen-CAM's SVD.
+    """
     tensor = _as_tensor(features, 4, "(N, C, h, w)")
     count, channels, height, width = tensor.shape
     samples = height * width
@@ -80,7 +84,7 @@ def pca_shape_maps_batch(features: torch.Tensor | np.ndarray,
             f"for features of shape {tuple(tensor.shape[-3:])}"
         )
     with _one_thread():
-        return _pca(tensor, components)
+        return _pca(tensor, components, center)
 
 
 @contextmanager
@@ -102,11 +106,13 @@ def _one_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def _pca(tensor: torch.Tensor, components: int) -> list[ShapeMaps]:
+def _pca(tensor: torch.Tensor, components: int, center: bool = True) -> list[ShapeMaps]:
     count, channels, height, width = tensor.shape
     samples = height * width
     data = tensor.detach().to("cpu", torch.float64).reshape(count, channels, samples)
-    data = (data - data.mean(dim=2, keepdim=True)).transpose(1, 2)  # (N, samples, C)
+    if center:
+        data = data - data.mean(dim=2, keepdim=True)
+    data = data.transpose(1, 2)  # (N, samples, C)
     total = data.square().sum(dim=(1, 2))  # (N,)
     if channels <= samples:
         values, vectors = torch.linalg.eigh(data.transpose(1, 2) @ data)  # ascending

@@ -34,6 +34,8 @@ class Classifier:
         objectness_layer: default layer of the class-agnostic objectness map.
         multi_label: the logits are independent per class (trained with binary cross-entropy,
             e.g. by ``wsolkit finetune``): class probabilities are their sigmoid, not softmax.
+        method_layers: default layer per heatmap method name, for methods whose best layer is
+            not the one feeding the head (measured for the embedded model).
     """
 
     module: nn.Module
@@ -46,6 +48,7 @@ class Classifier:
     fc_layer: str | None = None
     objectness_layer: str | None = None
     multi_label: bool = False
+    method_layers: dict[str, str] = field(default_factory=dict)
     _detected: CamHead | None = field(default=None, repr=False)
 
     @property
@@ -118,6 +121,7 @@ def as_classifier(
             feature_layer=layer or model.feature_layer,
             objectness_layer=layer or model.objectness_layer,
             fc_layer=fc or model.fc_layer,
+            method_layers={} if layer else model.method_layers,
             _detected=None,
         )
     if not isinstance(model, nn.Module):

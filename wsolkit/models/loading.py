@@ -12,18 +12,25 @@ from torch import nn
 
 from wsolkit.errors import ModelError, WSOLError
 from wsolkit.models.classifier import Classifier, as_classifier
-from wsolkit.models.efficientnet_lite import build_efficientnet_lite0
+from wsolkit.models.efficientnet_lite import INPUT_SIZES, build_efficientnet_lite
 
 DEFAULT_MODEL = "efficientnet_lite0"
 
 # Chosen by `python benchmarks/objectness_layer.py` on shared/data/imagenet-dev (see README).
 EFFICIENTNET_LITE0_OBJECTNESS_LAYER = "features.head"
 
+# Layers of the methods whose best layer is not features.head, chosen by MaxBoxAccV2 on
+# shared/data/imagenet-dev with `python benchmarks/reach_eval.py` (docs/bagcams_eigencam.md).
+EFFICIENTNET_LITE0_METHOD_LAYERS = {
+    "bagcams": "features.stage6",
+    "eigencam": "features.stage5,features.head",
+}
+
 # Module attribute in which save_classifier stores what a Classifier adds to its module.
 CLASSIFIER_INFO = "wsolkit_info"
 _INFO_FIELDS = (
     "class_names", "input_size", "mean", "std", "feature_layer", "fc_layer", "objectness_layer",
-    "multi_label",
+    "multi_label", "method_layers",
 )
 
 
@@ -46,7 +53,8 @@ def load_model(
     """Load a classifier ready for localization.
 
     Args:
-        name: ``efficientnet_lite0`` (embedded, the default), ``torchvision:<arch>``
+        name: ``efficientnet_lite0`` (embedded, the default), ``efficientnet_lite1`` /
+            ``efficientnet_lite2`` (the ``lite`` extra, inputs 240 / 260), ``torchvision:<arch>``
             (e.g. ``torchvision:resnet50``), ``timm:<name>``, or a path to a file saved with
             ``torch.save(model)`` or ``torch.jit.save``.
         weights: optional state-dict file for ``torchvision:``/``timm:`` architectures; without
@@ -65,8 +73,8 @@ def load_model(
             f"--weights {weights}: only torchvision:<arch> and timm:<name> models take a "
             f"state dict, not {name!r}"
         )
-    if name == DEFAULT_MODEL:
-        classifier = _embedded()
+    if name in INPUT_SIZES:
+        classifier = _embedded(name)
     elif name.startswith("torchvision:"):
         classifier = _torchvision(name.split(":", 1)[1], weights)
     elif name.startswith("timm:"):
@@ -75,25 +83,28 @@ def load_model(
         classifier = _checkpoint(Path(name))
     else:
         raise ModelError(
-            f"unknown model {name!r}: use {DEFAULT_MODEL}, torchvision:<arch>, timm:<name> "
-            "or a .pt file"
+            f"unknown model {name!r}: use {', '.join(INPUT_SIZES)}, torchvision:<arch>, "
+            "timm:<name> or a .pt file"
         )
     classifier.module.to(device)
     return classifier
 
 
-def _embedded() -> Classifier:
+def _embedded(name: str = DEFAULT_MODEL) -> Classifier:
+    size = INPUT_SIZES[name]
     return Classifier(
-        module=build_efficientnet_lite0(),
-        name=DEFAULT_MODEL,
+        module=build_efficientnet_lite(name),
+        name=name,
         class_names=imagenet_class_names(),
-        input_size=(224, 224),
+        input_size=(size, size),
         # The Lite models expect (x*255 - 127) / 128 for RGB x in [0, 1].
         mean=(127 / 255,) * 3,
         std=(128 / 255,) * 3,
         feature_layer="features.head",
         fc_layer="fc",
         objectness_layer=EFFICIENTNET_LITE0_OBJECTNESS_LAYER,
+        # measured for Lite0 only; Lite1/Lite2 use the layer feeding the head
+        method_layers=dict(EFFICIENTNET_LITE0_METHOD_LAYERS) if name == DEFAULT_MODEL else {},
     )
 
 
