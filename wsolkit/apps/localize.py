@@ -137,7 +137,6 @@ def localize_files(
         batch_size=settings.batch_size,
         num_workers=job.workers,
         collate_fn=_as_list,
-        pin_memory=classifier.device.type == "cuda",
     )
     try:
         for items in loader:
