@@ -157,3 +157,34 @@ def test_every_model_command_takes_device(command, capsys):
     with pytest.raises(SystemExit):
         main([command, "--help"])
     assert "--device" in capsys.readouterr().out
+
+
+def test_manifest_lists_paths_relative_to_itself(folder, tmp_path):
+    manifest = folder / "list.txt"
+    manifest.write_text("# two images and a missing one\nchelsea.jpg\n\n"
+                        f'{{"image": "{folder / "coffee.jpg"}"}}\nmissing.jpg\nchelsea.jpg\n')
+    out = tmp_path / "out"
+    assert main(["localize", "--manifest", str(manifest), "--out", str(out), "--quiet",
+                 "--method", "cam", "--workers", "0"]) == 1
+    got = {Path(r["image"]).name: r["status"] for r in rows(out)}
+    assert got == {"chelsea.jpg": "ok", "coffee.jpg": "ok", "missing.jpg": "failed"}
+    assert len(rows(out)) == 3
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ('{"image": ', "list.jsonl:2: not a JSON line"),
+    ('{"path": "a.jpg"}', 'list.jsonl:2: JSON line without an "image" path'),
+])
+def test_malformed_manifest_line_names_file_and_line(folder, tmp_path, capsys, line, message):
+    manifest = folder / "list.jsonl"
+    manifest.write_text(f'{{"image": "chelsea.jpg"}}\n{line}\n')
+    assert main(["localize", "--manifest", str(manifest), "--out", str(tmp_path / "o"),
+                 "--quiet"]) == 2
+    (err,) = capsys.readouterr().err.strip().splitlines()
+    assert err.startswith("wsolkit: error: ") and message in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_no_paths_and_no_manifest_is_a_usage_error(tmp_path, capsys):
+    assert main(["localize", "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    assert "give image PATHS or --manifest FILE" in capsys.readouterr().err

@@ -33,7 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("methods", help="list the heatmap methods")
     run = commands.add_parser("localize", help="heatmaps and boxes for image files")
-    run.add_argument("paths", nargs="+", help="image files, folders or glob patterns")
+    run.add_argument("paths", nargs="*", help="image files, folders or glob patterns")
+    run.add_argument("--manifest", type=Path, default=None,
+                     help="file listing image paths, one per line or JSON lines with "
+                          "\"image\" (instead of or beside PATHS)")
     run.add_argument("--out", required=True, type=Path, help="output folder")
     run.add_argument("--method", default="gradcam", help="heatmap method (see 'wsolkit methods')")
     run.add_argument("--target", default="top1",
@@ -179,7 +182,14 @@ def _localize(args: argparse.Namespace) -> int:
         shard_size=args.shard_size,
         overlays=overlays(args),
     )
-    files, problems = expand_paths(args.paths, recursive=args.recursive)
+    if not args.paths and args.manifest is None:
+        raise InputError("give image PATHS or --manifest FILE")
+    files, problems = expand_paths(args.paths, recursive=args.recursive) if args.paths else ([], [])
+    if args.manifest is not None:
+        from wsolkit.data.manifest import read_manifest
+
+        seen = {str(p) for p in files}
+        files += [p for p in read_manifest(args.manifest) if str(p) not in seen]
     if not files:
         for item, reason in problems:
             print(f"wsolkit: {item}: {reason}", file=sys.stderr)
