@@ -54,15 +54,17 @@ def test_ray_engine_rows_equal_local_engine_rows(embedded_model, images, tmp_pat
     assert "truncated.jpg" in capsys.readouterr().err
 
 
-def test_ray_engine_resumes_without_duplicates(images, tmp_path, capsys):
+def test_ray_engine_resumes_without_duplicates(images, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(images.parent)  # relative paths: rows name them as given
     out = tmp_path / "out"
     first = sorted(images.iterdir())[:3]
     args = ["--out", str(out), "--quiet", "--engine", "ray", "--method", "cam",
             "--device", "cpu"]
-    assert main(["localize", *map(str, first), *args]) == 0
-    assert main(["localize", str(images), *args]) == 1
+    assert main(["localize", *(f"{images.name}/{p.name}" for p in first), *args]) == 0
+    assert main(["localize", images.name, *args]) == 1
     done = rows(out)
-    assert set(done) == {str(p) for p in sorted(images.iterdir())}
+    assert set(done) == {f"{images.name}/{p.name}" for p in sorted(images.iterdir())}
+    assert done[f"{images.name}/truncated.jpg"]["error"].startswith(f"{images.name}/truncated")
     assert "(3 already done)" in capsys.readouterr().err
 
 

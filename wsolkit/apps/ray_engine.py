@@ -196,8 +196,10 @@ def _run(ray: Any, classifier: Classifier, todo: list[str], settings: LocalizeSe
     threads = options.actor_threads or max(1, int(actor_cpus))
     cpu_model = preprocessor(classifier)
     cpu_copy = _on_cpu(classifier)
+    # Ray is given absolute paths (its workers may run elsewhere); rows name the paths as given.
+    given = {os.path.abspath(path): path for path in todo}
     dataset = (
-        ray.data.read_binary_files(todo, include_paths=True)
+        ray.data.read_binary_files(list(given), include_paths=True)
         .map_batches(decode_batch, fn_kwargs={"classifier": cpu_model},
                      batch_size=settings.batch_size, batch_format="numpy")
         .map_batches(LocalizeActor,
@@ -209,7 +211,7 @@ def _run(ray: Any, classifier: Classifier, todo: list[str], settings: LocalizeSe
     )
     for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
         for text in batch["row"]:
-            row = json.loads(text)
+            row = _as_given(json.loads(text), given)
             if row["status"] != "ok":
                 report.failures.append((row["image"], row["error"]))
             writer.add(row)
@@ -222,6 +224,16 @@ def _run(ray: Any, classifier: Classifier, todo: list[str], settings: LocalizeSe
     core = LocalizeCore(classifier, settings)
     return core.method.default_layer(
         torch.zeros(1, 3, *classifier.input_size, device=classifier.device))
+
+
+def _as_given(row: dict, given: dict[str, str]) -> dict:
+    """The row naming its image (and, in an error, the file) as the caller gave the path."""
+    path = given.get(row["image"], row["image"])
+    if path != row["image"]:
+        if row.get("error", "").startswith(row["image"] + ":"):
+            row["error"] = path + row["error"][len(row["image"]):]
+        row["image"] = path
+    return row
 
 
 def _on_cpu(classifier: Classifier) -> Classifier:
