@@ -188,3 +188,20 @@ def test_malformed_manifest_line_names_file_and_line(folder, tmp_path, capsys, l
 def test_no_paths_and_no_manifest_is_a_usage_error(tmp_path, capsys):
     assert main(["localize", "--out", str(tmp_path / "o"), "--quiet"]) == 2
     assert "give image PATHS or --manifest FILE" in capsys.readouterr().err
+
+
+def test_saved_map_is_the_methods_heatmap_of_the_image(embedded_model, folder, tmp_path):
+    import wsolkit
+    from wsolkit.data.images import load_image
+
+    out = tmp_path / "out"
+    localize_files(embedded_model, [folder / "chelsea.jpg", folder / "broken.jpg"], out,
+                   SETTINGS, job=JobOptions(workers=0, save_maps=True))
+    ok, failed = rows(out)
+    assert ok["map"] == "chelsea.cam.npy" and "map" not in failed
+    saved = np.load(out / ok["map"])
+    image = load_image(folder / "chelsea.jpg")
+    expected = wsolkit.get_method("cam")(embedded_model)(
+        embedded_model.preprocess(image)[None]).maps[0].numpy()
+    assert saved.dtype == np.float16 and saved.shape == (224, 224)
+    np.testing.assert_allclose(saved.astype(np.float32), expected, atol=1e-3)

@@ -8,6 +8,7 @@ are drawn only on request (every image, or an evenly spread sample).
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -26,7 +27,7 @@ from wsolkit.apps.localize_core import (
     preprocessor,
 )
 from wsolkit.apps.outputs import OutputNamer
-from wsolkit.data.atomic import make_out_dir, write_json_atomic
+from wsolkit.data.atomic import make_out_dir, write_bytes_atomic, write_json_atomic
 from wsolkit.data.shards import ShardWriter
 from wsolkit.errors import InputError
 from wsolkit.models.classifier import Classifier
@@ -54,11 +55,14 @@ class JobOptions:
         shard_size: rows per output shard.
         overlays: ``"all"``, ``"none"``, or a number N: overlays of N images spread evenly
             over the inputs.
+        save_maps: write each image's first heatmap (model input size, float16) as
+            ``<stem>.<method>.npy`` beside the rows, named in the row's ``"map"``.
     """
 
     workers: int = 2
     shard_size: int = 1000
     overlays: str | int = "none"
+    save_maps: bool = False
 
 
 @dataclass
@@ -121,7 +125,7 @@ def localize_files(
     job = job or JobOptions()
     if job.workers < 0:
         raise InputError(f"workers {job.workers}: must be at least 0")
-    core = LocalizeCore(classifier, settings)
+    core = LocalizeCore(classifier, settings, keep_maps=job.save_maps)
     make_out_dir(out_dir)
     summary = start_summary(out_dir, classifier, settings)
     writer = ShardWriter(out_dir, prefix=ROWS_PREFIX, shard_size=job.shard_size)
@@ -130,7 +134,7 @@ def localize_files(
     todo = [(i, p) for i, p in enumerate(paths) if str(p) not in writer.done]
     if progress is not None and len(todo) < len(paths):
         progress(len(paths) - len(todo))
-    namer = OutputNamer(out_dir, list(paths)) if overlay_at else None
+    namer = OutputNamer(out_dir, list(paths)) if overlay_at or job.save_maps else None
     wanted = {position for position, (index, _) in enumerate(todo) if index in overlay_at}
     loader = DataLoader(
         _ImageFiles([p for _, p in todo], preprocessor(classifier), wanted),
@@ -140,12 +144,17 @@ def localize_files(
     )
     try:
         for items in loader:
-            for row, canvas in core(items):
-                if canvas is not None and namer is not None:
-                    overlay = namer.name(Path(row["image"]).stem, f".{settings.method}.png")
-                    save_png(overlay, canvas)
+            for row, extras in core(items):
+                stem = Path(row["image"]).stem
+                if extras.overlay is not None and namer is not None:
+                    overlay = namer.name(stem, f".{settings.method}.png")
+                    save_png(overlay, extras.overlay)
                     row["overlay"] = overlay.name
                     report.overlays += 1
+                if extras.heatmap is not None and namer is not None:
+                    heatmap = namer.name(stem, f".{settings.method}.npy")
+                    _save_map(heatmap, extras.heatmap)
+                    row["map"] = heatmap.name
                 if row["status"] != "ok":
                     report.failures.append((row["image"], row["error"]))
                 writer.add(row)
@@ -166,6 +175,12 @@ def finish_summary(out_dir: Path, summary: dict, layer: str | None, writer: Shar
     summary.update(layer=report.layer, status="complete" if done else "interrupted",
                    counts=writer.counts)
     write_json_atomic(out_dir / RESULTS_FILE, summary)
+
+
+def _save_map(path: Path, heatmap: np.ndarray) -> None:
+    buffer = io.BytesIO()
+    np.save(buffer, heatmap.astype(np.float16))
+    write_bytes_atomic(path, buffer.getvalue())
 
 
 def start_summary(out_dir: Path, classifier: Classifier, settings: LocalizeSettings) -> dict:

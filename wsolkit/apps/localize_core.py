@@ -121,40 +121,58 @@ def failed_row(path: str, error: str) -> dict:
     return {"image": path, "status": "failed", "error": error}
 
 
+@dataclass
+class Extras:
+    """What a row may come with besides itself (the local engine writes them as files).
+
+    Attributes:
+        overlay: the drawn overlay (H, W, 3) uint8, for items decoded with pixels.
+        heatmap: the first target's heatmap at the model's input size, (h, w) float32 in
+            [0, 1], when the core keeps maps.
+    """
+
+    overlay: np.ndarray | None = None
+    heatmap: np.ndarray | None = None
+
+
 class LocalizeCore:
     """Heatmaps, boxes and rows for batches of decoded images.
 
     Args:
         classifier: the model, on the device to run on.
         settings: method, target and thresholds.
+        keep_maps: also return each image's first heatmap (:class:`Extras`).
     """
 
-    def __init__(self, classifier: Classifier, settings: LocalizeSettings) -> None:
+    def __init__(self, classifier: Classifier, settings: LocalizeSettings,
+                 keep_maps: bool = False) -> None:
         if settings.batch_size < 1:
             raise InputError(f"batch_size {settings.batch_size}: must be at least 1")
         self.classifier, self.settings = classifier, settings
         self.method = get_method(settings.method)(classifier, layer=settings.layer,
                                                   **settings.options)
         self.layer: str | None = None
+        self.keep_maps = keep_maps
 
-    def __call__(self, items: Sequence[DecodedImage]) -> list[tuple[dict, np.ndarray | None]]:
-        """One ``(row, overlay)`` per item, in order; ``overlay`` only for items with pixels.
+    def __call__(self, items: Sequence[DecodedImage]) -> list[tuple[dict, Extras]]:
+        """One ``(row, extras)`` per item, in order; overlays only for items with pixels.
 
         Items that failed to decode give failed rows.
         """
         good = [item for item in items if item.tensor is not None]
-        done: dict[int, tuple[dict, np.ndarray | None]] = {}
+        done: dict[int, tuple[dict, Extras]] = {}
         if good:
             tensor = torch.stack([item.tensor for item in good]).to(self.classifier.device)
             result = self.method(tensor, target=self.settings.target)
             self.layer = result.layer
             for index, item in enumerate(good):
                 done[id(item)] = self._row(result, index, item)
-        return [done.get(id(item)) or (failed_row(item.path, item.error or "not decoded"), None)
+        return [done.get(id(item))
+                or (failed_row(item.path, item.error or "not decoded"), Extras())
                 for item in items]
 
     def _row(self, result: HeatmapResult, image_index: int, item: DecodedImage
-             ) -> tuple[dict, np.ndarray | None]:
+             ) -> tuple[dict, Extras]:
         classifier, settings = self.classifier, self.settings
         rows = (result.image_index == image_index).nonzero().flatten().tolist()
         probabilities = classifier.probabilities(result.logits[rows[0]]).cpu()
@@ -188,7 +206,8 @@ class LocalizeCore:
             },
             "targets": targets,
         }
-        return row, canvas
+        kept = result.maps[rows[0]].float().cpu().numpy() if self.keep_maps else None
+        return row, Extras(overlay=canvas, heatmap=kept)
 
 
 def _target_record(target_class: int, name: str, probabilities: torch.Tensor, found) -> dict:

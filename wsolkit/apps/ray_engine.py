@@ -150,9 +150,9 @@ def localize_files_ray(
         InputError: bad options, or ``out_dir`` holds rows made with other settings.
     """
     job, options = job or JobOptions(), ray or RayOptions()
-    if job.overlays not in ("none", 0):
-        raise InputError("--engine ray draws no overlays: use the local engine for "
-                         "--overlays/--overlay-sample")
+    if job.overlays not in ("none", 0) or job.save_maps:
+        raise InputError("--engine ray draws no overlays and saves no maps: use the local "
+                         "engine for --overlays/--overlay-sample/--save-maps")
     if options.actors < 1:
         raise InputError(f"actors {options.actors}: must be at least 1")
     actor_cpus = default_actor_cpus() if options.actor_cpus is None else options.actor_cpus

@@ -181,6 +181,7 @@ def _localize(args: argparse.Namespace) -> int:
         workers=default_workers() if args.workers is None else args.workers,
         shard_size=args.shard_size,
         overlays=overlays(args),
+        save_maps=args.save_maps,
     )
     if not args.paths and args.manifest is None:
         raise InputError("give image PATHS or --manifest FILE")

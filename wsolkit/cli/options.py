@@ -60,6 +60,9 @@ def add_job_options(parser: argparse.ArgumentParser) -> None:
                        help="draw an overlay PNG for every image (off by default)")
     shown.add_argument("--overlay-sample", type=int, default=None, metavar="N",
                        help="draw overlays for N images spread evenly over the inputs")
+    job.add_argument("--save-maps", action="store_true",
+                     help="write each image's heatmap (model input size, float16) as "
+                          "<stem>.<method>.npy, named in its row")
     job.add_argument("--engine", choices=["local", "ray"], default="local",
                      help="local (this machine) or ray (Ray Data; pip install 'wsolkit[ray]')")
     job.add_argument("--address", default=None,
