@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/venv.sh
-exec wsolkit localize examples --method gradcam --target top1 --out out "$@"
+exec wsolkit localize examples --method gradcam --target top1 --out out --overlays "$@"

@@ -19,6 +19,12 @@ def snapshot(folder: Path) -> dict[str, str]:
     }
 
 
+def rows(out: Path) -> list[dict]:
+    """Every row of a localize job's shards, read with plain json."""
+    return [json.loads(line) for shard in sorted(out.glob("rows-*.jsonl"))
+            for line in shard.read_text().splitlines()]
+
+
 @pytest.fixture
 def inputs(tmp_path):
     folder = tmp_path / "in"
@@ -38,12 +44,14 @@ def test_methods_lists_every_method(capsys):
 
 def test_localize_writes_overlays_and_json(inputs, tmp_path, capsys):
     out = tmp_path / "out"
-    assert main(["localize", str(inputs), "--out", str(out), "--quiet"]) == 0
+    assert main(["localize", str(inputs), "--out", str(out), "--quiet", "--overlays"]) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["method"] == "gradcam" and results["model"] == "efficientnet_lite0"
     assert results["layer"] == "features.head"
-    assert [Path(r["image"]).name for r in results["images"]] == ["chelsea.jpg", "coffee.jpg"]
-    for record in results["images"]:
+    assert results["counts"] == {"ok": 2} and results["status"] == "complete"
+    records = rows(out)
+    assert [Path(r["image"]).name for r in records] == ["chelsea.jpg", "coffee.jpg"]
+    for record in records:
         overlay = Image.open(out / record["overlay"])
         assert overlay.size == (record["width"], record["height"])
         (target,) = record["targets"]
@@ -52,8 +60,7 @@ def test_localize_writes_overlays_and_json(inputs, tmp_path, capsys):
         x0, y0, x1, y1 = box["box"]
         assert 0 <= x0 < x1 <= record["width"] and 0 <= y0 < y1 <= record["height"]
         assert 0 < box["score"] <= 1
-    assert "cat" in results["images"][0]["prediction"]["name"]
-    assert results["failures"] == []
+    assert "cat" in records[0]["prediction"]["name"]
 
 
 def test_bad_files_are_reported_and_skipped(inputs, tmp_path, capsys):
@@ -70,10 +77,12 @@ def test_bad_files_are_reported_and_skipped(inputs, tmp_path, capsys):
     for name in ("notes.jpg", "cut.jpg", "tiny.png", "missing.jpg"):
         (line,) = [line for line in err.splitlines() if name in line]
         assert line.strip().startswith(str(tmp_path))
-    results = json.loads((out / "results.json").read_text())
-    assert len(results["images"]) == 2
-    assert {Path(f["path"]).name for f in results["failures"]} == {"notes.jpg", "cut.jpg",
-                                                                  "tiny.png"}
+    records = rows(out)
+    assert sum(r["status"] == "ok" for r in records) == 2
+    failed = {Path(r["image"]).name: r["error"] for r in records if r["status"] == "failed"}
+    assert set(failed) == {"notes.jpg", "cut.jpg", "tiny.png"}
+    assert "too small" in failed["tiny.png"] and failed["cut.jpg"].startswith(str(inputs))
+    assert json.loads((out / "results.json").read_text())["counts"] == {"ok": 2, "failed": 3}
     assert snapshot(inputs) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "out"]
 
@@ -83,7 +92,7 @@ def test_outputs_never_overwrite_inputs(inputs, capsys):
     Image.fromarray(np.full((40, 40, 3), 7, np.uint8)).save(clash)
     before = snapshot(inputs)
     assert main(["localize", str(inputs / "chelsea.jpg"), str(clash), "--out", str(inputs),
-                 "--quiet"]) == 0
+                 "--quiet", "--overlays"]) == 0
     after = snapshot(inputs)
     assert all(after[name] == digest for name, digest in before.items())
     assert "chelsea-2.gradcam.png" in after
@@ -122,10 +131,11 @@ def test_class_name_target_and_topk(inputs, tmp_path):
     out = tmp_path / "out"
     assert main(["localize", str(inputs / "chelsea.jpg"), "--out", str(out), "--quiet",
                  "--target", "tabby", "--method", "cam"]) == 0
-    (record,) = json.loads((out / "results.json").read_text())["images"]
+    (record,) = rows(out)
     assert record["targets"][0]["name"] == "tabby"
+    out = tmp_path / "out3"
     assert main(["localize", str(inputs / "chelsea.jpg"), "--out", str(out), "--quiet",
                  "--target", "top3", "--all-components"]) == 0
-    (record,) = json.loads((out / "results.json").read_text())["images"]
+    (record,) = rows(out)
     assert len(record["targets"]) == 3
     assert record["targets"][0]["class"] == record["prediction"]["class"]

@@ -1,5 +1,5 @@
-"""Jobs over many images: localization (and, later, segmentation and annotation tools)."""
+"""Jobs over many images: localization, segmentation, evaluation, annotation tools."""
 
-from wsolkit.apps.localize import LocalizeReport, LocalizeSettings, localize_files
+from wsolkit.apps.localize import JobOptions, LocalizeReport, LocalizeSettings, localize_files
 
-__all__ = ["LocalizeReport", "LocalizeSettings", "localize_files"]
+__all__ = ["JobOptions", "LocalizeReport", "LocalizeSettings", "localize_files"]

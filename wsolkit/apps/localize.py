@@ -1,60 +1,96 @@
-"""The localization job: heatmaps, boxes and overlays for many image files."""
+"""The localization job: boxes for many image files, streamed to JSON Lines shards.
+
+Decoding and resizing run in ``torch.utils.data.DataLoader`` worker processes while the model
+runs on the previous batch; rows are written as atomic shards (:mod:`wsolkit.data.shards`), so
+an interrupted job run again with the same output folder resumes where it stopped. Overlays
+are drawn only on request (every image, or an evenly spread sample).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+import io
+import json
+import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
-from PIL import Image
+from torch.utils.data import DataLoader, Dataset
 
+from wsolkit.apps.localize_core import (
+    BOX_FORMAT,
+    DecodedImage,
+    LocalizeCore,
+    LocalizeSettings,
+    decode_path,
+    preprocessor,
+)
 from wsolkit.apps.outputs import OutputNamer
-from wsolkit.data.atomic import make_out_dir, write_json_atomic
-from wsolkit.data.images import load_image
-from wsolkit.errors import ImageError, InputError
-from wsolkit.maps import get_method
-from wsolkit.maps.base import HeatmapResult
+from wsolkit.data.atomic import make_out_dir, write_bytes_atomic, write_json_atomic
+from wsolkit.data.shards import ShardWriter
+from wsolkit.errors import InputError
 from wsolkit.models.classifier import Classifier
-from wsolkit.refine import localize, resize_map
-from wsolkit.viz import draw_boxes, overlay_heatmap, save_png
+from wsolkit.viz import save_png
+
+__all__ = [
+    "RESULTS_FILE",
+    "ROWS_PREFIX",
+    "JobOptions",
+    "LocalizeReport",
+    "LocalizeSettings",
+    "localize_files",
+]
 
 RESULTS_FILE = "results.json"
+ROWS_PREFIX = "rows"
 
 
 @dataclass
-class LocalizeSettings:
-    """What to compute for every image.
+class JobOptions:
+    """How a job runs (not what it computes; results do not depend on these).
 
     Attributes:
-        method: registered heatmap method.
-        target: ``top1``, ``topK`` or a class index.
-        layer: layer to hook (None: the method's default).
-        batch_size: images per forward pass.
-        threshold: threshold method of :func:`wsolkit.refine.threshold_map`.
-        threshold_value: its parameter (None: the method's default).
-        components: ``largest`` (one box per map) or ``all``.
-        options: extra method options (e.g. ``max_channels`` for Score-CAM).
+        workers: decoding worker processes (0: decode in the main process).
+        shard_size: rows per output shard.
+        overlays: ``"all"``, ``"none"``, or a number N: overlays of N images spread evenly
+            over the inputs.
+        save_maps: write each image's first heatmap (model input size, float16) as
+            ``<stem>.<method>.npy`` beside the rows, named in the row's ``"map"``.
     """
 
-    method: str = "gradcam"
-    target: str | int = "top1"
-    layer: str | None = None
-    batch_size: int = 16
-    threshold: str = "fraction"
-    threshold_value: float | None = 0.25
-    components: str = "largest"
-    options: dict = field(default_factory=dict)
+    workers: int = 2
+    shard_size: int = 1000
+    overlays: str | int = "none"
+    save_maps: bool = False
 
 
 @dataclass
 class LocalizeReport:
-    """What a job produced: one record per localized image and the items that failed."""
+    """What a run did: rows written now, rows found from an earlier run, this run's failures."""
 
-    records: list[dict] = field(default_factory=list)
+    written: int = 0
+    resumed: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
     layer: str | None = None
+    overlays: int = 0
+
+
+class _ImageFiles(Dataset):
+    """Decoded, preprocessed images for the DataLoader's workers."""
+
+    def __init__(self, paths: Sequence[Path], classifier: Classifier, overlay: set[int]):
+        self.paths, self.classifier, self.overlay = list(paths), classifier, overlay
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> DecodedImage:
+        return decode_path(self.paths[index], self.classifier, index in self.overlay)
+
+
+def _as_list(items: list[DecodedImage]) -> list[DecodedImage]:
+    return items
 
 
 def localize_files(
@@ -63,123 +99,137 @@ def localize_files(
     out_dir: Path,
     settings: LocalizeSettings,
     progress: Callable[[int], None] | None = None,
+    job: JobOptions | None = None,
 ) -> LocalizeReport:
-    """Localize objects in image files, writing overlays and ``results.json`` into ``out_dir``.
+    """Localize objects in image files, streaming one JSON row per image into ``out_dir``.
 
-    Bad images are skipped and reported; nothing is written outside ``out_dir``.
+    Rows go to ``rows-NNNNNN.jsonl`` shards; ``results.json`` records the settings and counts.
+    Images already in the folder's shards (an interrupted earlier run with the same settings)
+    are skipped. Bad images become failed rows and the job goes on; nothing is written outside
+    ``out_dir`` and inputs are never overwritten.
 
     Args:
-        classifier: the model.
+        classifier: the model, on the device to run on.
         paths: image files.
         out_dir: output folder (created if missing).
         settings: method, target, thresholds.
         progress: called with the number of images finished after each batch.
+        job: workers, shard size, overlays (defaults: :class:`JobOptions`).
 
     Returns:
         A :class:`LocalizeReport`.
+
+    Raises:
+        InputError: bad options, or ``out_dir`` holds rows made with other settings.
     """
-    if settings.batch_size < 1:
-        raise InputError(f"--batch-size {settings.batch_size}: must be at least 1")
-    method = get_method(settings.method)(classifier, layer=settings.layer, **settings.options)
+    job = job or JobOptions()
+    if job.workers < 0:
+        raise InputError(f"workers {job.workers}: must be at least 0")
+    core = LocalizeCore(classifier, settings, keep_maps=job.save_maps)
     make_out_dir(out_dir)
-    namer = OutputNamer(out_dir, list(paths))
-    report = LocalizeReport()
-    for batch in _batches(paths, settings.batch_size):
-        images = _load_batch(batch, report)
-        if images:
-            tensor = classifier.preprocess_batch([image for _, image in images])
-            result = method(tensor, target=settings.target)
-            report.layer = result.layer
-            for index, (path, image) in enumerate(images):
-                report.records.append(
-                    _record(classifier, result, index, path, image, settings, namer)
-                )
-        if progress is not None:
-            progress(len(batch))
-    write_json_atomic(out_dir / RESULTS_FILE, _summary(classifier, settings, report))
+    summary = start_summary(out_dir, classifier, settings)
+    writer = ShardWriter(out_dir, prefix=ROWS_PREFIX, shard_size=job.shard_size)
+    report = LocalizeReport(resumed=len(writer.done))
+    overlay_at = overlay_indices(len(paths), job.overlays)
+    todo = [(i, p) for i, p in enumerate(paths) if str(p) not in writer.done]
+    if progress is not None and len(todo) < len(paths):
+        progress(len(paths) - len(todo))
+    namer = OutputNamer(out_dir, list(paths)) if overlay_at or job.save_maps else None
+    wanted = {position for position, (index, _) in enumerate(todo) if index in overlay_at}
+    loader = DataLoader(
+        _ImageFiles([p for _, p in todo], preprocessor(classifier), wanted),
+        batch_size=settings.batch_size,
+        num_workers=job.workers,
+        collate_fn=_as_list,
+    )
+    try:
+        for items in loader:
+            for row, extras in core(items):
+                stem = Path(row["image"]).stem
+                if extras.overlay is not None and namer is not None:
+                    overlay = namer.name(stem, f".{settings.method}.png")
+                    save_png(overlay, extras.overlay)
+                    row["overlay"] = overlay.name
+                    report.overlays += 1
+                if extras.heatmap is not None and namer is not None:
+                    heatmap = namer.name(stem, f".{settings.method}.npy")
+                    _save_map(heatmap, extras.heatmap)
+                    row["map"] = heatmap.name
+                if row["status"] != "ok":
+                    report.failures.append((row["image"], row["error"]))
+                writer.add(row)
+                report.written += 1
+            if progress is not None:
+                progress(len(items))
+    finally:
+        writer.flush()
+        finish_summary(out_dir, summary, core.layer, writer, report, len(paths))
     return report
 
 
-def _batches(paths: Sequence[Path], size: int) -> Iterable[Sequence[Path]]:
-    for start in range(0, len(paths), size):
-        yield paths[start:start + size]
+def finish_summary(out_dir: Path, summary: dict, layer: str | None, writer: ShardWriter,
+                   report: LocalizeReport, total: int) -> None:
+    """Write ``results.json`` at the end of a run (complete, or interrupted)."""
+    report.layer = layer or summary.get("layer")
+    done = report.written + report.resumed >= total
+    summary.update(layer=report.layer, status="complete" if done else "interrupted",
+                   counts=writer.counts)
+    write_json_atomic(out_dir / RESULTS_FILE, summary)
 
 
-def _load_batch(paths: Sequence[Path], report: LocalizeReport) -> list[tuple[Path, Image.Image]]:
-    loaded = []
-    for path in paths:
-        try:
-            loaded.append((path, load_image(path)))
-        except ImageError as error:
-            report.failures.append((str(path), str(error)))
-    return loaded
+def _save_map(path: Path, heatmap: np.ndarray) -> None:
+    buffer = io.BytesIO()
+    np.save(buffer, heatmap.astype(np.float16))
+    write_bytes_atomic(path, buffer.getvalue())
 
 
-def _record(
-    classifier: Classifier,
-    result: HeatmapResult,
-    image_index: int,
-    path: Path,
-    image: Image.Image,
-    settings: LocalizeSettings,
-    namer: OutputNamer,
-) -> dict:
-    rows = (result.image_index == image_index).nonzero().flatten().tolist()
-    probabilities = classifier.probabilities(result.logits[rows[0]])
-    top_class = int(probabilities.argmax())
-    pixels = np.asarray(image)
-    targets, drawn, labels = [], [], []
-    for row in rows:
-        heatmap = resize_map(result.maps[row].cpu().numpy(), (image.height, image.width))
-        found = localize(heatmap, settings.threshold, settings.threshold_value,
-                         settings.components)
-        target_class = int(result.classes[row])
-        name = classifier.class_name(target_class) if target_class >= 0 else "custom target"
-        targets.append(_target_record(target_class, name, probabilities, found))
-        drawn.extend(found.boxes)
-        label = name if target_class < 0 else f"{name} p={float(probabilities[target_class]):.2f}"
-        labels.extend([label] * len(found.boxes))
-        if row == rows[0]:
-            canvas = overlay_heatmap(pixels, heatmap)
-    canvas = draw_boxes(canvas, np.asarray(drawn).reshape(-1, 4), labels)
-    overlay = namer.name(path.stem, f".{settings.method}.png")
-    save_png(overlay, canvas)
-    return {
-        "image": str(path),
-        "width": image.width,
-        "height": image.height,
-        "overlay": overlay.name,
-        "prediction": {
-            "class": top_class,
-            "name": classifier.class_name(top_class),
-            "probability": round(float(probabilities[top_class]), 6),
-        },
-        "targets": targets,
-    }
+def start_summary(out_dir: Path, classifier: Classifier, settings: LocalizeSettings) -> dict:
+    """``results.json`` of a job starting in ``out_dir``, checked against an earlier run's.
 
-
-def _target_record(target_class: int, name: str, probabilities: torch.Tensor, found) -> dict:
-    probability = float(probabilities[target_class]) if target_class >= 0 else None
-    return {
-        "class": target_class,
-        "name": name,
-        "probability": None if probability is None else round(probability, 6),
-        "boxes": [
-            {"box": [round(float(v), 2) for v in box], "score": round(float(score), 6)}
-            for box, score in zip(found.boxes, found.scores, strict=True)
-        ],
-    }
-
-
-def _summary(classifier: Classifier, settings: LocalizeSettings, report: LocalizeReport) -> dict:
-    return {
+    Raises:
+        InputError: the folder holds rows of a run with another model or other settings.
+    """
+    summary = {
         "model": classifier.name,
-        "method": settings.method,
-        "layer": report.layer,
-        "target": settings.target,
-        "threshold": {"method": settings.threshold, "value": settings.threshold_value},
-        "components": settings.components,
-        "box_format": "x0,y0,x1,y1 pixel edges of the original image (x1 = x0 + width)",
-        "images": report.records,
-        "failures": [{"path": p, "error": e} for p, e in report.failures],
+        **settings.describe(),
+        "box_format": BOX_FORMAT,
+        "rows": f"{ROWS_PREFIX}-NNNNNN.jsonl, one JSON object per image",
+        "status": "running",
     }
+    previous = out_dir / RESULTS_FILE
+    if previous.is_file():
+        try:
+            before = json.loads(previous.read_text("utf-8"))
+        except (OSError, ValueError):
+            before = {}
+        keys = ("model", *settings.describe())
+        changed = [k for k in keys if before.get(k) != summary[k]]
+        if "rows" in before and changed:
+            raise InputError(
+                f"--out {out_dir}: holds rows made with other settings "
+                f"({', '.join(f'{k}={before.get(k)!r}' for k in changed)}); "
+                "use another folder to start afresh"
+            )
+        summary["layer"] = before.get("layer")
+    write_json_atomic(previous, summary)
+    return summary
+
+
+def overlay_indices(count: int, overlays: str | int) -> set[int]:
+    """Indices of the inputs that get an overlay: all, none, or N spread evenly."""
+    if overlays == "all":
+        return set(range(count))
+    if overlays == "none":
+        return set()
+    if isinstance(overlays, bool) or not isinstance(overlays, int) or overlays < 0:
+        raise InputError(f"overlays {overlays!r}: expected 'all', 'none' or a count >= 0")
+    if overlays == 0 or count == 0:
+        return set()
+    picks = np.linspace(0, count - 1, num=min(overlays, count))
+    return {int(round(value)) for value in picks}
+
+
+def default_workers() -> int:
+    """Decoding workers: one per CPU core beyond the first, at least one, at most 8."""
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+

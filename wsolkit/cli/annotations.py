@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from wsolkit.cli.options import check_limit
+from wsolkit.cli.options import add_device_option, check_limit, device
 from wsolkit.data.atomic import check_out_dir
 from wsolkit.errors import InputError
 
@@ -20,6 +20,7 @@ def add_clean_boxes_parser(commands: argparse._SubParsersAction) -> None:
         "clean-boxes",
         help="flag boxes without a dominant object and tighten the others (COCO JSON, VOC)",
     )
+    add_device_option(run)
     run.add_argument("annotations", type=Path,
                      help="COCO .json file or VOC folder (Annotations/ or flat .xml files)")
     run.add_argument("--images", type=Path, default=None,
@@ -81,7 +82,7 @@ def run_clean_boxes(args: argparse.Namespace) -> int:
     if args.images is not None and not args.images.is_dir():
         raise InputError(f"--images {args.images}: folder not found")
     annotations = read_annotations(args.annotations, args.images)
-    model = load_model(args.model, weights=args.weights)
+    model = load_model(args.model, weights=args.weights, device=device(args))
     total = sum(entry.status == "ok" for entry in annotations.boxes)
     with tqdm(total=total, unit="box", disable=args.quiet, file=sys.stderr) as bar:
         result = clean_annotations(model, annotations, args.out, settings, progress=bar.update)
@@ -105,6 +106,7 @@ def add_proposals_parser(commands: argparse._SubParsersAction) -> None:
     run = commands.add_parser(
         "proposals", help="class-agnostic object proposals from heatmap blobs (recall on GT)"
     )
+    add_device_option(run)
     run.add_argument("paths", nargs="*", help="image files, folders or glob patterns")
     run.add_argument("--dataset", type=Path, default=None,
                      help="instead of PATHS: a dataset with GT boxes (COCO JSON, VOC, "
@@ -159,7 +161,7 @@ def run_proposals(args: argparse.Namespace) -> int:
                 print(f"wsolkit: {item}: {reason}", file=sys.stderr)
             raise InputError("no image files found in " + " ".join(args.paths))
     if args.method != SELECTIVE_SEARCH:
-        model = load_model(args.model, weights=args.weights)
+        model = load_model(args.model, weights=args.weights, device=device(args))
     settings = ProposalSettings(method=args.method, layer=args.layer, top_k=args.top_k) \
         if model is not None else None
     with tqdm(total=len(files), unit="img", disable=args.quiet, file=sys.stderr) as bar:

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from wsolkit.cli.options import check_limit, set_threads
+from wsolkit.cli.options import add_device_option, check_limit, device, set_threads
 from wsolkit.errors import InputError
 
 
@@ -21,6 +21,7 @@ def add_tune_beam_parser(commands: argparse._SubParsersAction) -> None:
                     "whose blob boxes best match the GT boxes (mean F1 at IoU 0.5). Writes a "
                     "JSON file for --option thresholds=FILE / beam_boxes(thresholds=FILE).",
     )
+    add_device_option(run)
     run.add_argument("dataset", type=Path,
                      help="validation split: wsolevaluation metadata folder, COCO JSON or VOC "
                           "folder (format detected)")
@@ -54,7 +55,7 @@ def run_tune_beam(args: argparse.Namespace) -> int:
         raise InputError(f"--out {args.out}: folder {args.out.parent} does not exist")
     dataset = open_dataset(args.dataset)
     train = open_dataset(args.train) if args.train is not None else None
-    model = load_model(args.model, weights=args.weights)
+    model = load_model(args.model, weights=args.weights, device=device(args))
     settings = TuneSettings(limit=args.limit, beam_width=args.beam_width, levels=args.levels,
                             min_count=args.min_count)
     total = min(len(dataset), args.limit) if args.limit else len(dataset)

@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 from wsolkit.apps.evaluate import EvaluateSettings, evaluate
 from wsolkit.apps.report import markdown_table, write_report
-from wsolkit.cli.options import check_limit
+from wsolkit.cli.options import check_limit, device
 from wsolkit.data import open_dataset
 from wsolkit.data.atomic import check_out_dir, make_out_dir, write_bytes_atomic, write_json_atomic
 from wsolkit.errors import InputError
@@ -35,7 +35,7 @@ def run_evaluate(args: argparse.Namespace, options: dict) -> int:
     if args.maps is None:
         from wsolkit.models import load_model
 
-        model = load_model(args.model, weights=args.weights)
+        model = load_model(args.model, weights=args.weights, device=device(args))
     name = args.dataset.name or str(args.dataset)
     rows, failed = [], 0
     for method in methods:

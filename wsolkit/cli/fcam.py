@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from wsolkit.cli.options import names, set_threads
+from wsolkit.cli.options import add_device_option, device, names, set_threads
 
 
 def add_train_fcam_parser(commands: argparse._SubParsersAction) -> None:
@@ -22,6 +22,7 @@ def add_train_fcam_parser(commands: argparse._SubParsersAction) -> None:
                     "loss and the ELB size constraint; keep the best epoch on --val. Use the "
                     "result with --method fcam --option decoder=OUT. See docs/fcam.md.",
     )
+    add_device_option(run)
     run.add_argument("dataset", type=Path,
                      help="training images with image-level labels (model class indices), "
                           "e.g. a wsolevaluation metadata folder")
@@ -116,7 +117,7 @@ def run_train_fcam(args: argparse.Namespace) -> int:
     get_method(settings.cam)
     dataset = open_dataset(args.dataset)
     val = open_dataset(args.val) if args.val is not None else None
-    model = load_model(args.model, weights=args.weights)
+    model = load_model(args.model, weights=args.weights, device=device(args))
 
     def log(line: str) -> None:
         print(f"wsolkit: {line}", file=sys.stderr)

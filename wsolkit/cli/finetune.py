@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from wsolkit.cli.options import names, set_threads
+from wsolkit.cli.options import add_device_option, device, names, set_threads
 
 
 def add_finetune_parser(commands: argparse._SubParsersAction) -> None:
@@ -19,6 +19,7 @@ def add_finetune_parser(commands: argparse._SubParsersAction) -> None:
                     "augmentation). Writes model.pt (for --model), checkpoint.pt and "
                     "metrics.json (validation mAP before and after) to --out.",
     )
+    add_device_option(run)
     run.add_argument("dataset", type=Path,
                      help="wsolevaluation metadata folder, images+masks folder with labels.csv, "
                           "COCO JSON or VOC folder (format detected)")
@@ -79,7 +80,7 @@ def run_finetune(args: argparse.Namespace) -> int:
     settings.check()  # fail on a bad value before loading anything
     check_out_dir(args.out)
     dataset = open_dataset(args.dataset)
-    model = load_model(args.model, weights=args.weights)
+    model = load_model(args.model, weights=args.weights, device=device(args))
 
     def log(line: str) -> None:
         print(f"wsolkit: {line}", file=sys.stderr)

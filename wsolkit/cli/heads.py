@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from wsolkit.cli.options import set_threads
+from wsolkit.cli.options import add_device_option, device, set_threads
 
 
 def add_train_head_parser(commands: argparse._SubParsersAction) -> None:
@@ -19,6 +19,7 @@ def add_train_head_parser(commands: argparse._SubParsersAction) -> None:
                     "Writes the head to --out (use it as --option head=FILE), a checkpoint "
                     "(OUT stem + .ckpt.pt) and metrics (OUT stem + .json) beside it.",
     )
+    add_device_option(run)
     run.add_argument("dataset", type=Path,
                      help="dataset with image-level labels: COCO JSON (e.g. mosaics' "
                           "instances.json), VOC folder, wsolevaluation folder (format detected)")
@@ -77,7 +78,7 @@ def run_train_head(args: argparse.Namespace) -> int:
     )
     settings.check()  # fail on a bad value before loading anything
     dataset = open_dataset(args.dataset)
-    model = load_model(args.model, weights=args.weights)
+    model = load_model(args.model, weights=args.weights, device=device(args))
 
     def log(line: str) -> None:
         print(f"wsolkit: {line}", file=sys.stderr)

@@ -18,6 +18,7 @@ from wsolkit.cli.fcam import add_train_fcam_parser, run_train_fcam
 from wsolkit.cli.finetune import add_finetune_parser, run_finetune
 from wsolkit.cli.heads import add_train_head_parser, run_train_head
 from wsolkit.cli.mosaics import add_mosaics_parser, run_mosaics
+from wsolkit.cli.options import add_device_option, add_job_options, device
 from wsolkit.cli.segment import add_instances_parser, add_segment_parser
 from wsolkit.errors import InputError, TargetError, WSOLError
 
@@ -32,7 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("methods", help="list the heatmap methods")
     run = commands.add_parser("localize", help="heatmaps and boxes for image files")
-    run.add_argument("paths", nargs="+", help="image files, folders or glob patterns")
+    run.add_argument("paths", nargs="*", help="image files, folders or glob patterns")
+    run.add_argument("--manifest", type=Path, default=None,
+                     help="file listing image paths, one per line or JSON lines with "
+                          "\"image\" (instead of or beside PATHS)")
     run.add_argument("--out", required=True, type=Path, help="output folder")
     run.add_argument("--method", default="gradcam", help="heatmap method (see 'wsolkit methods')")
     run.add_argument("--target", default="top1",
@@ -54,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="method option, e.g. max_channels=128 for scorecam (repeatable)")
     run.add_argument("--recursive", action="store_true", help="also search subfolders")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_device_option(run)
+    add_job_options(run)
     _add_evaluate(commands)
     add_segment_parser(commands)
     add_instances_parser(commands)
@@ -71,6 +77,7 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
     run = commands.add_parser(
         "evaluate", help="score a method on a dataset (WSOL protocol: boxes, masks)"
     )
+    add_device_option(run)
     run.add_argument("dataset", type=Path,
                      help="wsolevaluation metadata folder, images+masks folder, COCO JSON or "
                           "VOC folder (format detected)")
@@ -156,7 +163,8 @@ def _methods() -> int:
 def _localize(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from wsolkit.apps.localize import LocalizeSettings, localize_files
+    from wsolkit.apps.localize import JobOptions, LocalizeSettings, default_workers
+    from wsolkit.cli.options import overlays
     from wsolkit.data.atomic import check_out_dir
     from wsolkit.data.images import expand_paths
     from wsolkit.maps import get_method
@@ -165,12 +173,29 @@ def _localize(args: argparse.Namespace) -> int:
     get_method(args.method)  # fail on a typo before loading anything
     check_out_dir(args.out)
     options = _parse_options(args.option)
-    files, problems = expand_paths(args.paths, recursive=args.recursive)
+    for flag, value, least in (("--batch-size", args.batch_size, 1), ("--workers", args.workers, 0),
+                               ("--shard-size", args.shard_size, 1), ("--actors", args.actors, 1)):
+        if value is not None and value < least:
+            raise InputError(f"{flag} {value}: must be at least {least}")
+    job = JobOptions(
+        workers=default_workers() if args.workers is None else args.workers,
+        shard_size=args.shard_size,
+        overlays=overlays(args),
+        save_maps=args.save_maps,
+    )
+    if not args.paths and args.manifest is None:
+        raise InputError("give image PATHS or --manifest FILE")
+    files, problems = expand_paths(args.paths, recursive=args.recursive) if args.paths else ([], [])
+    if args.manifest is not None:
+        from wsolkit.data.manifest import read_manifest
+
+        seen = {str(p) for p in files}
+        files += [p for p in read_manifest(args.manifest) if str(p) not in seen]
     if not files:
         for item, reason in problems:
             print(f"wsolkit: {item}: {reason}", file=sys.stderr)
         raise InputError("no image files found in " + " ".join(args.paths))
-    model = load_model(args.model, weights=args.weights)
+    model = load_model(args.model, weights=args.weights, device=device(args))
     settings = LocalizeSettings(
         method=args.method,
         target=_parse_target(args.target, model.class_names),
@@ -182,10 +207,23 @@ def _localize(args: argparse.Namespace) -> int:
         options=options,
     )
     with tqdm(total=len(files), unit="img", disable=args.quiet, file=sys.stderr) as bar:
-        report = localize_files(model, files, args.out, settings, progress=bar.update)
+        if args.engine == "ray":
+            from wsolkit.apps.ray_engine import RayOptions, localize_files_ray
+
+            ray_options = RayOptions(address=args.address, actors=args.actors,
+                                     actor_cpus=args.actor_cpus)
+            report = localize_files_ray(model, files, args.out, settings, progress=bar.update,
+                                        job=job, ray=ray_options)
+        else:
+            from wsolkit.apps.localize import localize_files
+
+            report = localize_files(model, files, args.out, settings, progress=bar.update,
+                                    job=job)
     failures = [(item, f"{item}: {reason}") for item, reason in problems] + report.failures
-    print(f"wsolkit: {len(report.records)} image(s) localized with {args.method}; "
-          f"results in {args.out / 'results.json'}", file=sys.stderr)
+    resumed = f" ({report.resumed} already done)" if report.resumed else ""
+    print(f"wsolkit: {report.written - len(report.failures)} image(s) localized with "
+          f"{args.method}{resumed}; rows in {args.out}/rows-*.jsonl, summary in "
+          f"{args.out / 'results.json'}", file=sys.stderr)
     if failures:
         print(f"wsolkit: {len(failures)} item(s) failed:", file=sys.stderr)
         for _item, message in failures:

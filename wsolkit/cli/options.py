@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
+from typing import TYPE_CHECKING
+
 from wsolkit.errors import InputError
+
+if TYPE_CHECKING:
+    import torch
 
 
 def check_limit(limit: int | None) -> None:
@@ -25,3 +31,56 @@ def set_threads(threads: int | None) -> None:
     import torch
 
     torch.set_num_threads(threads)
+
+
+def add_device_option(parser: argparse.ArgumentParser) -> None:
+    """``--device`` (default auto: CUDA when available, else the CPU)."""
+    parser.add_argument("--device", default="auto",
+                        help="auto (CUDA when available, else CPU), cpu, cuda, cuda:N or mps "
+                             "(default auto)")
+
+
+def device(args: argparse.Namespace) -> torch.device:
+    """The checked ``--device`` of parsed arguments."""
+    from wsolkit.models.device import resolve_device
+
+    return resolve_device(args.device, "--device")
+
+
+def add_job_options(parser: argparse.ArgumentParser) -> None:
+    """Options of jobs over many files: workers, shards, overlays, engine (docs/scale.md)."""
+    job = parser.add_argument_group("large jobs (docs/scale.md)")
+    job.add_argument("--workers", type=int, default=None,
+                     help="decoding worker processes (default: CPU cores - 1, at least 1; "
+                          "0 decodes in the main process)")
+    job.add_argument("--shard-size", type=int, default=1000,
+                     help="rows per output shard rows-NNNNNN.jsonl (default 1000)")
+    shown = job.add_mutually_exclusive_group()
+    shown.add_argument("--overlays", action="store_true",
+                       help="draw an overlay PNG for every image (off by default)")
+    shown.add_argument("--overlay-sample", type=int, default=None, metavar="N",
+                       help="draw overlays for N images spread evenly over the inputs")
+    job.add_argument("--save-maps", action="store_true",
+                     help="write each image's heatmap (model input size, float16) as "
+                          "<stem>.<method>.npy, named in its row")
+    job.add_argument("--engine", choices=["local", "ray"], default="local",
+                     help="local (this machine) or ray (Ray Data; pip install 'wsolkit[ray]')")
+    job.add_argument("--address", default=None,
+                     help="with --engine ray: cluster address (auto: the running cluster; "
+                          "default: start Ray locally)")
+    job.add_argument("--actors", type=int, default=1,
+                     help="with --engine ray: model actors (default 1)")
+    job.add_argument("--actor-cpus", type=float, default=None,
+                     help="with --engine ray: CPUs reserved per actor (default: 1 on machines "
+                          "with more than 4 cores, else 0.5)")
+
+
+def overlays(args: argparse.Namespace) -> str | int:
+    """``--overlays`` / ``--overlay-sample N`` as :class:`wsolkit.apps.JobOptions` wants it."""
+    if args.overlays:
+        return "all"
+    if args.overlay_sample is None:
+        return "none"
+    if args.overlay_sample < 0:
+        raise InputError(f"--overlay-sample {args.overlay_sample}: must be at least 0")
+    return args.overlay_sample

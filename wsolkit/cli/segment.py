@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from wsolkit.cli.options import add_device_option, device
 from wsolkit.errors import InputError
 
 if TYPE_CHECKING:
@@ -92,6 +93,7 @@ def add_segment_parser(commands: argparse._SubParsersAction) -> None:
     run = commands.add_parser(
         "segment", help="foreground masks of whole images (heatmap-seeded GrabCut)"
     )
+    add_device_option(run)
     run.add_argument("paths", nargs="+", help="image files, folders or glob patterns")
     run.add_argument("--out", required=True, type=Path, help="output folder")
     run.add_argument("--target", default="top1",
@@ -117,6 +119,7 @@ def add_instances_parser(commands: argparse._SubParsersAction) -> None:
     run = commands.add_parser(
         "instances", help="instance masks from boxes (COCO JSON in, COCO JSON with RLE out)"
     )
+    add_device_option(run)
     run.add_argument("images", type=Path,
                      help="folder of images, or a COCO annotation file (its 'images' name the "
                           "files; without --boxes its annotations are the boxes)")
@@ -223,7 +226,7 @@ def run_segment(args: argparse.Namespace, options: dict | None = None) -> int:
         for item, reason in problems:
             print(f"wsolkit: {item}: {reason}", file=sys.stderr)
         raise InputError("no image files found in " + " ".join(args.paths))
-    model = load_model(args.model, weights=args.weights)
+    model = load_model(args.model, weights=args.weights, device=device(args))
     settings.target = _parse_target(args.target, model.class_names)
     with tqdm(total=len(files), unit="img", disable=args.quiet, file=sys.stderr) as bar:
         report = segment_files(model, files, args.out, settings, progress=bar.update,
@@ -257,7 +260,7 @@ def run_instances(args: argparse.Namespace, options: dict | None = None) -> int:
     if args.images.is_dir() and args.boxes is None:
         raise InputError(f"{args.images}: a folder of images needs --boxes DETECTIONS.json")
     total = check_inputs(args.images, args.boxes, args.out)
-    model = load_model(args.model, weights=args.weights)
+    model = load_model(args.model, weights=args.weights, device=device(args))
     with tqdm(total=total or None, unit="img", disable=args.quiet, file=sys.stderr) as bar:
         report = instances_from_json(model, args.images, args.boxes, args.out, settings,
                                      progress=bar.update, maps_dir=args.save_maps)

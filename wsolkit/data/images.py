@@ -8,10 +8,12 @@ every kind of bad file with a one-line `wsolkit.errors.ImageError` that starts w
 from __future__ import annotations
 
 import glob
+import io
 import os
 import struct
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -74,33 +76,55 @@ def load_image(path: str | os.PathLike[str]) -> Image.Image:
     with handle:
         if os.fstat(handle.fileno()).st_size == 0:
             raise ImageError(f"{name}: not a readable image (empty file)")
-        try:
-            image = Image.open(handle)
-        except UnidentifiedImageError as exc:
-            raise ImageError(f"{name}: not a readable image (unrecognized format)") from exc
-        except Image.DecompressionBombError as exc:
-            raise ImageError(f"{name}: image is too large ({_one_line(exc)})") from exc
-        except _DECODE_ERRORS as exc:
-            raise ImageError(f"{name}: not a readable image ({_one_line(exc)})") from exc
-        width, height = image.size
-        if min(width, height) < MIN_SIDE:
-            raise ImageError(
-                f"{name}: image is {width}x{height} px, too small "
-                f"(sides must be at least {MIN_SIDE} px)"
-            )
-        if max(width, height) > MAX_SIDE:
-            raise ImageError(
-                f"{name}: image is {width}x{height} px, too large "
-                f"(sides must be at most {MAX_SIDE} px)"
-            )
-        try:
-            image.load()
-        except _DECODE_ERRORS as exc:
-            raise ImageError(
-                f"{name}: truncated or corrupt image data ({_one_line(exc)})"
-            ) from exc
-        image = _apply_exif_orientation(image)
-        return _to_rgb(image, name)
+        return _decode(handle, name)
+
+
+def decode_image(data: bytes, name: str) -> Image.Image:
+    """Decode an image file's bytes exactly as :func:`load_image` decodes the file.
+
+    For engines that read files elsewhere (Ray read tasks) and decode later.
+
+    Args:
+        data: the whole file's bytes.
+        name: the file's path or URI, used in error messages.
+
+    Raises:
+        ImageError: as for :func:`load_image`.
+    """
+    if not data:
+        raise ImageError(f"{name}: not a readable image (empty file)")
+    return _decode(io.BytesIO(data), name)
+
+
+def _decode(handle: BinaryIO, name: str) -> Image.Image:
+    """Decode an open image file: size check from the header, full decode, EXIF, RGB."""
+    try:
+        image = Image.open(handle)
+    except UnidentifiedImageError as exc:
+        raise ImageError(f"{name}: not a readable image (unrecognized format)") from exc
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"{name}: image is too large ({_one_line(exc)})") from exc
+    except _DECODE_ERRORS as exc:
+        raise ImageError(f"{name}: not a readable image ({_one_line(exc)})") from exc
+    width, height = image.size
+    if min(width, height) < MIN_SIDE:
+        raise ImageError(
+            f"{name}: image is {width}x{height} px, too small "
+            f"(sides must be at least {MIN_SIDE} px)"
+        )
+    if max(width, height) > MAX_SIDE:
+        raise ImageError(
+            f"{name}: image is {width}x{height} px, too large "
+            f"(sides must be at most {MAX_SIDE} px)"
+        )
+    try:
+        image.load()
+    except _DECODE_ERRORS as exc:
+        raise ImageError(
+            f"{name}: truncated or corrupt image data ({_one_line(exc)})"
+        ) from exc
+    image = _apply_exif_orientation(image)
+    return _to_rgb(image, name)
 
 
 def _apply_exif_orientation(image: Image.Image) -> Image.Image:
