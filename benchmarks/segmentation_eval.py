@@ -21,8 +21,11 @@ mask (``mask_box``), scored with ``BoxMaskIoU`` (the 128 "unknown" band ignored)
     python benchmarks/segmentation_eval.py davis
     python benchmarks/segmentation_eval.py davis-paper --grid \
         --json benchmarks/results/segmentation_davis_paper.json
+    python benchmarks/segmentation_eval.py davis-seeds \
+        --json benchmarks/results/segmentation_davis_seeds.json
     python benchmarks/segmentation_eval.py coco-mval
-    python benchmarks/segmentation_eval.py boxes --grid     # coco-mval and davis-boxes
+    python benchmarks/segmentation_eval.py boxes --grid --jobs 6 \
+        --json benchmarks/results/segmentation_boxes.json    # coco-mval and davis-boxes
     python benchmarks/segmentation_eval.py all --grid --json benchmarks/results/segmentation.json
 
 ``--write-boxes FILE`` only writes the coco-mval boxes used here (the tight box of each GT
@@ -118,6 +121,41 @@ def davis_rows(data: Path, limit: int | None, grid: bool) -> list[dict]:
     return rows
 
 
+SEED_METHODS = ("objectness", "bagcams", "layercam", "fcam")
+"""Heatmap methods compared as GrabCut seeds in the ``davis-seeds`` set."""
+
+
+def seed_rows(data: Path, limit: int | None) -> list[dict]:
+    """Whole-image davis: each method's heatmap, thresholded and as seeds of the default."""
+    samples = list(MaskFolderDataset(data))[:limit]
+    model = load_model()
+    images = [load_image(sample.path) for sample in samples]
+    truths = [sample.load_mask() for sample in samples]
+    rows = []
+    for name in SEED_METHODS:
+        method = get_method(name)(model)
+        maps = [method(model.preprocess_batch([image])).maps[0].numpy() for image in images]
+        pixel = PixelMetrics()
+        for heat, (fg, ignore) in zip(maps, truths, strict=True):
+            pixel.update(resize_map(heat, fg.shape), fg, ignore)
+        found = pixel.compute()
+        rows.append({"setting": f"{name}: thresholded heatmap (best threshold "
+                                f"{found['best_threshold']:.2f})",
+                     "mIoU": found["mIoU"], "seconds": None})
+        print(_row(rows[-1]), file=sys.stderr, flush=True)
+        settings = replace(SegmentSettings(), method=name)
+        metric = BoxMaskIoU()
+        start = time.perf_counter()
+        for image, heat, (fg, ignore) in zip(images, maps, truths, strict=True):
+            mask, _ = segment_heatmap(np.asarray(image), heat, settings)
+            metric.update(mask, fg, ignore)
+        rows.append({"setting": f"{name}: seeds of the default pipeline ({_describe(settings)})",
+                     "mIoU": metric.compute()["mIoU"],
+                     "seconds": (time.perf_counter() - start) / len(images)})
+        print(_row(rows[-1]), file=sys.stderr, flush=True)
+    return rows
+
+
 def paper_rows(data: Path, limit: int | None, grid: bool) -> list[dict]:
     """Whole-image davis: MASON's pipeline (``SegmentSettings.paper()``) beside ours."""
     samples = list(MaskFolderDataset(data))[:limit]
@@ -164,30 +202,50 @@ def paper_rows(data: Path, limit: int | None, grid: bool) -> list[dict]:
     return rows
 
 
-def box_rows(data: Path, limit: int | None, grid: bool, baselines: bool) -> list[dict]:
-    """Box-to-mask on a mask folder (coco-mval, davis): the box is the tight box of each mask."""
-    dataset = MaskFolderDataset(data)
-    samples = list(dataset)[:limit]
-    model = load_model()
-    items = []
-    for sample in samples:
-        fg, ignore = sample.load_mask()
-        items.append((np.asarray(load_image(sample.path)), mask_box(fg)[0], fg, ignore))
+_ITEMS: dict[tuple[str, int | None], list] = {}
 
-    rows = []
-    if baselines:
-        metric = BoxMaskIoU()
+
+def _box_items(data: Path, limit: int | None) -> list:
+    """(image, tight GT box, fg, ignore) of a mask folder, read once per process."""
+    key = (str(data), limit)
+    if key not in _ITEMS:
+        items = []
+        for sample in list(MaskFolderDataset(data))[:limit]:
+            fg, ignore = sample.load_mask()
+            items.append((np.asarray(load_image(sample.path)), mask_box(fg)[0], fg, ignore))
+        _ITEMS[key] = items
+    return _ITEMS[key]
+
+
+def _box_row(task: tuple) -> dict:
+    """Score one setting (None: plain GrabCut) on one box-to-mask set; runs in a worker."""
+    data, limit, name, settings, threads = task
+    torch.set_num_threads(threads)
+    cv2.setNumThreads(threads)
+    items = _box_items(data, limit)
+    metric = BoxMaskIoU()
+    if settings is None:
         start = time.perf_counter()
         for image, box, fg, ignore in items:
             metric.update(grabcut_box(image, box, margin=0.05, iterations=5), fg, ignore)
-        rows.append({"setting": "plain GrabCut from the box (5% margin, 5 iterations)",
-                     "mIoU": metric.compute()["mIoU"],
-                     "seconds": (time.perf_counter() - start) / len(items)})
-        print(_row(rows[-1]), file=sys.stderr, flush=True)
+    else:
+        heatmaps = CropHeatmaps(load_model(), settings)
+        start = time.perf_counter()
+        for image, box, fg, ignore in items:
+            masks, _ = instance_masks(image, box[None], heatmaps, settings)
+            metric.update(masks[0], fg, ignore)
+    row = {"setting": name or _describe(settings), "mIoU": metric.compute()["mIoU"],
+           "seconds": (time.perf_counter() - start) / len(items)}
+    print(_row(row), file=sys.stderr, flush=True)
+    return row
 
+
+def box_configs(grid: bool, baselines: bool) -> list[tuple[str | None, InstanceSettings | None]]:
+    """(name, settings) rows of the box-to-mask table; settings None is plain GrabCut."""
     default = InstanceSettings()
-    configs = []
+    configs: list[tuple[str | None, InstanceSettings | None]] = []
     if baselines:
+        configs.append(("plain GrabCut from the box (5% margin, 5 iterations)", None))
         configs.append(("paper's seeding: heatmap, MASON's rule in the box (5% margin), full "
                         "resolution",
                         replace(default, rule="paper", prior_sigma=None, max_side=None,
@@ -195,29 +253,39 @@ def box_rows(data: Path, limit: int | None, grid: bool, baselines: bool) -> list
     configs.append((f"default: {_describe(default)}", default))
     if grid:
         configs += [
+            ("previous default (tuned on coco-mval alone)", replace(default, fg=0.7, max_side=160)),
             ("heatmap alone (no box prior)", replace(default, prior_sigma=None)),
             ("box prior alone (heat_power 0)", replace(default, heat_power=0.0)),
             (None, replace(default, heat_power=1.0)),
-            (None, replace(default, margin=0.05)),
-            (None, replace(default, prior_sigma=1 / 3)),
-            (None, replace(default, max_side=224)),
-            (None, replace(default, iterations=10)),
-            (None, replace(default, rule="paper")),
-            (None, replace(default, max_side=320)),
             (None, replace(default, fg=None)),
-            (None, replace(default, max_side=320, fg=None)),
+            (None, replace(default, fg=0.7)),
+            (None, replace(default, fg=0.95)),
+            (None, replace(default, max_side=160)),
+            (None, replace(default, max_side=320)),
+            (None, replace(default, fg=None, max_side=320)),
         ]
-    for name, settings in configs:
-        heatmaps = CropHeatmaps(model, settings)
-        metric = BoxMaskIoU()
-        start = time.perf_counter()
-        for image, box, fg, ignore in items:
-            masks, _ = instance_masks(image, box[None], heatmaps, settings)
-            metric.update(masks[0], fg, ignore)
-        rows.append({"setting": name or _describe(settings), "mIoU": metric.compute()["mIoU"],
-                     "seconds": (time.perf_counter() - start) / len(items)})
-        print(_row(rows[-1]), file=sys.stderr, flush=True)
-    return rows
+    return configs
+
+
+def box_rows(folders: dict[str, Path], limit: int | None, grid: bool, baselines: bool,
+             threads: int, jobs: int) -> dict[str, list[dict]]:
+    """Box-to-mask rows per set (coco-mval, davis-boxes): the box is each GT mask's tight box.
+
+    With ``jobs > 1`` the (set, setting) rows run in that many worker processes; the scores do
+    not depend on it (GrabCut's k-means is seeded), the seconds per box do (shared cores).
+    """
+    configs = box_configs(grid, baselines)
+    tasks = [(folder, limit, name, settings, threads)
+             for folder in folders.values() for name, settings in configs]
+    if jobs > 1:
+        import multiprocessing
+
+        with multiprocessing.get_context("spawn").Pool(jobs) as pool:
+            rows = pool.map(_box_row, tasks, chunksize=1)
+    else:
+        rows = [_box_row(task) for task in tasks]
+    return {name: rows[k * len(configs):(k + 1) * len(configs)]
+            for k, name in enumerate(folders)}
 
 
 def write_boxes(data: Path, out: Path) -> int:
@@ -268,10 +336,11 @@ def _table(title: str, unit: str, rows: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("set", choices=["davis", "davis-paper", "coco-mval", "davis-boxes",
-                                        "boxes", "all"],
+    parser.add_argument("set", choices=["davis", "davis-paper", "davis-seeds", "coco-mval",
+                                        "davis-boxes", "boxes", "all"],
                         help="davis: whole-image foreground; davis-paper: MASON's pipeline "
-                             "there; coco-mval, davis-boxes: box-to-mask (the tight box of each "
+                             "there; davis-seeds: methods as seeds; coco-mval, davis-boxes: "
+                             "box-to-mask (the tight box of each "
                              "GT mask); boxes: both box-to-mask sets")
     parser.add_argument("--data", type=Path, default=DATA, help="folder holding the sets")
     parser.add_argument("--limit", type=int, default=None, help="first N images only")
@@ -281,6 +350,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch / OpenCV threads (the scores do not depend on it; on a busy "
                              "machine 1 avoids OpenMP spin-waiting)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="box-to-mask: score the (set, setting) rows in this many processes")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     parser.add_argument("--write-boxes", type=Path, default=None, metavar="FILE",
                         help="coco-mval: only write its GT-mask boxes as COCO detections")
@@ -295,15 +366,22 @@ def main() -> None:
     if args.set in ("davis", "all"):
         out["davis"] = davis_rows(args.data / "davis", args.limit, args.grid)
         print(_table(f"davis ({args.limit or 'all'} images)", "image", out["davis"]))
+    if args.set == "davis-seeds":
+        out["davis-seeds"] = seed_rows(args.data / "davis", args.limit)
+        print(_table(f"davis, seed methods ({args.limit or 'all'} images)", "image",
+                     out["davis-seeds"]))
     if args.set == "davis-paper":
         out["davis-paper"] = paper_rows(args.data / "davis", args.limit, args.grid)
         print(_table(f"davis, MASON's pipeline ({args.limit or 'all'} images)", "image",
                      out["davis-paper"]))
-    for name in ("coco-mval", "davis-boxes"):
-        if args.set in (name, "boxes", "all"):
-            folder = args.data / name.removesuffix("-boxes")
-            out[name] = box_rows(folder, args.limit, args.grid, not args.no_baselines)
-            print(_table(f"{name} ({args.limit or 'all'} boxes)", "box", out[name]))
+    folders = {name: args.data / name.removesuffix("-boxes")
+               for name in ("coco-mval", "davis-boxes") if args.set in (name, "boxes", "all")}
+    if folders:
+        tables = box_rows(folders, args.limit, args.grid, not args.no_baselines, args.threads,
+                          args.jobs)
+        for name, rows in tables.items():
+            out[name] = rows
+            print(_table(f"{name} ({args.limit or 'all'} boxes)", "box", rows))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(out, indent=2) + "\n")

@@ -56,8 +56,8 @@ from wsolkit.refine.resize import resize_map
 class InstanceSettings:
     """How each box becomes a mask.
 
-    Defaults chosen by measurement on ``shared/data/coco-mval`` (docs/segmentation.md,
-    ``benchmarks/segmentation_eval.py``).
+    Defaults chosen by measurement on coco-mval and davis (box-to-mask) together
+    (docs/segmentation.md, ``benchmarks/segmentation_eval.py boxes --grid``).
 
     Attributes:
         method: registered heatmap method.
@@ -84,11 +84,11 @@ class InstanceSettings:
     prior_sigma: float | None = 0.4
     heat_power: float = 0.5
     rule: str = "quantile"
-    fg: float | None | str = 0.7
+    fg: float | None | str = 0.9
     split: float | None | str = 0.2
     bg: float | None | str = None
     iterations: int = 5
-    max_side: int | None = 160
+    max_side: int | None = 224
     overlap: str = "smaller_on_top"
     options: dict = field(default_factory=dict)
 
