@@ -87,8 +87,11 @@ def localize_files(
     for batch in _batches(paths, settings.batch_size):
         images = _load_batch(batch, report)
         if images:
-            tensor = classifier.preprocess_batch([image for _, image in images])
-            result = method(tensor, target=settings.target)
+            pictures = [image for _, image in images]
+            tensor = classifier.preprocess_batch(pictures)
+            # methods that take the original images (rCAM's 448 scale) get them
+            extra = {"originals": pictures} if method.takes_originals else {}
+            result = method(tensor, target=settings.target, **extra)
             report.layer = result.layer
             for index, (path, image) in enumerate(images):
                 report.records.append(

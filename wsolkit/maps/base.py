@@ -270,6 +270,8 @@ class HeatmapMethod:
     summary: ClassVar[str] = ""
     needs_gradients: ClassVar[bool] = False
     relu: ClassVar[bool] = True
+    takes_originals: ClassVar[bool] = False
+    """True when ``__call__`` also takes ``originals=`` (the RGB PIL images of the batch)."""
 
     def __new__(cls, *args: object, **options: object) -> HeatmapMethod:
         """Check the keyword options first, so a bad one is a one-line :class:`InputError`."""

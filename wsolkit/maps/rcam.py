@@ -5,11 +5,14 @@ probability and refined by a dense CRF.
 
 The pipeline, per image and target class ``c`` (taken from scale 1 for both scales):
 
-1. **CAMs at two scales** (sec. 3.1): the input resized to ``scales[0]`` and ``scales[1]``
-   (square, bilinear) gives ``CAM_1``, ``CAM_2`` (``wsolkit.maps.cam.CAM`` on the layer feeding
-   the pooled linear head) and the softmax probabilities ``P_1(c)``, ``P_2(c)``.
+1. **CAMs at two scales** (sec. 3.1): the input at ``scales[0]`` and the original image
+   resized to ``scales[1]`` (square, bilinear; ``I_2``; the input tensor upsampled when the
+   call gets no ``originals`` or ``scale2_input="tensor"``) give ``CAM_1``, ``CAM_2``
+   (``wsolkit.maps.cam.CAM`` on the layer feeding the pooled linear head) and the softmax
+   probabilities ``P_1(c)``, ``P_2(c)``.
 2. **Shape maps** (sec. 3.2): the first 3 principal components of the feature vectors of the
-   *shape layers* (:func:`wsolkit.maps.shape.pca_shape_maps`), per image and scale.
+   *shape layers* (:func:`wsolkit.maps.shape.pca_shape_maps`), per image and scale; with
+   ``shape_group="size"`` of every response map of that size (the paper's ``C^l``).
 3. **Guided upsampling** (sec. 3.3, :func:`upsample_chain`): x2 steps ``G^f(U^2(M), S)``,
    bilinear x2 then OpenCV's guided filter with the shape map at that resolution as guide.
    The paper's radius rule, the ``sigma`` of a Gaussian fit to the guide's empirical
@@ -26,14 +29,17 @@ The pipeline, per image and target class ``c`` (taken from scale 1 for both scal
    F-measure OIS on davis), colour std 5, run at 112x112 (``crf_size``, kernels scaled; 4x
    cheaper than 224 for the same scores within 0.5 point).
 
+**Presets.** ``PRESETS["paper"]`` (method option ``preset=paper``) runs what the paper
+specifies; ``RCAMConfig()`` is our default (see docs/rcam.md for the measured difference).
+
 **Shape layers.** The paper upsamples GoogLeNet's 14x14 CAM with its stride-8 (28x28) layer.
 Here the chain has one step per shape layer, coarse to fine, each layer at twice the previous
 map's resolution. With ``RCAMConfig.shape_layers=None`` they are chosen by probing one
-forward pass (:func:`select_shape_layers`): for 2x and 4x the CAM resolution, the last
-module (in completion order, before the CAM layer) among the least nested ones whose output
-has that resolution. For the embedded EfficientNet-Lite0 that is ``features.stage5`` (the last
-14x14 stage, 112 channels) and ``features.stage3`` (28x28, 40 channels): at 224 the 7x7 CAM
-goes 7 -> 14 -> 28, at 448 the 14x14 CAM goes 14 -> 28 -> 56.
+forward pass (:func:`wsolkit.maps.shape.select_shape_layers`): for 2x and 4x the CAM
+resolution, the last module (in completion order, before the CAM layer) among the least
+nested ones whose output has that resolution. For the embedded EfficientNet-Lite0 that is
+``features.stage5`` (the last 14x14 stage, 112 channels) and ``features.stage3`` (28x28, 40
+channels): at 224 the 7x7 CAM goes 7 -> 14 -> 28, at 448 the 14x14 CAM goes 14 -> 28 -> 56.
 
 **Cost**: one forward at scale 1 (the base's, which also captures the shape layers) and one
 at scale 2 (4x the pixels at 448; run one image at a time in channels-last layout, the
@@ -50,8 +56,6 @@ both end at 56x56, as in the paper, before the bilinear step to the input size.
 
 from __future__ import annotations
 
-import weakref
-from collections import Counter
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
@@ -61,24 +65,36 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
 from wsolkit.errors import InputError, LayerError, TargetError
 from wsolkit.maps.base import ForwardPass, HeatmapMethod
 from wsolkit.maps.cam import CAM
 from wsolkit.maps.hooks import capture_layer
-from wsolkit.maps.shape import ShapeMaps, pca_shape_maps_batch
+from wsolkit.maps.shape import (
+    ShapeMaps,
+    pca_shape_maps_batch,
+    select_shape_layers,
+    shape_layer_groups,
+)
 from wsolkit.maps.targets import Targets, TargetSpec
 from wsolkit.models.classifier import Classifier
 from wsolkit.refine.crf import CRFParams, dense_crf
 from wsolkit.refine.guided_filter import guided_filter, guided_upsample_x2
-from wsolkit.refine.variogram import variogram_radius
+from wsolkit.refine.variogram import FITS, SIGMA_AS, variogram_radius
 
 STAGES = ("rcam1", "rcam2", "rcam3", "rcam")
 """Stage names, in pipeline order; each is a registered method."""
 
 FUSE_INPUTS = ("minmax", "raw")
 """Accepted values of ``RCAMConfig.fuse_inputs``."""
+
+SCALE2_INPUTS = ("image", "tensor")
+"""Accepted values of ``RCAMConfig.scale2_input``."""
+
+SHAPE_GROUPS = ("layer", "size")
+"""Accepted values of ``RCAMConfig.shape_group``."""
 
 
 RCAM_CRF = CRFParams(gaussian_sxy=3.0, gaussian_compat=3.0, bilateral_sxy=60.0,
@@ -114,6 +130,17 @@ class RCAMConfig:
         crf_size: run the CRF on the image and ``rCAM_3`` resized to this shorter side
             (kernel widths scaled alike), then resize the marginal back bilinearly; None or
             a size >= the input's runs it at the input size.
+        scale2_input: ``"image"``: scale 2 is the original image resized to s2 x s2
+            (bilinear, as the paper's ``I_2``) when the call is given the original images
+            (``originals=``; the apps pass them), else the input tensor upsampled;
+            ``"tensor"``: always the input tensor upsampled (no detail beyond ``I_1``).
+        shape_group: ``"layer"``: the PCA of each step runs over its shape layer alone;
+            ``"size"``: over every response map of that size (the paper's ``C^l``,
+            :func:`wsolkit.maps.shape.shape_layer_groups`), concatenated channel-wise.
+        variogram_fit: ``"ols"`` (ordinary least squares) or ``"cressie"`` (Cressie's
+            weighted least squares, the paper's reference) for the radius rule.
+        sigma_as: the radius rule reads ``sigma`` as the filter's ``"radius"`` or as its
+            ``"window"`` side ``2 r + 1`` (the paper: "the size of the filter").
     """
 
     scales: tuple[int, int] = (224, 448)
@@ -129,6 +156,10 @@ class RCAMConfig:
     crf: CRFParams = field(default_factory=lambda: RCAM_CRF)
     crf_iterations: int = 1
     crf_size: int | None = 112
+    scale2_input: str = "image"
+    shape_group: str = "layer"
+    variogram_fit: str = "ols"
+    sigma_as: str = "radius"
 
     def __post_init__(self) -> None:
         scales = tuple(self.scales) if isinstance(self.scales, (tuple, list)) else None
@@ -165,6 +196,11 @@ class RCAMConfig:
             raise InputError(
                 f"fuse_inputs={self.fuse_inputs!r}: use one of {', '.join(FUSE_INPUTS)}"
             )
+        for name, allowed in (("scale2_input", SCALE2_INPUTS), ("shape_group", SHAPE_GROUPS),
+                              ("variogram_fit", FITS), ("sigma_as", SIGMA_AS)):
+            if getattr(self, name) not in allowed:
+                raise InputError(f"{name}={getattr(self, name)!r}: use one of "
+                                 f"{', '.join(allowed)}")
         if not isinstance(self.crf, CRFParams):
             raise InputError(f"crf must be a CRFParams, got {type(self.crf).__name__}")
         if not _positive_int(self.crf_iterations):
@@ -175,6 +211,20 @@ class RCAMConfig:
 
 def _positive_int(value: object) -> bool:
     return not isinstance(value, bool) and isinstance(value, (int, np.integer)) and value >= 1
+
+
+PRESETS: dict[str, RCAMConfig] = {
+    "default": RCAMConfig(),
+    "paper": RCAMConfig(radius=None, variogram_fit="cressie", sigma_as="window",
+                        fuse_inputs="raw", shape_group="size", scale2_input="image",
+                        crf_size=None),
+}
+"""Named configurations (method option ``preset``). ``paper`` is what Ha et al. specify:
+``I_2`` the image resized to 448, PCA over every response map of the guide's size (``C^l``),
+the guided filter's window side the ``sigma`` of a Cressie weighted least-squares fit of the
+Gaussian variogram, eq. 5 on the raw upsampled CAMs, the CRF at 224. The paper gives no
+guided filter ``eps`` and no CRF kernels or iterations: those are our defaults. See
+docs/rcam.md for where ``default`` differs and why."""
 
 
 @dataclass
@@ -394,74 +444,6 @@ def to_rgb_uint8(images: torch.Tensor, mean: Sequence[float],
     return np.ascontiguousarray(rgb.permute(0, 2, 3, 1).numpy())
 
 
-# ------------------------------------------------------------------------- shape layers
-
-_PROBED: weakref.WeakKeyDictionary[nn.Module, dict] = weakref.WeakKeyDictionary()
-
-
-def select_shape_layers(module: nn.Module, sample: torch.Tensor, feature_layer: str,
-                        steps: int = 2) -> tuple[str, ...]:
-    """The shape layers of the x2 steps: modules at 2x, 4x, ... the CAM resolution.
-
-    Runs ``module`` once on ``sample`` with temporary hooks on every module. For each factor
-    f = 2, 4, ..., 2**steps, the candidates are the modules that run once, complete before
-    ``feature_layer`` does and output an (N, C, H, W) map with ``H = ceil``-compatible to f
-    times the CAM's height (``f * (h - 1) < H <= f * h``, the same for the width). Of the least
-    nested candidates (fewest dots in the name: whole stages rather than their inner convs),
-    the last to complete is chosen. Factors without a candidate are skipped. The result is
-    cached per module, feature layer and input size.
-
-    Raises:
-        LayerError: no layer at 2x or 4x the CAM resolution (name ``shape_layers``).
-    """
-    key = (feature_layer, tuple(sample.shape[-2:]), steps)
-    cache = _PROBED.setdefault(module, {})
-    if key in cache:
-        return cache[key]
-    shapes: dict[str, torch.Size] = {}
-    calls: Counter[str] = Counter()
-    order: list[str] = []
-
-    def record(name: str):
-        def hook(_module, _inputs, output):
-            calls[name] += 1
-            if isinstance(output, torch.Tensor):
-                shapes[name] = output.shape
-                order.append(name)
-        return hook
-
-    handles = [m.register_forward_hook(record(n)) for n, m in module.named_modules() if n]
-    try:
-        with torch.no_grad():
-            module(sample[:1])
-    finally:
-        for handle in handles:
-            handle.remove()
-    if feature_layer not in shapes or len(shapes[feature_layer]) != 4:
-        raise LayerError(f"layer {feature_layer!r} did not output an (N, C, h, w) map")
-    height, width = shapes[feature_layer][2:]
-    before = order[:order.index(feature_layer)]
-    chosen = []
-    for power in range(1, steps + 1):
-        factor = 2 ** power
-        candidates = [
-            name for name in before
-            if calls[name] == 1 and len(shapes[name]) == 4
-            and factor * (height - 1) < shapes[name][2] <= factor * height
-            and factor * (width - 1) < shapes[name][3] <= factor * width
-        ]
-        if candidates:
-            depth = min(name.count(".") for name in candidates)
-            chosen.append([name for name in candidates if name.count(".") == depth][-1])
-    if not chosen:
-        raise LayerError(
-            f"no layer at 2x or 4x the {height}x{width} resolution of {feature_layer!r}; "
-            "name the shape layers with RCAMConfig(shape_layers=...)"
-        )
-    cache[key] = tuple(chosen)
-    return cache[key]
-
-
 # ------------------------------------------------------------------------- methods
 
 
@@ -500,6 +482,10 @@ class _RCAMBase(HeatmapMethod):
         crf_size: overrides ``config.crf_size`` (0 means None: the input size).
         bilateral_srgb: overrides ``config.crf.bilateral_srgb``.
         bilateral_compat: overrides ``config.crf.bilateral_compat``.
+        preset: start from a named configuration of :data:`PRESETS` (``"paper"``,
+            ``"default"``) instead of ``config``; the other options override it.
+        scale2_input: overrides ``config.scale2_input``.
+        shape_group: overrides ``config.shape_group``.
 
     Raw maps (``HeatmapResult.raw``) are at the input size: the upsampled CAM for ``rcam1``,
     ``rcam2`` (CAM units), ``rCAM_1 * P_1 + rCAM_2 * P_2`` before normalization for ``rcam3``,
@@ -509,13 +495,16 @@ class _RCAMBase(HeatmapMethod):
     ``last_stages`` (``last_stages.rcam`` is the plain marginal); :meth:`stages` computes all
     of them.
 
-    Scale 2 resizes the preprocessed input tensor (not the original image) to s2 x s2. The
-    target class is resolved on the input as given, which is scale 1 whenever the input is
-    s1 x s1 (as ``Classifier.preprocess`` makes it for the embedded model at 224).
+    Scale 2 is the original image resized to s2 x s2 when the call gets the original images
+    (``originals=``, one RGB PIL image per input image) and ``config.scale2_input`` is
+    ``"image"``; otherwise the preprocessed input tensor resized to s2 x s2. The target class
+    is resolved on the input as given, which is scale 1 whenever the input is s1 x s1 (as
+    ``Classifier.preprocess`` makes it for the embedded model at 224).
     """
 
     stage: ClassVar[str] = "rcam"
     relu = False
+    takes_originals = True
 
     def __init__(
         self,
@@ -534,12 +523,25 @@ class _RCAMBase(HeatmapMethod):
         crf_size: int | None = None,
         bilateral_srgb: float | None = None,
         bilateral_compat: float | None = None,
+        preset: str | None = None,
+        scale2_input: str | None = None,
+        shape_group: str | None = None,
     ) -> None:
         super().__init__(model, layer=layer, fc=fc, upsample=upsample)
+        if preset is not None:
+            if preset not in PRESETS:
+                raise InputError(f"preset={preset!r}: use one of {', '.join(PRESETS)}")
+            if config is not None:
+                raise InputError("give either config or preset, not both")
+            config = PRESETS[preset]
         config = RCAMConfig() if config is None else config
         if not isinstance(config, RCAMConfig):
             raise InputError(f"config must be an RCAMConfig, got {type(config).__name__}")
-        overrides: dict[str, object] = {}
+        overrides: dict[str, object] = {
+            name: value for name, value in (("scale2_input", scale2_input),
+                                            ("shape_group", shape_group))
+            if value is not None
+        }
         if scales is not None:
             overrides["scales"] = _split(scales, int, "scales")
         if shape_layers is not None:
@@ -564,12 +566,43 @@ class _RCAMBase(HeatmapMethod):
         self.config = replace(config, **overrides) if overrides else config
         self._cam = CAM(self.classifier, layer=layer, fc=fc)
         self.last_stages: RCAMStages | None = None
+        self._originals: list[Image.Image] | None = None
+
+    def __call__(
+        self,
+        images: torch.Tensor,
+        target: TargetSpec = "top1",
+        labels: Sequence[int] | torch.Tensor | None = None,
+        upsample_maps: bool = True,
+        originals: Sequence[Image.Image] | None = None,
+    ):
+        """The base's call, plus ``originals``: the RGB PIL images the batch was made from.
+
+        With them (and ``config.scale2_input == "image"``) scale 2 resizes each original to
+        s2 x s2 instead of upsampling the tensor. They are not modified.
+        """
+        if originals is not None:
+            originals = list(originals)
+            if len(originals) != len(images):
+                raise InputError(f"originals: {len(originals)} images for a batch of "
+                                 f"{len(images)}")
+            for index, image in enumerate(originals):
+                if not isinstance(image, Image.Image) or image.mode != "RGB":
+                    raise InputError(f"originals[{index}] must be an RGB PIL image, got "
+                                     f"{type(image).__name__}")
+        self._originals = originals
+        try:
+            return super().__call__(images, target=target, labels=labels,
+                                    upsample_maps=upsample_maps)
+        finally:
+            self._originals = None
 
     def stages(self, images: torch.Tensor, target: TargetSpec = "top1",
-               labels: Sequence[int] | torch.Tensor | None = None) -> RCAMStages:
+               labels: Sequence[int] | torch.Tensor | None = None,
+               originals: Sequence[Image.Image] | None = None) -> RCAMStages:
         """Run the whole pipeline on a batch and return every stage (CRF included)."""
         runner = RCAM(self.classifier, layer=self.layer, config=self.config)
-        runner(images, target=target, labels=labels)
+        runner(images, target=target, labels=labels, originals=originals)
         return runner.last_stages
 
     def forward(
@@ -587,7 +620,8 @@ class _RCAMBase(HeatmapMethod):
         s1 = self.config.scales[0]
         names: tuple[str, ...] = ()
         if self.stage != "rcam2" and tuple(images.shape[-2:]) == (s1, s1):
-            names = self._shape_layers(images, layer)
+            groups = self._shape_groups(images, layer)
+            names = tuple(dict.fromkeys(name for group in groups for name in group))
         with ExitStack() as stack:
             captures = [stack.enter_context(capture_layer(self.module, name)) for name in names]
             result = super().forward(images, layer, targets, target=target, labels=labels)
@@ -601,6 +635,22 @@ class _RCAMBase(HeatmapMethod):
 
     def _shape_layers(self, images: torch.Tensor, layer: str) -> tuple[str, ...]:
         return self.config.shape_layers or select_shape_layers(self.module, images[:1], layer)
+
+    def _shape_groups(self, images: torch.Tensor, layer: str) -> tuple[tuple[str, ...], ...]:
+        """Per shape layer, the layers its PCA runs over (itself, or its size's group)."""
+        layers = self._shape_layers(images, layer)
+        if self.config.shape_group == "layer":
+            return tuple((name,) for name in layers)
+        return shape_layer_groups(self.module, images[:1], layer, layers)
+
+    def _scale2_images(self, forward: ForwardPass) -> torch.Tensor:
+        """Scale-2 input per row: the original image resized, or the input tensor resized."""
+        side = self.config.scales[1]
+        if self._originals is None or self.config.scale2_input == "tensor":
+            return _resize(forward.images, side)
+        at_side = replace(self.classifier, input_size=(side, side))
+        batch = at_side.preprocess_batch(self._originals).to(forward.images.device)
+        return batch[forward.targets.image_index.to(batch.device)]
 
     def layer_map(self, forward: ForwardPass) -> torch.Tensor:
         """Run the pipeline up to this method's stage; return its (N, H, W) map."""
@@ -625,17 +675,18 @@ class _RCAMBase(HeatmapMethod):
         s1, s2 = config.scales
         images1 = forward.images if size == (s1, s1) else _resize(forward.images, s1)
         layers = self._shape_layers(images1, forward.layer)
+        groups = self._shape_groups(images1, forward.layer)
         unique, inverse = _unique_rows(forward.images)
         need1 = until != "rcam2"
         need2 = until != "rcam1" or config.cross_scale
         stages = RCAMStages(classes=targets.classes.numpy().copy(), shape_layers=layers)
         if need1:
-            first = self._scale(forward, images1, unique, inverse, layers, cam=True)
+            first = self._scale(forward, images1, unique, inverse, groups, cam=True)
             stages.cam1, stages.p1, stages.shapes1 = first.cam, first.probs, first.shapes
         if need2:
             cam = until != "rcam1"
-            second = self._scale(forward, _resize(forward.images, s2), unique, inverse, layers,
-                                 cam=cam)
+            second = self._scale(forward, self._scale2_images(forward), unique, inverse,
+                                 groups, cam=cam)
             stages.shapes2 = second.shapes
             if cam:
                 stages.cam2, stages.p2 = second.cam, second.probs
@@ -671,12 +722,15 @@ class _RCAMBase(HeatmapMethod):
     # -- helpers ---------------------------------------------------------------------------
 
     def _scale(self, forward: ForwardPass, images: torch.Tensor, unique: torch.Tensor,
-               inverse: torch.Tensor, layers: Sequence[str], cam: bool) -> _Scale:
+               inverse: torch.Tensor, groups: Sequence[Sequence[str]], cam: bool) -> _Scale:
         """CAM, P(c) and shape maps at one scale, from one forward of the distinct images.
 
         When ``images`` is the base's input, the base's forward gives the CAM and the logits,
-        and the extra forward only captures the shape layers.
+        and the extra forward only captures the shape layers. Each shape map is the PCA of
+        its group's outputs concatenated channel-wise (resized to the group's first layer's
+        size where an odd input size makes them differ).
         """
+        layers = list(dict.fromkeys(name for group in groups for name in group))
         reused = images is forward.images
         captured: dict[str, torch.Tensor] = {}  # outputs of the distinct images
         if reused:
@@ -697,8 +751,8 @@ class _RCAMBase(HeatmapMethod):
         if cam:
             scaled = ForwardPass(images, forward.layer, activations, logits, forward.targets)
             cam_map = self._cam.layer_map(scaled).detach().float().cpu().numpy()
-        shapes = [pca_shape_maps_batch(captured[name], self.config.components)
-                  for name in layers]
+        shapes = [pca_shape_maps_batch(_concatenated(captured, group), self.config.components)
+                  for group in groups]
         return _Scale(cam_map, probs.detach().cpu().numpy(), shapes)
 
     def _chains(self, cams: np.ndarray, shapes: list[list[ShapeMaps]],
@@ -721,7 +775,7 @@ class _RCAMBase(HeatmapMethod):
                 elif id(guide) not in radius_of:
                     radius_of[id(guide)] = variogram_radius(
                         guide.guide(), config.min_radius, config.max_radius,
-                        config.radius_scale)
+                        config.radius_scale, config.variogram_fit, config.sigma_as)
             per_image.append(([g.maps for g in guides], [radius_of[id(g)] for g in guides]))
         maps, radii_rows = [], []
         for row, cam in enumerate(cams):
@@ -804,6 +858,16 @@ def _chunked_forward(module: nn.Module, images: torch.Tensor,
                 raise LayerError(f"layer {capture.name!r} did not run during the forward pass")
             outputs[capture.name].append(capture.activation.contiguous())
     return torch.cat(logits), {name: torch.cat(parts) for name, parts in outputs.items()}
+
+
+def _concatenated(captured: dict[str, torch.Tensor], group: Sequence[str]) -> torch.Tensor:
+    """The outputs of a group of layers stacked along channels, at the first one's size."""
+    parts = [captured[name] for name in group]
+    size = parts[0].shape[-2:]
+    parts = [part if part.shape[-2:] == size else
+             F.interpolate(part.float(), size=tuple(size), mode="bilinear", align_corners=False)
+             for part in parts]
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
 
 def _resize(images: torch.Tensor, side: int) -> torch.Tensor:
