@@ -4,9 +4,10 @@ For each configuration (a row of ``CONFIGS``, method options as ``wsolkit evalua
 takes them) and each dataset, rCAM runs once per image with the original image (so scale 2 is
 ``I_2``, the image resized to 448, unless the row says otherwise), and its stages are scored
 with ``wsolkit evaluate``'s own scorer (``wsolkit.apps.evaluate._Scorer``, the same 224x224
-protocol): ``cam`` (the scale-1 CAM, ReLU), ``rcam1``, ``rcam2``, ``rcam3`` (raw fusion) and
-``rcam`` (CRF marginal times the fusion's peak), exactly the raw maps the registered methods
-return. imagenet-dev: ground-truth class (MaxBoxAcc, MaxBoxAccV2, top-1 loc); davis: top-1
+protocol): ``cam`` (the scale-1 CAM after a ReLU; the registered ``cam`` method keeps
+negative values, which scores slightly differently), ``rcam1``, ``rcam2``, ``rcam3`` (raw
+fusion) and ``rcam`` (CRF marginal times the fusion's peak), the raw maps the registered
+methods return. imagenet-dev: ground-truth class (MaxBoxAcc, MaxBoxAccV2, top-1 loc); davis: top-1
 class (PxAP, F OIS / ODS, MAE, mIoU). One torch thread.
 
     python benchmarks/rcam_eval.py --json benchmarks/results/rcam_eval.json

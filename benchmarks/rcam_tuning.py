@@ -170,7 +170,7 @@ def score(cached: list, target: str, setting: Setting | None, radius_cache: dict
     sample0 = cached[0]["sample"]
     scorer = _Scorer(len(sample0.boxes) > 0, sample0.has_mask, 0.01, target == "gt")
     for item in cached:
-        if setting is None:  # plain CAM
+        if setting is None:  # CAM_1 after a ReLU (the `cam` method keeps negatives)
             raw = item["cam1"].clip(min=0)
         else:
             rcam3, peak = rcam3_of(item, setting, radius_cache)

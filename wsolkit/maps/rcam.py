@@ -17,17 +17,15 @@ The pipeline, per image and target class ``c`` (taken from scale 1 for both scal
    bilinear x2 then OpenCV's guided filter with the shape map at that resolution as guide.
    The paper's radius rule, the ``sigma`` of a Gaussian fit to the guide's empirical
    variogram (eq. 1, :func:`wsolkit.refine.variogram.variogram_radius`), is
-   ``RCAMConfig(radius=None)``; the default is a fixed radius of 2 at every step, which
-   scored better on imagenet-dev and davis (on davis the fitted ``sigma`` gives median radii
-   1, 4, 3 and 6 on the 14, 28, 28 and 56 pixel guides, often 1 where the fit fails; the large
-   ones over-smooth; see docs/rcam.md).
+   ``RCAMConfig(radius=None)`` (``variogram_fit``, ``sigma_as`` choose the fit and the
+   reading of ``sigma``); the default is a fixed radius of 2 at every step, chosen on the dev
+   sets (docs/rcam.md).
 4. **Fusion** (eq. 5, :func:`fuse`): ``rCAM_3 = rCAM_1 * P_1(c) + rCAM_2 * P_2(c)`` after
    bilinear upsampling of both to the input size, then min-max normalization.
 5. **Dense CRF** (:func:`refine_crf`): unaries from ``rCAM_3`` and ``1 - rCAM_3`` on the RGB
    image; the foreground marginal is the final ``rCAM``. Defaults (tuned on the dev sets as a
-   whole): one mean-field iteration (more make the map nearly binary, which costs PxAP and
-   F-measure OIS on davis), colour std 5, run at 112x112 (``crf_size``, kernels scaled; 4x
-   cheaper than 224 for the same scores within 0.5 point).
+   whole, docs/rcam.md): one mean-field iteration (more make the map nearly binary), colour
+   std 5, run at 112x112 (``crf_size``, kernels scaled; a quarter of the pixels of 224).
 
 **Presets.** ``PRESETS["paper"]`` (method option ``preset=paper``) runs what the paper
 specifies; ``RCAMConfig()`` is our default (see docs/rcam.md for the measured difference).
@@ -45,8 +43,8 @@ channels): at 224 the 7x7 CAM goes 7 -> 14 -> 28, at 448 the 14x14 CAM goes 14 -
 at scale 2 (4x the pixels at 448; run one image at a time in channels-last layout, the
 fastest on CPUs), four PCAs per image (two shape layers at two scales; plus four variogram
 fits with ``radius=None``), five guided filters and one CRF per map; batches that repeat an
-image (one row per class) share the forwards, PCAs and fits. The two forwards are about 80%
-of the time. ``benchmarks/rcam_speed.py`` times it.
+image (one row per class) share the forwards, PCAs and fits. The two forwards dominate;
+``benchmarks/rcam_speed.py`` times each stage (docs/rcam.md).
 
 **Cross-scale step** (``cross_scale=True``, the paper's eq. 3): the scale-1 chain continues
 with the finest scale-2 shape map when it is finer than the chain's end (EfficientNet-Lite0 at
@@ -71,7 +69,16 @@ from torch import nn
 from wsolkit.errors import InputError, LayerError, TargetError
 from wsolkit.maps.base import ForwardPass, HeatmapMethod
 from wsolkit.maps.cam import CAM
-from wsolkit.maps.hooks import capture_layer
+from wsolkit.maps.hooks import FORWARD_CHUNK, capture_layer, forward_capturing
+from wsolkit.maps.rcam_config import (
+    FUSE_INPUTS,
+    PRESETS,
+    RCAM_CRF,
+    SCALE2_INPUTS,
+    SHAPE_GROUPS,
+    STAGES,
+    RCAMConfig,
+)
 from wsolkit.maps.shape import (
     ShapeMaps,
     pca_shape_maps_batch,
@@ -79,152 +86,23 @@ from wsolkit.maps.shape import (
     shape_layer_groups,
 )
 from wsolkit.maps.targets import Targets, TargetSpec
-from wsolkit.models.classifier import Classifier
-from wsolkit.refine.crf import CRFParams, dense_crf
-from wsolkit.refine.guided_filter import guided_filter, guided_upsample_x2
-from wsolkit.refine.variogram import FITS, SIGMA_AS, variogram_radius
+from wsolkit.models.classifier import Classifier, to_rgb_uint8
+from wsolkit.refine.crf import dense_crf
+from wsolkit.refine.fusion import fuse, minmax
+from wsolkit.refine.guided_filter import chain_radii, upsample_chain
+from wsolkit.refine.variogram import variogram_radius
 
-STAGES = ("rcam1", "rcam2", "rcam3", "rcam")
-"""Stage names, in pipeline order; each is a registered method."""
+refine_crf = dense_crf
+"""The dense CRF on ``rCAM_3`` (foreground ``rCAM_3``, background ``1 - rCAM_3``; ``size``
+runs it at a smaller side): :func:`wsolkit.refine.crf.dense_crf`."""
 
-FUSE_INPUTS = ("minmax", "raw")
-"""Accepted values of ``RCAMConfig.fuse_inputs``."""
+_chunked_forward = forward_capturing
 
-SCALE2_INPUTS = ("image", "tensor")
-"""Accepted values of ``RCAMConfig.scale2_input``."""
-
-SHAPE_GROUPS = ("layer", "size")
-"""Accepted values of ``RCAMConfig.shape_group``."""
-
-
-RCAM_CRF = CRFParams(gaussian_sxy=3.0, gaussian_compat=3.0, bilateral_sxy=60.0,
-                     bilateral_srgb=5.0, bilateral_compat=5.0)
-"""rCAM's CRF kernels (at 224; scaled with ``crf_size``): ``CRFParams()`` but a colour std
-of 5 instead of 10 (tuned on imagenet-dev and davis as a whole; see docs/rcam.md)."""
-
-
-@dataclass(frozen=True)
-class RCAMConfig:
-    """Settings of the rCAM pipeline.
-
-    Attributes:
-        scales: (s1, s2) square input sizes of the two scales; the target class and ``P_1``
-            come from s1. An input already of size s1 x s1 is used as is.
-        shape_layers: layers giving the guides of the x2 steps, coarse to fine (each about
-            twice the resolution of the previous map); None picks them automatically
-            (:func:`select_shape_layers`).
-        components: principal components per shape map (OpenCV guides take 1 to 3).
-        eps: guided filter regularization, in squared guide units (shape maps lie in [0, 1]).
-        radius: a fixed guided filter radius for every step; None applies the paper's rule,
-            the radius from the guide's variogram fit (``radius_scale``, ``min_radius``,
-            ``max_radius``).
-        radius_scale: the radius of a step is ``round(radius_scale * sigma)`` of the guide's
-            variogram fit (the paper: 1).
-        min_radius: smallest guided filter radius.
-        max_radius: largest guided filter radius (None: half the guide's shorter side).
-        cross_scale: continue the scale-1 chain with the finest scale-2 shape map (eq. 3).
-        fuse_inputs: ``"minmax"`` scales ``rCAM_1``, ``rCAM_2`` to [0, 1] before eq. 5 (their
-            raw CAM units differ between scales), ``"raw"`` fuses them as they are.
-        crf: dense CRF kernel parameters, in pixels of the input size.
-        crf_iterations: mean-field iterations of the CRF.
-        crf_size: run the CRF on the image and ``rCAM_3`` resized to this shorter side
-            (kernel widths scaled alike), then resize the marginal back bilinearly; None or
-            a size >= the input's runs it at the input size.
-        scale2_input: ``"image"``: scale 2 is the original image resized to s2 x s2
-            (bilinear, as the paper's ``I_2``) when the call is given the original images
-            (``originals=``; the apps pass them), else the input tensor upsampled;
-            ``"tensor"``: always the input tensor upsampled (no detail beyond ``I_1``).
-        shape_group: ``"layer"``: the PCA of each step runs over its shape layer alone;
-            ``"size"``: over every response map of that size (the paper's ``C^l``,
-            :func:`wsolkit.maps.shape.shape_layer_groups`), concatenated channel-wise.
-        variogram_fit: ``"ols"`` (ordinary least squares) or ``"cressie"`` (Cressie's
-            weighted least squares, the paper's reference) for the radius rule.
-        sigma_as: the radius rule reads ``sigma`` as the filter's ``"radius"`` or as its
-            ``"window"`` side ``2 r + 1`` (the paper: "the size of the filter").
-    """
-
-    scales: tuple[int, int] = (224, 448)
-    shape_layers: tuple[str, ...] | None = None
-    components: int = 3
-    eps: float = 1e-2
-    radius: int | None = 2
-    radius_scale: float = 1.0
-    min_radius: int = 1
-    max_radius: int | None = None
-    cross_scale: bool = True
-    fuse_inputs: str = "minmax"
-    crf: CRFParams = field(default_factory=lambda: RCAM_CRF)
-    crf_iterations: int = 1
-    crf_size: int | None = 112
-    scale2_input: str = "image"
-    shape_group: str = "layer"
-    variogram_fit: str = "ols"
-    sigma_as: str = "radius"
-
-    def __post_init__(self) -> None:
-        scales = tuple(self.scales) if isinstance(self.scales, (tuple, list)) else None
-        if scales is None or len(scales) != 2 or not all(_positive_int(s) for s in scales):
-            raise InputError(f"scales={self.scales!r}: must be two positive integers (s1, s2)")
-        object.__setattr__(self, "scales", (int(scales[0]), int(scales[1])))
-        if self.shape_layers is not None:
-            layers = self.shape_layers
-            if isinstance(layers, str) or not isinstance(layers, (tuple, list)) or not layers \
-                    or not all(isinstance(name, str) and name for name in layers):
-                raise InputError(
-                    f"shape_layers={layers!r}: must be a non-empty tuple of layer names or None"
-                )
-            object.__setattr__(self, "shape_layers", tuple(layers))
-        if not _positive_int(self.components) or self.components > 3:
-            raise InputError(f"components={self.components!r}: must be 1, 2 or 3")
-        if isinstance(self.eps, bool) or not isinstance(self.eps, (int, float)) \
-                or not 0 < self.eps < float("inf"):
-            raise InputError(f"eps={self.eps!r}: must be a finite number > 0")
-        if self.radius is not None and not _positive_int(self.radius):
-            raise InputError(f"radius={self.radius!r}: must be None or an integer >= 1")
-        if isinstance(self.radius_scale, bool) \
-                or not isinstance(self.radius_scale, (int, float)) \
-                or not 0 < self.radius_scale < float("inf"):
-            raise InputError(f"radius_scale={self.radius_scale!r}: must be a finite number > 0")
-        if not _positive_int(self.min_radius):
-            raise InputError(f"min_radius={self.min_radius!r}: must be an integer >= 1")
-        if self.max_radius is not None and (
-                not _positive_int(self.max_radius) or self.max_radius < self.min_radius):
-            raise InputError(
-                f"max_radius={self.max_radius!r}: must be None or an integer >= min_radius"
-            )
-        if self.fuse_inputs not in FUSE_INPUTS:
-            raise InputError(
-                f"fuse_inputs={self.fuse_inputs!r}: use one of {', '.join(FUSE_INPUTS)}"
-            )
-        for name, allowed in (("scale2_input", SCALE2_INPUTS), ("shape_group", SHAPE_GROUPS),
-                              ("variogram_fit", FITS), ("sigma_as", SIGMA_AS)):
-            if getattr(self, name) not in allowed:
-                raise InputError(f"{name}={getattr(self, name)!r}: use one of "
-                                 f"{', '.join(allowed)}")
-        if not isinstance(self.crf, CRFParams):
-            raise InputError(f"crf must be a CRFParams, got {type(self.crf).__name__}")
-        if not _positive_int(self.crf_iterations):
-            raise InputError(f"crf_iterations={self.crf_iterations!r}: must be >= 1")
-        if self.crf_size is not None and (not _positive_int(self.crf_size) or self.crf_size < 8):
-            raise InputError(f"crf_size={self.crf_size!r}: must be None or an integer >= 8")
-
-
-def _positive_int(value: object) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, np.integer)) and value >= 1
-
-
-PRESETS: dict[str, RCAMConfig] = {
-    "default": RCAMConfig(),
-    "paper": RCAMConfig(radius=None, variogram_fit="cressie", sigma_as="window",
-                        fuse_inputs="raw", shape_group="size", scale2_input="image",
-                        crf_size=None),
-}
-"""Named configurations (method option ``preset``). ``paper`` is what Ha et al. specify:
-``I_2`` the image resized to 448, PCA over every response map of the guide's size (``C^l``),
-the guided filter's window side the ``sigma`` of a Cressie weighted least-squares fit of the
-Gaussian variogram, eq. 5 on the raw upsampled CAMs, the CRF at 224. The paper gives no
-guided filter ``eps`` and no CRF kernels or iterations: those are our defaults. See
-docs/rcam.md for where ``default`` differs and why."""
+__all__ = [
+    "FORWARD_CHUNK", "FUSE_INPUTS", "PRESETS", "RCAM", "RCAM1", "RCAM2", "RCAM3", "RCAM_CRF",
+    "SCALE2_INPUTS", "SHAPE_GROUPS", "STAGES", "RCAMConfig", "RCAMStages", "chain_radii",
+    "fuse", "minmax", "refine_crf", "select_shape_layers", "to_rgb_uint8", "upsample_chain",
+]
 
 
 @dataclass
@@ -268,180 +146,6 @@ class RCAMStages:
     fused: np.ndarray | None = None
     rcam3: np.ndarray | None = None
     rcam: np.ndarray | None = None
-
-
-# ------------------------------------------------------------------------- stage functions
-
-
-def chain_radii(guides: Sequence[np.ndarray], min_radius: int = 1,
-                max_radius: int | None = None, scale: float = 1.0) -> list[int]:
-    """Guided filter radius of each step: ``variogram_radius`` of that step's guide.
-
-    Args:
-        guides: (k, H_i, W_i) shape maps (or (H_i, W_i) single maps), coarse to fine.
-        min_radius: smallest radius.
-        max_radius: largest radius (None: half the guide's shorter side).
-        scale: factor on the fitted ``sigma`` before rounding.
-    """
-    return [variogram_radius(_guide_image(guide), min_radius, max_radius, scale)
-            for guide in guides]
-
-
-def upsample_chain(
-    cam: np.ndarray,
-    guides: Sequence[np.ndarray],
-    eps: float,
-    radii: Sequence[int] | None = None,
-    min_radius: int = 1,
-    max_radius: int | None = None,
-) -> np.ndarray:
-    """Upsample a map by successive guided x2 steps ``G^f(U^2(M), S_i)`` (eqs. 2-4).
-
-    Each step is :func:`wsolkit.refine.guided_filter.guided_upsample_x2` (bilinear x2, then
-    OpenCV's guided filter) with guide ``S_i``. A guide that is not exactly twice the map's
-    size (odd input sizes give e.g. 11 -> 21) gets a bilinear resize to the guide's size
-    instead of the x2, then the same guided filter.
-
-    Args:
-        cam: (h, w) float map (not modified).
-        guides: (k, H_i, W_i) shape maps with k <= 3 (or (H_i, W_i) maps), coarse to fine,
-            each larger than the map before it.
-        eps: guided filter regularization, in squared guide units.
-        radii: radius of each step; None computes them with :func:`chain_radii`.
-        min_radius: smallest radius when computing them.
-        max_radius: largest radius when computing them.
-
-    Returns:
-        (H_last, W_last) float32 map (at the input's size if ``guides`` is empty).
-
-    Raises:
-        InputError: a guide not larger than the map it should upsample, or bad radii.
-    """
-    current = np.ascontiguousarray(cam, dtype=np.float32)
-    if current.ndim != 2:
-        raise InputError(f"cam must be (h, w), got shape {current.shape}")
-    images = [_guide_image(guide) for guide in guides]
-    if radii is None:
-        radii = chain_radii(guides, min_radius, max_radius)
-    if len(radii) != len(images):
-        raise InputError(f"{len(radii)} radii given for {len(images)} guides")
-    for guide, radius in zip(images, radii, strict=True):
-        height, width = guide.shape[:2]
-        if (height, width) == (2 * current.shape[0], 2 * current.shape[1]):
-            current = guided_upsample_x2(current, guide, int(radius), float(eps))
-            continue
-        if height <= current.shape[0] or width <= current.shape[1]:
-            raise InputError(
-                f"guide of size {height}x{width} is not larger than the map it should "
-                f"upsample ({current.shape[0]}x{current.shape[1]}); order guides coarse to fine"
-            )
-        resized = cv2.resize(current, (width, height), interpolation=cv2.INTER_LINEAR)
-        current = guided_filter(resized, guide, int(radius), float(eps))
-    return current
-
-
-def fuse(rcam1: np.ndarray, p1: float | np.ndarray, rcam2: np.ndarray,
-         p2: float | np.ndarray, normalize: bool = True) -> np.ndarray:
-    """``rCAM_3 = rCAM_1 * P_1(c) + rCAM_2 * P_2(c)`` (eq. 5), then min-max per map.
-
-    Args:
-        rcam1: (H, W) or (N, H, W) map of scale 1 (at the input size).
-        p1: probability of the target class at scale 1: a scalar or (N,).
-        rcam2: map of scale 2, the same shape as ``rcam1``.
-        p2: probability at scale 2: a scalar or (N,).
-        normalize: min-max normalize each fused map to [0, 1] (a constant map becomes 0).
-
-    Returns:
-        float32 map(s) of ``rcam1``'s shape.
-    """
-    first = np.asarray(rcam1, dtype=np.float32)
-    second = np.asarray(rcam2, dtype=np.float32)
-    if first.shape != second.shape or first.ndim not in (2, 3):
-        raise InputError(
-            f"rcam1 and rcam2 must be (H, W) or (N, H, W) of one shape, got {first.shape} "
-            f"and {second.shape}"
-        )
-    weights = [np.asarray(p, dtype=np.float32) for p in (p1, p2)]
-    if first.ndim == 3:
-        if any(w.size not in (1, first.shape[0]) for w in weights):
-            raise InputError(f"p1 and p2 must be scalars or ({first.shape[0]},) for "
-                             f"{first.shape[0]} maps")
-        weights = [np.broadcast_to(w.reshape(-1), (first.shape[0],))[:, None, None]
-                   for w in weights]
-    elif any(w.size != 1 for w in weights):
-        raise InputError("p1 and p2 must be scalars for (H, W) maps")
-    else:
-        weights = [w.reshape(()) for w in weights]
-    fused = first * weights[0] + second * weights[1]
-    return minmax(fused) if normalize else fused.astype(np.float32)
-
-
-def refine_crf(image: np.ndarray, rcam3: np.ndarray, params: CRFParams | None = None,
-               iterations: int = 5, size: int | None = None) -> np.ndarray:
-    """Dense CRF on ``rCAM_3``: foreground ``rCAM_3``, background ``1 - rCAM_3``.
-
-    With ``size`` smaller than the image's shorter side, the CRF runs on the image (area
-    resize) and ``rCAM_3`` (bilinear) scaled by ``size / min(H, W)``, with the kernels'
-    spatial widths (``gaussian_sxy``, ``bilateral_sxy``) scaled alike; the marginal is
-    resized back bilinearly. The CRF's cost grows with the pixel count.
-
-    Args:
-        image: (H, W, 3) uint8 RGB image.
-        rcam3: (H, W) map in [0, 1].
-        params: CRF kernel parameters, in pixels of ``image`` (None: ``CRFParams()``).
-        iterations: mean-field iterations.
-        size: shorter side to run the CRF at; None for the image's own size.
-
-    Returns:
-        (H, W) float32 foreground marginal in [0, 1] (the final rCAM).
-    """
-    prior = np.asarray(rcam3, dtype=np.float32)
-    height, width = prior.shape[:2]
-    factor = 1.0 if size is None else size / min(height, width)
-    if factor >= 1.0:
-        return dense_crf(image, prior, params, iterations)
-    params = CRFParams() if params is None else params
-    small = (max(1, round(width * factor)), max(1, round(height * factor)))
-    scaled = replace(params, gaussian_sxy=params.gaussian_sxy * factor,
-                     bilateral_sxy=params.bilateral_sxy * factor)
-    image_small = cv2.resize(np.ascontiguousarray(image), small, interpolation=cv2.INTER_AREA)
-    prior_small = np.clip(cv2.resize(prior, small, interpolation=cv2.INTER_LINEAR), 0.0, 1.0)
-    marginal = dense_crf(image_small, prior_small, scaled, iterations)
-    return np.clip(cv2.resize(marginal, (width, height), interpolation=cv2.INTER_LINEAR),
-                   0.0, 1.0)
-
-
-def minmax(maps: np.ndarray) -> np.ndarray:
-    """Min-max normalize an (H, W) map or each map of an (N, H, W) stack (constant -> 0)."""
-    array = np.asarray(maps, dtype=np.float32)
-    axes = (-2, -1)
-    low = array.min(axis=axes, keepdims=True)
-    span = array.max(axis=axes, keepdims=True) - low
-    out = np.zeros_like(array)
-    np.divide(array - low, span, out=out, where=span > 0)
-    return out
-
-
-def to_rgb_uint8(images: torch.Tensor, mean: Sequence[float],
-                 std: Sequence[float]) -> np.ndarray:
-    """Undo ``Classifier.preprocess``: (N, 3, H, W) normalized tensor -> (N, H, W, 3) uint8.
-
-    ``x * std + mean`` per channel gives RGB in [0, 1], scaled to 0..255, rounded and
-    clipped. This recovers the resized image up to rounding only if the batch was made with
-    these ``mean`` and ``std`` (the classifier's own preprocessing).
-
-    Raises:
-        InputError: the batch does not have 3 channels.
-    """
-    if images.ndim != 4 or images.shape[1] != 3:
-        raise InputError(
-            f"the dense CRF needs RGB images, (N, 3, H, W); got {tuple(images.shape)}"
-        )
-    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-    rgb = images.detach().float().cpu() * std_t + mean_t
-    rgb = (rgb * 255.0).round().clamp(0, 255).to(torch.uint8)
-    return np.ascontiguousarray(rgb.permute(0, 2, 3, 1).numpy())
 
 
 # ------------------------------------------------------------------------- methods
@@ -706,10 +410,10 @@ class _RCAMBase(HeatmapMethod):
             stages.fused = fuse(first_map, stages.p1, second_map, stages.p2, normalize=False)
             stages.rcam3 = minmax(stages.fused)
         if until == "rcam":
-            rgb = to_rgb_uint8(forward.images[unique], self.classifier.mean, self.classifier.std)
+            rgb = self.classifier.to_rgb(forward.images[unique])
             stages.rcam = np.stack([
-                refine_crf(rgb[inverse[row]], stages.rcam3[row], config.crf,
-                           config.crf_iterations, config.crf_size)
+                dense_crf(rgb[inverse[row]], stages.rcam3[row], config.crf,
+                          config.crf_iterations, config.crf_size)
                 for row in range(len(stages.rcam3))
             ])
         rows = inverse.tolist()  # shape maps of distinct images -> one entry per map
@@ -740,7 +444,7 @@ class _RCAMBase(HeatmapMethod):
         missing = [name for name in layers if name not in captured]
         names = list(dict.fromkeys(([forward.layer] if cam and not reused else []) + missing))
         if names or not reused:
-            distinct_logits, outputs = _chunked_forward(self.module, images[unique], names)
+            distinct_logits, outputs = forward_capturing(self.module, images[unique], names)
             captured.update(outputs)
             if not reused:
                 logits = distinct_logits[inverse]
@@ -833,33 +537,6 @@ def _split(value: object, kind: type, name: str) -> tuple:
     return tuple(value)
 
 
-FORWARD_CHUNK = 1
-"""Images per forward pass of the extra (scale-2) forward: per image, in channels-last
-layout, is fastest on CPUs (a 448x448 batch's activations overflow the caches; measured in
-``benchmarks/rcam_speed.py``)."""
-
-
-def _chunked_forward(module: nn.Module, images: torch.Tensor,
-                     names: Sequence[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Logits and the outputs of layers ``names``, running ``FORWARD_CHUNK`` images at a time.
-
-    No autograd (``torch.no_grad``); the input is passed in channels-last layout (the same
-    numbers up to float rounding, faster for the depthwise convolutions on CPUs).
-    """
-    logits, outputs = [], {name: [] for name in names}
-    for start in range(0, len(images), FORWARD_CHUNK):
-        chunk = images[start:start + FORWARD_CHUNK].contiguous(memory_format=torch.channels_last)
-        with ExitStack() as stack:
-            captures = [stack.enter_context(capture_layer(module, name)) for name in names]
-            with torch.no_grad():
-                logits.append(module(chunk))
-        for capture in captures:
-            if capture.activation is None:
-                raise LayerError(f"layer {capture.name!r} did not run during the forward pass")
-            outputs[capture.name].append(capture.activation.contiguous())
-    return torch.cat(logits), {name: torch.cat(parts) for name, parts in outputs.items()}
-
-
 def _concatenated(captured: dict[str, torch.Tensor], group: Sequence[str]) -> torch.Tensor:
     """The outputs of a group of layers stacked along channels, at the first one's size."""
     parts = [captured[name] for name in group]
@@ -895,16 +572,6 @@ def _unique_rows(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             inverse.append(len(firsts))
             firsts.append(row)
     return torch.tensor(firsts, dtype=torch.long), torch.tensor(inverse, dtype=torch.long)
-
-
-def _guide_image(guide: np.ndarray) -> np.ndarray:
-    """(k, H, W) or (H, W) shape map -> OpenCV guide (H, W[, k]) float32."""
-    array = np.asarray(guide, dtype=np.float32)
-    if array.ndim == 2:
-        return np.ascontiguousarray(array)
-    if array.ndim != 3 or not 1 <= array.shape[0] <= 3:
-        raise InputError(f"guide must be (k, H, W) with k <= 3 or (H, W), got {array.shape}")
-    return np.ascontiguousarray(array.transpose(1, 2, 0))
 
 
 def _finer(extra: np.ndarray, last: np.ndarray) -> bool:
