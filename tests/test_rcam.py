@@ -623,3 +623,21 @@ def test_rcam_in_box_returns_a_map_the_size_of_the_box(model):
         rcam_in_box(classifier, rgb, (60, 0, 70, 10), config=TINY)
     with pytest.raises(InputError):
         rcam_in_box(classifier, rgb, box, margin=-1.0, config=TINY)
+
+
+def test_evaluate_gives_rcam_the_original_image_for_scale_2(embedded_model):
+    from wsolkit.apps.evaluate import EvaluateSettings, evaluate
+    from wsolkit.apps.protocol import protocol_map
+    from wsolkit.data import open_dataset
+
+    davis = Path(__file__).resolve().parents[2] / "shared" / "data" / "davis"
+    dataset = open_dataset(davis)
+    evaluation = evaluate(dataset, EvaluateSettings(method="rcam2", limit=1), embedded_model)
+    sample = list(dataset)[0]
+    image = load_image(sample.path)  # an 854x480 frame: I_2 has detail the 224 tensor lacks
+    batch = embedded_model.preprocess_batch([image])
+    from_image = RCAM2(embedded_model)(batch, originals=[image]).raw[0].numpy()
+    from_tensor = RCAM2(embedded_model)(batch).raw[0].numpy()
+    np.testing.assert_allclose(evaluation.images[0].heatmap, protocol_map(from_image),
+                               atol=1e-5)
+    assert np.abs(protocol_map(from_tensor) - protocol_map(from_image)).max() > 0.01
