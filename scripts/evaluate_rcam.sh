@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Reproduce docs/rcam.md's rCAM ablation table: CAM and the rCAM stages (rcam1: scale-1 CAM
+# Reports (curves, examples) for docs/rcam.md's stage table through `wsolkit evaluate` (the
+# table itself and its JSON come from benchmarks/rcam_eval.py, which runs the pipeline once per
+# image and scores every stage with the same scorer): CAM and the rCAM stages (rcam1: scale-1 CAM
 # upsampled by guided filters on PCA shape maps; rcam2: the same at scale 2 (448); rcam3: both
 # fused by their class probabilities; rcam: rcam3 refined by a dense CRF) on imagenet-dev
 # (boxes: MaxBoxAcc, MaxBoxAccV2) and davis (masks: PxAP, F-measure OIS / ODS, MAE), with the

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 from collections import OrderedDict
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -20,6 +21,7 @@ from wsolkit.data.images import load_image
 from wsolkit.errors import InputError, LayerError, TargetError
 from wsolkit.maps import METHODS, get_method, method_names
 from wsolkit.maps.rcam import (
+    PRESETS,
     RCAM,
     RCAM1,
     RCAM2,
@@ -33,7 +35,7 @@ from wsolkit.maps.rcam import (
     to_rgb_uint8,
     upsample_chain,
 )
-from wsolkit.maps.shape import pca_shape_maps, pca_shape_maps_batch
+from wsolkit.maps.shape import pca_shape_maps, pca_shape_maps_batch, shape_layer_groups
 from wsolkit.models import Classifier
 from wsolkit.refine.crf import CRFParams, dense_crf
 from wsolkit.refine.guided_filter import guided_filter
@@ -313,8 +315,100 @@ def test_each_stage_gives_maps_in_unit_range(model, images, name):
     assert torch.isfinite(result.raw).all() and result.method == name
 
 
+def hand_variogram_radius(guide: np.ndarray, scale: float = 1.0) -> int:
+    """Radius from a variogram written out here: every horizontal and vertical pixel pair h
+    apart (h = 1 .. max(3, min(H, W) // 2)), channels averaged, scipy's curve_fit of
+    c1 exp(-h^2 / 2 sigma^2) + c2 from several starts (best residual), round(scale * sigma)
+    clipped to [1, min(H, W) // 2]."""
+    from scipy.optimize import curve_fit
+
+    values = np.asarray(guide, dtype=np.float64)
+    values = values[None] if values.ndim == 2 else values  # (k, H, W)
+    height, width = values.shape[1:]
+    lags = np.arange(1, max(3, min(height, width) // 2) + 1, dtype=np.float64)
+    gamma = []
+    for lag in lags.astype(int):
+        squares = [(values[:, :, lag:] - values[:, :, :-lag]) ** 2,
+                   (values[:, lag:, :] - values[:, :-lag, :]) ** 2]
+        pairs = sum(sq[0].size for sq in squares)
+        gamma.append(sum(sq.sum() for sq in squares) / (2 * pairs * values.shape[0]))
+    gamma = np.array(gamma)
+
+    def model(h, c1, c2, sigma):
+        return c1 * np.exp(-h * h / (2 * sigma * sigma)) + c2
+
+    fits = []
+    for start in (0.5, 1.0, 2.0, 4.0, 8.0):
+        try:
+            params, _ = curve_fit(model, lags, gamma, p0=[-gamma.max(), gamma.max(), start],
+                                  bounds=([-np.inf, -np.inf, 0.1], [np.inf, np.inf,
+                                                                   4 * lags[-1]]))
+        except RuntimeError:
+            continue
+        fits.append((float(np.sum((model(lags, *params) - gamma) ** 2)), params[2]))
+    sigma = min(fits)[1]
+    return int(min(max(np.floor(scale * sigma + 0.5), 1), max(1, min(height, width) // 2)))
+
+
+def test_the_variogram_radius_of_a_constructed_map_matches_a_fit_by_hand():
+    # blobs of a known size: a smooth field whose variogram rises over ~5 pixels
+    rng = np.random.default_rng(12)
+    field = cv2.GaussianBlur(rng.standard_normal((40, 40)), (0, 0), 3.0)
+    guide = np.stack([field, field.T, -field]).astype(np.float32)
+    expected = hand_variogram_radius(guide)
+    assert expected >= 3  # a real range, not the clip
+    assert variogram_radius(np.ascontiguousarray(guide.transpose(1, 2, 0))) == expected
+    # the chain uses it when no radii are given
+    cam = rng.random((20, 20)).astype(np.float32)
+    radius_free = upsample_chain(cam, [guide], 0.01)
+    explicit = upsample_chain(cam, [guide], 0.01, radii=[expected])
+    np.testing.assert_array_equal(radius_free, explicit)
+
+
+def test_the_pipeline_radii_are_the_variogram_radii_of_its_guides(model):
+    rng = np.random.default_rng(0)  # smooth images: shape maps with ranges of several pixels
+    images = torch.from_numpy(np.stack([
+        cv2.GaussianBlur(rng.standard_normal((64, 64, 3)).astype(np.float32), (0, 0), 4)
+        .transpose(2, 0, 1) * 5 for _ in range(2)]))
+    config = RCAMConfig(scales=(64, 128), shape_layers=TINY_LAYERS, radius=None)
+    stages = RCAM1(model, config=config).stages(images)
+    assert stages.radii1.max() > 5 and len(np.unique(stages.radii1)) > 3
+    for row in range(2):
+        guides = [layer[row].maps for layer in stages.shapes1] + [stages.shapes2[-1][row].maps]
+        assert stages.radii1[row].tolist() == [hand_variogram_radius(g) for g in guides]
+        guides2 = [layer[row].maps for layer in stages.shapes2]
+        assert stages.radii2[row].tolist() == [hand_variogram_radius(g) for g in guides2]
+
+
 def test_stages_follow_the_paper_and_agree_across_methods(model, images):
-    stages = RCAM(model, config=TINY).stages(images)
+    """Eq. 5 of the paper on raw maps (the ``paper`` preset), checked by hand in numpy."""
+    paper = replace(PRESETS["paper"], scales=(16, 32), shape_layers=TINY_LAYERS)
+    stages = RCAM(model, config=paper).stages(images)
+    with torch.no_grad():
+        logits1 = model(images)
+        logits2 = model(torch.nn.functional.interpolate(images, size=(32, 32),
+                                                        mode="bilinear", align_corners=False))
+    classes = logits1.argmax(1)
+    p1 = (logits1.exp() / logits1.exp().sum(1, keepdim=True))[[0, 1], classes].numpy()
+    p2 = (logits2.exp() / logits2.exp().sum(1, keepdim=True))[[0, 1], classes].numpy()
+    np.testing.assert_array_equal(stages.classes, classes.numpy())
+    np.testing.assert_allclose(stages.p1, p1, rtol=1e-5)
+    np.testing.assert_allclose(stages.p2, p2, rtol=1e-5)
+    # rCAM_3 = rCAM_1 P_1(c) + rCAM_2 P_2(c), then normalized to [0, 1] for the CRF
+    fused = stages.rcam1 * p1[:, None, None] + stages.rcam2 * p2[:, None, None]
+    np.testing.assert_allclose(stages.fused, fused, rtol=1e-5, atol=1e-6)
+    low = fused.min(axis=(1, 2), keepdims=True)
+    high = fused.max(axis=(1, 2), keepdims=True)
+    np.testing.assert_allclose(stages.rcam3, (fused - low) / (high - low), atol=1e-5)
+    # our default scales each upsampled CAM to [0, 1] first
+    ours = RCAM(model, config=TINY).stages(images)
+
+    def unit(x):
+        return (x - x.min(axis=(1, 2), keepdims=True)) / np.ptp(x, axis=(1, 2), keepdims=True)
+
+    fused_ours = unit(ours.rcam1) * p1[:, None, None] + unit(ours.rcam2) * p2[:, None, None]
+    np.testing.assert_allclose(ours.rcam3, unit(fused_ours), atol=1e-5)
+    stages = ours
     logits1, logits2 = model(images), model(
         torch.nn.functional.interpolate(images, size=(32, 32), mode="bilinear",
                                         align_corners=False))
@@ -328,8 +422,6 @@ def test_stages_follow_the_paper_and_agree_across_methods(model, images):
     assert stages.radii1.shape == (2, 3) and stages.radii2.shape == (2, 2)  # 4->8->16->32
     assert [len(layer) for layer in stages.shapes1] == [2, 2]
     assert stages.shapes2[1][0].maps.shape == (3, 32, 32)
-    expected3 = fuse(minmax(stages.rcam1), stages.p1, minmax(stages.rcam2), stages.p2)
-    np.testing.assert_allclose(stages.rcam3, expected3, atol=1e-6)
     assert stages.rcam.shape == (2, 16, 16) and 0 <= stages.rcam.min() <= stages.rcam.max() <= 1
     for name, field in (("rcam1", "rcam1"), ("rcam2", "rcam2"), ("rcam3", "rcam3"),
                         ("rcam", "rcam")):
@@ -338,6 +430,104 @@ def test_stages_follow_the_paper_and_agree_across_methods(model, images):
     raw = RCAM(model, config=TINY)(images).raw.numpy()  # marginal scaled by the fusion's peak
     np.testing.assert_allclose(raw, stages.rcam * stages.fused.max(axis=(1, 2), keepdims=True),
                                rtol=1e-5, atol=1e-6)
+
+
+def hand_preprocess(image: Image.Image, side: int) -> torch.Tensor:
+    """PIL bilinear resize to side x side, [0, 1], ImageNet mean/std: (1, 3, side, side)."""
+    array = np.asarray(image.resize((side, side), Image.Resampling.BILINEAR), np.float32) / 255
+    mean = np.array([0.485, 0.456, 0.406], np.float32)
+    std = np.array([0.229, 0.224, 0.225], np.float32)
+    return torch.from_numpy(((array - mean) / std).transpose(2, 0, 1).copy())[None]
+
+
+def test_scale_2_is_the_original_image_resized(model):
+    rng = np.random.default_rng(21)
+    originals = [Image.fromarray(rng.integers(0, 256, (45, 70, 3), dtype=np.uint8)),
+                 Image.fromarray(rng.integers(0, 256, (64, 30, 3), dtype=np.uint8))]
+    kept = [np.asarray(o).copy() for o in originals]
+    classifier = Classifier(module=model, input_size=(16, 16))
+    batch = classifier.preprocess_batch(originals)
+    stages = RCAM3(classifier, config=TINY).stages(batch, sources=originals)
+    for row, original in enumerate(originals):
+        x2 = hand_preprocess(original, 32)
+        with torch.no_grad():
+            features = model.features(x2)[0]  # (6, 8, 8), the CAM layer's output
+            p2 = model(x2)[0].softmax(0)
+        cls = int(stages.classes[row])
+        cam2 = np.einsum("k,khw->hw", model.fc.weight[cls].detach().numpy(), features.numpy())
+        np.testing.assert_allclose(stages.cam2[row], cam2, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(stages.p2[row], float(p2[cls]), rtol=1e-5)
+        np.testing.assert_array_equal(np.asarray(original), kept[row])  # not modified
+    # the 224 tensor upsampled (scale2_input="tensor", or no originals) sees less detail
+    upsampled = RCAM3(classifier, config=replace(TINY, scale2_input="tensor")).stages(
+        batch, sources=originals)
+    without = RCAM3(classifier, config=TINY).stages(batch)
+    np.testing.assert_array_equal(upsampled.cam2, without.cam2)
+    assert not np.allclose(upsampled.cam2, stages.cam2, atol=1e-3)
+    with pytest.raises(InputError, match="sources"):
+        RCAM3(classifier, config=TINY)(batch, sources=originals[:1])
+    with pytest.raises(InputError, match="sources"):
+        RCAM3(classifier, config=TINY)(batch, sources=[np.zeros((4, 4, 3))] * 2)
+
+
+class Staged(nn.Module):
+    """Stages of blocks, as EfficientNet: stage1 (2 blocks at 8x8), stage2 (1 block at 8x8,
+    then one at 4x4), head at 4x4."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, stride=2, padding=1)  # 16 -> 8
+        self.stage1 = nn.Sequential(nn.Conv2d(4, 5, 3, padding=1), nn.Conv2d(5, 3, 1))
+        self.stage2 = nn.Sequential(nn.Conv2d(3, 2, 3, padding=1),
+                                    nn.Conv2d(2, 6, 3, stride=2, padding=1))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(6, NUM_CLASSES)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(self.stage2(self.stage1(self.stem(images)))).flatten(1))
+
+
+def test_shape_groups_gather_every_block_of_the_size_and_pca_runs_over_them():
+    staged = seeded(Staged)
+    sample = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(7))
+    # 8x8 maps: the stem (no children) and the blocks of stage1 and of stage2 at 8x8
+    assert shape_layer_groups(staged, sample, "stage2.1", ("stage1",)) == (
+        ("stem", "stage1.0", "stage1.1", "stage2.0"),)
+    config = RCAMConfig(scales=(16, 32), shape_layers=("stage1",), shape_group="size")
+    stages = RCAM1(staged, layer="stage2.1", config=config).stages(sample)
+    with torch.no_grad():
+        stem = staged.stem(sample)
+        block1 = staged.stage1[0](stem)
+        block2 = staged.stage1[1](block1)
+        block3 = staged.stage2[0](block2)
+    for row in range(2):
+        stacked = torch.cat([stem, block1, block2, block3], 1)[row].numpy()  # (14, 8, 8)
+        data = stacked.reshape(14, -1).T.astype(np.float64)
+        data -= data.mean(0)
+        _, _, vt = np.linalg.svd(data, full_matrices=False)
+        first = data @ vt[0]
+        first = (first - first.min()) / np.ptp(first)
+        got = stages.shapes1[0][row].maps[0].reshape(-1).astype(np.float64)
+        assert min(np.abs(got - first).max(), np.abs(got - (1 - first)).max()) < 1e-5
+    assert stages.shapes1[0][0].loadings.shape == (3, 14)
+
+
+def test_the_paper_preset_and_its_option():
+    paper = PRESETS["paper"]
+    assert (paper.fuse_inputs, paper.variogram_fit, paper.sigma_as) == ("raw", "cressie",
+                                                                       "window")
+    assert paper.radius is None and paper.radius_scale == 1.0
+    assert (paper.shape_group, paper.scale2_input, paper.scales) == ("size", "image",
+                                                                     (224, 448))
+    assert paper.crf_size is None  # the CRF on rCAM_3 at 224
+    model = seeded(TwoStrideCNN)
+    assert RCAM(model, preset="paper").config == paper
+    assert RCAM(model, preset="paper", radius=2).config == replace(paper, radius=2)
+    assert RCAM(model, preset="default").config == RCAMConfig()
+    with pytest.raises(InputError, match="preset"):
+        RCAM(model, preset="nope")
+    with pytest.raises(InputError, match="preset"):
+        RCAM(model, preset="paper", config=TINY)
 
 
 def test_repeated_images_share_their_work_and_give_per_class_maps(model, images):
@@ -433,3 +623,21 @@ def test_rcam_in_box_returns_a_map_the_size_of_the_box(model):
         rcam_in_box(classifier, rgb, (60, 0, 70, 10), config=TINY)
     with pytest.raises(InputError):
         rcam_in_box(classifier, rgb, box, margin=-1.0, config=TINY)
+
+
+def test_evaluate_gives_rcam_the_original_image_for_scale_2(embedded_model):
+    from wsolkit.apps.evaluate import EvaluateSettings, evaluate
+    from wsolkit.apps.protocol import protocol_map
+    from wsolkit.data import open_dataset
+
+    davis = Path(__file__).resolve().parents[2] / "shared" / "data" / "davis"
+    dataset = open_dataset(davis)
+    evaluation = evaluate(dataset, EvaluateSettings(method="rcam2", limit=1), embedded_model)
+    sample = list(dataset)[0]
+    image = load_image(sample.path)  # an 854x480 frame: I_2 has detail the 224 tensor lacks
+    batch = embedded_model.preprocess_batch([image])
+    from_image = RCAM2(embedded_model)(batch, sources=[image]).raw[0].numpy()
+    from_tensor = RCAM2(embedded_model)(batch).raw[0].numpy()
+    np.testing.assert_allclose(evaluation.images[0].heatmap, protocol_map(from_image),
+                               atol=1e-5)
+    assert np.abs(protocol_map(from_tensor) - protocol_map(from_image)).max() > 0.01

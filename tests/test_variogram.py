@@ -12,6 +12,8 @@ from wsolkit.errors import InputError
 from wsolkit.refine import (
     VariogramFit,
     empirical_variogram,
+    empirical_variogram_counts,
+    fit_cressie_variogram,
     fit_gaussian_variogram,
     variogram_radius,
 )
@@ -196,3 +198,71 @@ def test_radius_scale_multiplies_sigma():
     assert variogram_radius(field, max_radius=64, scale=2.0) == math.floor(2.0 * sigma + 0.5)
     with pytest.raises(InputError, match="scale"):
         variogram_radius(field, scale=0.0)
+
+
+def test_pair_counts_by_hand():
+    z = np.arange(20, dtype=np.float64).reshape(4, 5)
+    lags, gamma, counts = empirical_variogram_counts(z, 3)
+    # lag h: 4 rows x (5 - h) horizontal pairs + (4 - h) rows x 5 vertical pairs
+    np.testing.assert_array_equal(counts, [4 * 4 + 3 * 5, 4 * 3 + 2 * 5, 4 * 2 + 1 * 5])
+    # horizontal differences are h, vertical 5 h: gamma = (n_h h^2 + n_v 25 h^2) / (2 n)
+    expected = [(4 * (5 - h) * h * h + (4 - h) * 5 * 25 * h * h)
+                / (2 * (4 * (5 - h) + (4 - h) * 5)) for h in (1, 2, 3)]
+    np.testing.assert_allclose(gamma, expected)
+    np.testing.assert_array_equal(empirical_variogram(z, 3)[1], gamma)
+
+
+def cressie_criterion(params, lags, gamma, counts):
+    c1, c2, sigma = params
+    model = c1 * np.exp(-lags ** 2 / (2 * sigma ** 2)) + c2
+    if sigma <= 0 or (model <= 0).any():
+        return np.inf
+    return float(np.sum(counts * (gamma / model - 1.0) ** 2))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_cressie_fit_minimizes_cressies_weighted_criterion(seed):
+    """Cressie (1985): minimize sum n(h) (gamma_hat / gamma - 1)^2; checked against
+    Nelder-Mead from several starts on the criterion written out here."""
+    from scipy.optimize import minimize
+
+    rng = np.random.default_rng(seed)
+    lags = np.arange(1, 16, dtype=np.float64)
+    truth = VariogramFit(c1=-rng.uniform(0.5, 1.5), c2=rng.uniform(1.6, 3.0),
+                         sigma=rng.uniform(1.5, 6.0))
+    gamma = truth(lags) * np.exp(rng.normal(0, 0.05, lags.shape))
+    counts = np.linspace(400, 50, lags.size)  # many pairs at short lags, as in images
+    fit = fit_cressie_variogram(lags, gamma, counts)
+    ours = cressie_criterion((fit.c1, fit.c2, fit.sigma), lags, gamma, counts)
+    best = min((minimize(cressie_criterion, start, args=(lags, gamma, counts),
+                         method="Nelder-Mead",
+                         options={"xatol": 1e-10, "fatol": 1e-14, "maxiter": 20000})
+                for start in ([truth.c1, truth.c2, truth.sigma], [-1.0, 2.0, 3.0],
+                              [-0.5, 1.5, 8.0])), key=lambda r: r.fun)
+    assert ours <= best.fun * (1 + 1e-6) + 1e-12
+    assert fit.sigma == pytest.approx(best.x[2], rel=1e-3)
+    # the weights matter: with counts growing instead, the optimum moves
+    other = fit_cressie_variogram(lags, gamma, counts[::-1].copy())
+    assert cressie_criterion((other.c1, other.c2, other.sigma), lags, gamma, counts) >= ours
+
+
+def test_cressie_fit_rejects_bad_counts_and_falls_back_on_flat_curves():
+    lags = np.arange(1.0, 6.0)
+    with pytest.raises(InputError, match="counts"):
+        fit_cressie_variogram(lags, lags, np.zeros(5))
+    flat = fit_cressie_variogram(lags, np.full(5, 2.0), np.ones(5))
+    assert flat == VariogramFit(0.0, 2.0, 1.0)
+
+
+def test_radius_with_cressie_fit_and_window_reading():
+    field = gaussian_field(3.0, size=96, seed=5)
+    lags, gamma, counts = empirical_variogram_counts(field, 48)
+    sigma = fit_cressie_variogram(lags, gamma, counts).sigma
+    assert variogram_radius(field, max_radius=48, fit="cressie") == math.floor(sigma + 0.5)
+    # window side 2 r + 1 = sigma: r = (sigma - 1) / 2, rounded half up
+    assert variogram_radius(field, max_radius=48, fit="cressie", sigma_as="window") \
+        == max(1, math.floor((sigma - 1) / 2 + 0.5))
+    with pytest.raises(InputError, match="fit"):
+        variogram_radius(field, fit="wls")
+    with pytest.raises(InputError, match="sigma_as"):
+        variogram_radius(field, sigma_as="diameter")

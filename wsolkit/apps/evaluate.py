@@ -277,9 +277,13 @@ def _computed_batches(
             _add_every_class(batch, method, loaded, classifier, target, class_count,
                              settings.min_class_probability)
         elif loaded:
-            tensor = classifier.preprocess_batch([image for _, image in loaded])
+            pictures = [image for _, image in loaded]
+            tensor = classifier.preprocess_batch(pictures)
             labels = [max(sample.label, 0) for sample, _ in loaded]
-            result = method(tensor, target="gt" if target == "gt" else "top1", labels=labels)
+            # methods that take the original images (rCAM's 448 scale) get them
+            extra = {"sources": pictures} if method.uses_sources else {}
+            result = method(tensor, target="gt" if target == "gt" else "top1", labels=labels,
+                            **extra)
             top5 = result.logits.topk(min(5, result.logits.shape[1]), dim=1).indices.tolist()
             for index, (sample, image) in enumerate(loaded):
                 batch.samples.append(sample)

@@ -146,8 +146,11 @@ class CropHeatmaps:
         """(h, w) float32 maps in [0, 1] at the model's input size, one per RGB crop."""
         if not crops:
             return []
-        tensor = self.classifier.preprocess_batch([Image.fromarray(c) for c in crops])
-        result = self.method(tensor, target=self.target)
+        pictures = [Image.fromarray(c) for c in crops]
+        tensor = self.classifier.preprocess_batch(pictures)
+        # methods that take the original images (rCAM's 448 scale) get the crops
+        extra = {"sources": pictures} if self.method.uses_sources else {}
+        result = self.method(tensor, target=self.target, **extra)
         return [m.cpu().numpy() for m in result.maps]
 
 

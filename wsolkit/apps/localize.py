@@ -79,14 +79,17 @@ class LocalizeReport:
 class _ImageFiles(Dataset):
     """Decoded, preprocessed images for the DataLoader's workers."""
 
-    def __init__(self, paths: Sequence[Path], classifier: Classifier, overlay: set[int]):
+    def __init__(self, paths: Sequence[Path], classifier: Classifier, overlay: set[int],
+                 keep_source: bool = False):
         self.paths, self.classifier, self.overlay = list(paths), classifier, overlay
+        self.keep_source = keep_source
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> DecodedImage:
-        return decode_path(self.paths[index], self.classifier, index in self.overlay)
+        return decode_path(self.paths[index], self.classifier, index in self.overlay,
+                           self.keep_source)
 
 
 def _as_list(items: list[DecodedImage]) -> list[DecodedImage]:
@@ -137,7 +140,7 @@ def localize_files(
     namer = OutputNamer(out_dir, list(paths)) if overlay_at or job.save_maps else None
     wanted = {position for position, (index, _) in enumerate(todo) if index in overlay_at}
     loader = DataLoader(
-        _ImageFiles([p for _, p in todo], preprocessor(classifier), wanted),
+        _ImageFiles([p for _, p in todo], preprocessor(classifier), wanted, core.uses_sources),
         batch_size=settings.batch_size,
         num_workers=job.workers,
         collate_fn=_as_list,

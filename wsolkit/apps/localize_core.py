@@ -74,6 +74,8 @@ class DecodedImage:
         height: original height in pixels (0 when failed).
         error: one-line reason when decoding failed.
         pixels: the RGB pixels (H, W, 3) uint8 when an overlay is wanted, else None.
+        source: the decoded RGB image, kept for methods that re-read it
+            (``HeatmapMethod.uses_sources``: rCAM's second scale, beam's crops), else None.
     """
 
     path: str
@@ -82,6 +84,7 @@ class DecodedImage:
     height: int = 0
     error: str | None = None
     pixels: np.ndarray | None = None
+    source: Image.Image | None = None
 
 
 def preprocessor(classifier: Classifier) -> Classifier:
@@ -89,31 +92,31 @@ def preprocessor(classifier: Classifier) -> Classifier:
     return replace(classifier, module=torch.nn.Identity(), _detected=None)
 
 
-def decode_path(path: str | Path, classifier: Classifier, keep_pixels: bool = False
-                ) -> DecodedImage:
+def decode_path(path: str | Path, classifier: Classifier, keep_pixels: bool = False,
+                keep_source: bool = False) -> DecodedImage:
     """Read and preprocess one image file; a bad file gives a failed item, never raises."""
     try:
         image = load_image(path)
     except ImageError as error:
         return DecodedImage(str(path), error=str(error))
-    return _preprocessed(str(path), image, classifier, keep_pixels)
+    return _preprocessed(str(path), image, classifier, keep_pixels, keep_source)
 
 
-def decode_bytes(data: bytes, name: str, classifier: Classifier, keep_pixels: bool = False
-                 ) -> DecodedImage:
+def decode_bytes(data: bytes, name: str, classifier: Classifier, keep_pixels: bool = False,
+                 keep_source: bool = False) -> DecodedImage:
     """As :func:`decode_path`, from the file's bytes (read elsewhere)."""
     try:
         image = decode_image(data, name)
     except ImageError as error:
         return DecodedImage(name, error=str(error))
-    return _preprocessed(name, image, classifier, keep_pixels)
+    return _preprocessed(name, image, classifier, keep_pixels, keep_source)
 
 
-def _preprocessed(name: str, image: Image.Image, classifier: Classifier, keep_pixels: bool
-                  ) -> DecodedImage:
+def _preprocessed(name: str, image: Image.Image, classifier: Classifier, keep_pixels: bool,
+                  keep_source: bool) -> DecodedImage:
     pixels = np.asarray(image) if keep_pixels else None
     return DecodedImage(name, classifier.preprocess(image), image.width, image.height,
-                        pixels=pixels)
+                        pixels=pixels, source=image if keep_source else None)
 
 
 def failed_row(path: str, error: str) -> dict:
@@ -153,6 +156,8 @@ class LocalizeCore:
                                                   **settings.options)
         self.layer: str | None = None
         self.keep_maps = keep_maps
+        self.uses_sources = bool(self.method.uses_sources)
+        """Whether items must be decoded with ``keep_source=True``."""
 
     def __call__(self, items: Sequence[DecodedImage]) -> list[tuple[dict, Extras]]:
         """One ``(row, extras)`` per item, in order; overlays only for items with pixels.
@@ -163,7 +168,9 @@ class LocalizeCore:
         done: dict[int, tuple[dict, Extras]] = {}
         if good:
             tensor = torch.stack([item.tensor for item in good]).to(self.classifier.device)
-            result = self.method(tensor, target=self.settings.target)
+            extra = ({"sources": [item.source for item in good]}
+                     if self.uses_sources else {})
+            result = self.method(tensor, target=self.settings.target, **extra)
             self.layer = result.layer
             for index, item in enumerate(good):
                 done[id(item)] = self._row(result, index, item)

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from wsolkit.apps.localize import (
     ROWS_PREFIX,
@@ -39,6 +40,7 @@ from wsolkit.apps.localize_core import (
 from wsolkit.data.atomic import make_out_dir
 from wsolkit.data.shards import ShardWriter
 from wsolkit.errors import DependencyError, InputError
+from wsolkit.maps import get_method
 from wsolkit.models.classifier import Classifier
 
 
@@ -82,12 +84,23 @@ def default_actor_cpus() -> float:
     return 1.0 if (os.cpu_count() or 1) > 4 else 0.5
 
 
-def decode_batch(batch: dict[str, np.ndarray], classifier: Classifier) -> dict[str, np.ndarray]:
-    """Ray step: file bytes to preprocessed tensors (failed files keep their reason)."""
-    items = [decode_bytes(bytes(data), str(path), classifier)
+def decode_batch(batch: dict[str, np.ndarray], classifier: Classifier,
+                 keep_source: bool = False) -> dict[str, np.ndarray]:
+    """Ray step: file bytes to preprocessed tensors (failed files keep their reason).
+
+    With ``keep_source`` the decoded RGB pixels travel too (``source``), for methods that
+    re-read the image (``HeatmapMethod.uses_sources``).
+    """
+    items = [decode_bytes(bytes(data), str(path), classifier, keep_source=keep_source)
              for data, path in zip(batch["bytes"], batch["path"], strict=True)]
     shape = (3, *classifier.input_size)
-    return {
+    extra = {}
+    if keep_source:
+        sources = np.empty(len(items), dtype=object)
+        for index, item in enumerate(items):
+            sources[index] = None if item.source is None else np.asarray(item.source)
+        extra["source"] = sources
+    return {**extra,
         "path": np.array([item.path for item in items], dtype=object),
         "tensor": np.stack([item.tensor.numpy() if item.tensor is not None
                             else np.zeros(shape, np.float32) for item in items]),
@@ -108,14 +121,18 @@ class LocalizeActor:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Decoded batch -> one JSON row per image."""
+        sources = batch.get("source")
+        if sources is None:
+            sources = [None] * len(batch["path"])
         items = [
             DecodedImage(str(path), None, int(width), int(height), str(error))
             if error else
             DecodedImage(str(path), torch.from_numpy(np.ascontiguousarray(tensor)), int(width),
-                         int(height))
-            for path, tensor, width, height, error in zip(
+                         int(height),
+                         source=None if source is None else Image.fromarray(source))
+            for path, tensor, width, height, error, source in zip(
                 batch["path"], batch["tensor"], batch["width"], batch["height"], batch["error"],
-                strict=True)
+                sources, strict=True)
         ]
         rows = [json.dumps(row) for row, _ in self.core(items)]
         return {"row": np.array(rows, dtype=object)}
@@ -195,12 +212,13 @@ def _run(ray: Any, classifier: Classifier, todo: list[str], settings: LocalizeSe
     gpus = ray.cluster_resources().get("GPU", 0) > 0
     threads = options.actor_threads or max(1, int(actor_cpus))
     cpu_model = preprocessor(classifier)
+    sources = get_method(settings.method).uses_sources
     cpu_copy = _on_cpu(classifier)
     # Ray is given absolute paths (its workers may run elsewhere); rows name the paths as given.
     given = {os.path.abspath(path): path for path in todo}
     dataset = (
         ray.data.read_binary_files(list(given), include_paths=True)
-        .map_batches(decode_batch, fn_kwargs={"classifier": cpu_model},
+        .map_batches(decode_batch, fn_kwargs={"classifier": cpu_model, "keep_source": sources},
                      batch_size=settings.batch_size, batch_format="numpy")
         .map_batches(LocalizeActor,
                      fn_constructor_args=(cpu_copy, settings, "cuda" if gpus else "cpu",

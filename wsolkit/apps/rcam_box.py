@@ -111,7 +111,7 @@ def _box_maps(model, image, boxes, margin, config, target, stage):
         offsets.append(crop)
         crops.append(Image.fromarray(rgb[crop[1]:crop[3], crop[0]:crop[2]]))
     method = get_method(stage)(classifier, config=config)
-    result = method(classifier.preprocess_batch(crops), target=target)
+    result = method(classifier.preprocess_batch(crops), target=target, sources=crops)
     maps = []
     for heat, crop, region in zip(result.maps.cpu().numpy(), offsets, regions, strict=True):
         crop_w, crop_h = crop[2] - crop[0], crop[3] - crop[1]

@@ -279,6 +279,9 @@ class HeatmapMethod:
     summary: ClassVar[str] = ""
     needs_gradients: ClassVar[bool] = False
     relu: ClassVar[bool] = True
+    uses_sources: ClassVar[bool] = False
+    """True when the method re-reads the images the batch was made from (``sources=``: one RGB
+    PIL image per input image); callers that have them pass them only then."""
 
     def __new__(cls, *args: object, **options: object) -> HeatmapMethod:
         """Check the keyword options first, so a bad one is a one-line :class:`InputError`."""

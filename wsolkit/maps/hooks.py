@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 
 import torch
 from torch import nn
@@ -125,3 +125,30 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
     finally:
         for module, training in flags:
             module.training = training
+
+
+FORWARD_CHUNK = 1
+"""Images per forward pass of the extra (scale-2) forward: per image, in channels-last
+layout, is fastest on CPUs (a 448x448 batch's activations overflow the caches; measured in
+``benchmarks/rcam_speed.py``)."""
+
+
+def forward_capturing(module: nn.Module, images: torch.Tensor,
+                     names: Sequence[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Logits and the outputs of layers ``names``, running ``FORWARD_CHUNK`` images at a time.
+
+    No autograd (``torch.no_grad``); the input is passed in channels-last layout (the same
+    numbers up to float rounding, faster for the depthwise convolutions on CPUs).
+    """
+    logits, outputs = [], {name: [] for name in names}
+    for start in range(0, len(images), FORWARD_CHUNK):
+        chunk = images[start:start + FORWARD_CHUNK].contiguous(memory_format=torch.channels_last)
+        with ExitStack() as stack:
+            captures = [stack.enter_context(capture_layer(module, name)) for name in names]
+            with torch.no_grad():
+                logits.append(module(chunk))
+        for capture in captures:
+            if capture.activation is None:
+                raise LayerError(f"layer {capture.name!r} did not run during the forward pass")
+            outputs[capture.name].append(capture.activation.contiguous())
+    return torch.cat(logits), {name: torch.cat(parts) for name, parts in outputs.items()}

@@ -5,42 +5,46 @@ probability and refined by a dense CRF.
 
 The pipeline, per image and target class ``c`` (taken from scale 1 for both scales):
 
-1. **CAMs at two scales** (sec. 3.1): the input resized to ``scales[0]`` and ``scales[1]``
-   (square, bilinear) gives ``CAM_1``, ``CAM_2`` (``wsolkit.maps.cam.CAM`` on the layer feeding
-   the pooled linear head) and the softmax probabilities ``P_1(c)``, ``P_2(c)``.
+1. **CAMs at two scales** (sec. 3.1): the input at ``scales[0]`` and the original image
+   resized to ``scales[1]`` (square, bilinear; ``I_2``; the input tensor upsampled when the
+   call gets no ``sources`` or ``scale2_input="tensor"``) give ``CAM_1``, ``CAM_2``
+   (``wsolkit.maps.cam.CAM`` on the layer feeding the pooled linear head) and the softmax
+   probabilities ``P_1(c)``, ``P_2(c)``.
 2. **Shape maps** (sec. 3.2): the first 3 principal components of the feature vectors of the
-   *shape layers* (:func:`wsolkit.maps.shape.pca_shape_maps`), per image and scale.
+   *shape layers* (:func:`wsolkit.maps.shape.pca_shape_maps`), per image and scale; with
+   ``shape_group="size"`` of every response map of that size (the paper's ``C^l``).
 3. **Guided upsampling** (sec. 3.3, :func:`upsample_chain`): x2 steps ``G^f(U^2(M), S)``,
    bilinear x2 then OpenCV's guided filter with the shape map at that resolution as guide.
    The paper's radius rule, the ``sigma`` of a Gaussian fit to the guide's empirical
    variogram (eq. 1, :func:`wsolkit.refine.variogram.variogram_radius`), is
-   ``RCAMConfig(radius=None)``; the default is a fixed radius of 2 at every step, which
-   scored better on imagenet-dev and davis (on davis the fitted ``sigma`` gives median radii
-   1, 4, 3 and 6 on the 14, 28, 28 and 56 pixel guides, often 1 where the fit fails; the large
-   ones over-smooth; see docs/rcam.md).
+   ``RCAMConfig(radius=None)`` (``variogram_fit``, ``sigma_as`` choose the fit and the
+   reading of ``sigma``); the default is a fixed radius of 2 at every step, chosen on the dev
+   sets (docs/rcam.md).
 4. **Fusion** (eq. 5, :func:`fuse`): ``rCAM_3 = rCAM_1 * P_1(c) + rCAM_2 * P_2(c)`` after
    bilinear upsampling of both to the input size, then min-max normalization.
 5. **Dense CRF** (:func:`refine_crf`): unaries from ``rCAM_3`` and ``1 - rCAM_3`` on the RGB
    image; the foreground marginal is the final ``rCAM``. Defaults (tuned on the dev sets as a
-   whole): one mean-field iteration (more make the map nearly binary, which costs PxAP and
-   F-measure OIS on davis), colour std 5, run at 112x112 (``crf_size``, kernels scaled; 4x
-   cheaper than 224 for the same scores within 0.5 point).
+   whole, docs/rcam.md): one mean-field iteration (more make the map nearly binary), colour
+   std 5, run at 112x112 (``crf_size``, kernels scaled; a quarter of the pixels of 224).
+
+**Presets.** ``PRESETS["paper"]`` (method option ``preset=paper``) runs what the paper
+specifies; ``RCAMConfig()`` is our default (see docs/rcam.md for the measured difference).
 
 **Shape layers.** The paper upsamples GoogLeNet's 14x14 CAM with its stride-8 (28x28) layer.
 Here the chain has one step per shape layer, coarse to fine, each layer at twice the previous
 map's resolution. With ``RCAMConfig.shape_layers=None`` they are chosen by probing one
-forward pass (:func:`select_shape_layers`): for 2x and 4x the CAM resolution, the last
-module (in completion order, before the CAM layer) among the least nested ones whose output
-has that resolution. For the embedded EfficientNet-Lite0 that is ``features.stage5`` (the last
-14x14 stage, 112 channels) and ``features.stage3`` (28x28, 40 channels): at 224 the 7x7 CAM
-goes 7 -> 14 -> 28, at 448 the 14x14 CAM goes 14 -> 28 -> 56.
+forward pass (:func:`wsolkit.maps.shape.select_shape_layers`): for 2x and 4x the CAM
+resolution, the last module (in completion order, before the CAM layer) among the least
+nested ones whose output has that resolution. For the embedded EfficientNet-Lite0 that is
+``features.stage5`` (the last 14x14 stage, 112 channels) and ``features.stage3`` (28x28, 40
+channels): at 224 the 7x7 CAM goes 7 -> 14 -> 28, at 448 the 14x14 CAM goes 14 -> 28 -> 56.
 
 **Cost**: one forward at scale 1 (the base's, which also captures the shape layers) and one
 at scale 2 (4x the pixels at 448; run one image at a time in channels-last layout, the
 fastest on CPUs), four PCAs per image (two shape layers at two scales; plus four variogram
 fits with ``radius=None``), five guided filters and one CRF per map; batches that repeat an
-image (one row per class) share the forwards, PCAs and fits. The two forwards are about 80%
-of the time. ``benchmarks/rcam_speed.py`` times it.
+image (one row per class) share the forwards, PCAs and fits. The two forwards dominate;
+``benchmarks/rcam_speed.py`` times each stage (docs/rcam.md).
 
 **Cross-scale step** (``cross_scale=True``, the paper's eq. 3): the scale-1 chain continues
 with the finest scale-2 shape map when it is finer than the chain's end (EfficientNet-Lite0 at
@@ -50,8 +54,6 @@ both end at 56x56, as in the paper, before the bilinear step to the input size.
 
 from __future__ import annotations
 
-import weakref
-from collections import Counter
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
@@ -61,120 +63,46 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
 from wsolkit.errors import InputError, LayerError, TargetError
 from wsolkit.maps.base import ForwardPass, HeatmapMethod
 from wsolkit.maps.cam import CAM
-from wsolkit.maps.hooks import capture_layer
-from wsolkit.maps.shape import ShapeMaps, pca_shape_maps_batch
+from wsolkit.maps.hooks import FORWARD_CHUNK, capture_layer, forward_capturing
+from wsolkit.maps.rcam_config import (
+    FUSE_INPUTS,
+    PRESETS,
+    RCAM_CRF,
+    SCALE2_INPUTS,
+    SHAPE_GROUPS,
+    STAGES,
+    RCAMConfig,
+)
+from wsolkit.maps.shape import (
+    ShapeMaps,
+    pca_shape_maps_batch,
+    select_shape_layers,
+    shape_layer_groups,
+)
 from wsolkit.maps.targets import Targets, TargetSpec
-from wsolkit.models.classifier import Classifier
-from wsolkit.refine.crf import CRFParams, dense_crf
-from wsolkit.refine.guided_filter import guided_filter, guided_upsample_x2
+from wsolkit.models.classifier import Classifier, to_rgb_uint8
+from wsolkit.refine.crf import dense_crf
+from wsolkit.refine.fusion import fuse, minmax
+from wsolkit.refine.guided_filter import chain_radii, upsample_chain
 from wsolkit.refine.variogram import variogram_radius
 
-STAGES = ("rcam1", "rcam2", "rcam3", "rcam")
-"""Stage names, in pipeline order; each is a registered method."""
+refine_crf = dense_crf
+"""The dense CRF on ``rCAM_3`` (foreground ``rCAM_3``, background ``1 - rCAM_3``; ``size``
+runs it at a smaller side): :func:`wsolkit.refine.crf.dense_crf`."""
 
-FUSE_INPUTS = ("minmax", "raw")
-"""Accepted values of ``RCAMConfig.fuse_inputs``."""
+_chunked_forward = forward_capturing
 
-
-RCAM_CRF = CRFParams(gaussian_sxy=3.0, gaussian_compat=3.0, bilateral_sxy=60.0,
-                     bilateral_srgb=5.0, bilateral_compat=5.0)
-"""rCAM's CRF kernels (at 224; scaled with ``crf_size``): ``CRFParams()`` but a colour std
-of 5 instead of 10 (tuned on imagenet-dev and davis as a whole; see docs/rcam.md)."""
-
-
-@dataclass(frozen=True)
-class RCAMConfig:
-    """Settings of the rCAM pipeline.
-
-    Attributes:
-        scales: (s1, s2) square input sizes of the two scales; the target class and ``P_1``
-            come from s1. An input already of size s1 x s1 is used as is.
-        shape_layers: layers giving the guides of the x2 steps, coarse to fine (each about
-            twice the resolution of the previous map); None picks them automatically
-            (:func:`select_shape_layers`).
-        components: principal components per shape map (OpenCV guides take 1 to 3).
-        eps: guided filter regularization, in squared guide units (shape maps lie in [0, 1]).
-        radius: a fixed guided filter radius for every step; None applies the paper's rule,
-            the radius from the guide's variogram fit (``radius_scale``, ``min_radius``,
-            ``max_radius``).
-        radius_scale: the radius of a step is ``round(radius_scale * sigma)`` of the guide's
-            variogram fit (the paper: 1).
-        min_radius: smallest guided filter radius.
-        max_radius: largest guided filter radius (None: half the guide's shorter side).
-        cross_scale: continue the scale-1 chain with the finest scale-2 shape map (eq. 3).
-        fuse_inputs: ``"minmax"`` scales ``rCAM_1``, ``rCAM_2`` to [0, 1] before eq. 5 (their
-            raw CAM units differ between scales), ``"raw"`` fuses them as they are.
-        crf: dense CRF kernel parameters, in pixels of the input size.
-        crf_iterations: mean-field iterations of the CRF.
-        crf_size: run the CRF on the image and ``rCAM_3`` resized to this shorter side
-            (kernel widths scaled alike), then resize the marginal back bilinearly; None or
-            a size >= the input's runs it at the input size.
-    """
-
-    scales: tuple[int, int] = (224, 448)
-    shape_layers: tuple[str, ...] | None = None
-    components: int = 3
-    eps: float = 1e-2
-    radius: int | None = 2
-    radius_scale: float = 1.0
-    min_radius: int = 1
-    max_radius: int | None = None
-    cross_scale: bool = True
-    fuse_inputs: str = "minmax"
-    crf: CRFParams = field(default_factory=lambda: RCAM_CRF)
-    crf_iterations: int = 1
-    crf_size: int | None = 112
-
-    def __post_init__(self) -> None:
-        scales = tuple(self.scales) if isinstance(self.scales, (tuple, list)) else None
-        if scales is None or len(scales) != 2 or not all(_positive_int(s) for s in scales):
-            raise InputError(f"scales={self.scales!r}: must be two positive integers (s1, s2)")
-        object.__setattr__(self, "scales", (int(scales[0]), int(scales[1])))
-        if self.shape_layers is not None:
-            layers = self.shape_layers
-            if isinstance(layers, str) or not isinstance(layers, (tuple, list)) or not layers \
-                    or not all(isinstance(name, str) and name for name in layers):
-                raise InputError(
-                    f"shape_layers={layers!r}: must be a non-empty tuple of layer names or None"
-                )
-            object.__setattr__(self, "shape_layers", tuple(layers))
-        if not _positive_int(self.components) or self.components > 3:
-            raise InputError(f"components={self.components!r}: must be 1, 2 or 3")
-        if isinstance(self.eps, bool) or not isinstance(self.eps, (int, float)) \
-                or not 0 < self.eps < float("inf"):
-            raise InputError(f"eps={self.eps!r}: must be a finite number > 0")
-        if self.radius is not None and not _positive_int(self.radius):
-            raise InputError(f"radius={self.radius!r}: must be None or an integer >= 1")
-        if isinstance(self.radius_scale, bool) \
-                or not isinstance(self.radius_scale, (int, float)) \
-                or not 0 < self.radius_scale < float("inf"):
-            raise InputError(f"radius_scale={self.radius_scale!r}: must be a finite number > 0")
-        if not _positive_int(self.min_radius):
-            raise InputError(f"min_radius={self.min_radius!r}: must be an integer >= 1")
-        if self.max_radius is not None and (
-                not _positive_int(self.max_radius) or self.max_radius < self.min_radius):
-            raise InputError(
-                f"max_radius={self.max_radius!r}: must be None or an integer >= min_radius"
-            )
-        if self.fuse_inputs not in FUSE_INPUTS:
-            raise InputError(
-                f"fuse_inputs={self.fuse_inputs!r}: use one of {', '.join(FUSE_INPUTS)}"
-            )
-        if not isinstance(self.crf, CRFParams):
-            raise InputError(f"crf must be a CRFParams, got {type(self.crf).__name__}")
-        if not _positive_int(self.crf_iterations):
-            raise InputError(f"crf_iterations={self.crf_iterations!r}: must be >= 1")
-        if self.crf_size is not None and (not _positive_int(self.crf_size) or self.crf_size < 8):
-            raise InputError(f"crf_size={self.crf_size!r}: must be None or an integer >= 8")
-
-
-def _positive_int(value: object) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, np.integer)) and value >= 1
+__all__ = [
+    "FORWARD_CHUNK", "FUSE_INPUTS", "PRESETS", "RCAM", "RCAM1", "RCAM2", "RCAM3", "RCAM_CRF",
+    "SCALE2_INPUTS", "SHAPE_GROUPS", "STAGES", "RCAMConfig", "RCAMStages", "chain_radii",
+    "fuse", "minmax", "refine_crf", "select_shape_layers", "to_rgb_uint8", "upsample_chain",
+]
 
 
 @dataclass
@@ -220,248 +148,6 @@ class RCAMStages:
     rcam: np.ndarray | None = None
 
 
-# ------------------------------------------------------------------------- stage functions
-
-
-def chain_radii(guides: Sequence[np.ndarray], min_radius: int = 1,
-                max_radius: int | None = None, scale: float = 1.0) -> list[int]:
-    """Guided filter radius of each step: ``variogram_radius`` of that step's guide.
-
-    Args:
-        guides: (k, H_i, W_i) shape maps (or (H_i, W_i) single maps), coarse to fine.
-        min_radius: smallest radius.
-        max_radius: largest radius (None: half the guide's shorter side).
-        scale: factor on the fitted ``sigma`` before rounding.
-    """
-    return [variogram_radius(_guide_image(guide), min_radius, max_radius, scale)
-            for guide in guides]
-
-
-def upsample_chain(
-    cam: np.ndarray,
-    guides: Sequence[np.ndarray],
-    eps: float,
-    radii: Sequence[int] | None = None,
-    min_radius: int = 1,
-    max_radius: int | None = None,
-) -> np.ndarray:
-    """Upsample a map by successive guided x2 steps ``G^f(U^2(M), S_i)`` (eqs. 2-4).
-
-    Each step is :func:`wsolkit.refine.guided_filter.guided_upsample_x2` (bilinear x2, then
-    OpenCV's guided filter) with guide ``S_i``. A guide that is not exactly twice the map's
-    size (odd input sizes give e.g. 11 -> 21) gets a bilinear resize to the guide's size
-    instead of the x2, then the same guided filter.
-
-    Args:
-        cam: (h, w) float map (not modified).
-        guides: (k, H_i, W_i) shape maps with k <= 3 (or (H_i, W_i) maps), coarse to fine,
-            each larger than the map before it.
-        eps: guided filter regularization, in squared guide units.
-        radii: radius of each step; None computes them with :func:`chain_radii`.
-        min_radius: smallest radius when computing them.
-        max_radius: largest radius when computing them.
-
-    Returns:
-        (H_last, W_last) float32 map (at the input's size if ``guides`` is empty).
-
-    Raises:
-        InputError: a guide not larger than the map it should upsample, or bad radii.
-    """
-    current = np.ascontiguousarray(cam, dtype=np.float32)
-    if current.ndim != 2:
-        raise InputError(f"cam must be (h, w), got shape {current.shape}")
-    images = [_guide_image(guide) for guide in guides]
-    if radii is None:
-        radii = chain_radii(guides, min_radius, max_radius)
-    if len(radii) != len(images):
-        raise InputError(f"{len(radii)} radii given for {len(images)} guides")
-    for guide, radius in zip(images, radii, strict=True):
-        height, width = guide.shape[:2]
-        if (height, width) == (2 * current.shape[0], 2 * current.shape[1]):
-            current = guided_upsample_x2(current, guide, int(radius), float(eps))
-            continue
-        if height <= current.shape[0] or width <= current.shape[1]:
-            raise InputError(
-                f"guide of size {height}x{width} is not larger than the map it should "
-                f"upsample ({current.shape[0]}x{current.shape[1]}); order guides coarse to fine"
-            )
-        resized = cv2.resize(current, (width, height), interpolation=cv2.INTER_LINEAR)
-        current = guided_filter(resized, guide, int(radius), float(eps))
-    return current
-
-
-def fuse(rcam1: np.ndarray, p1: float | np.ndarray, rcam2: np.ndarray,
-         p2: float | np.ndarray, normalize: bool = True) -> np.ndarray:
-    """``rCAM_3 = rCAM_1 * P_1(c) + rCAM_2 * P_2(c)`` (eq. 5), then min-max per map.
-
-    Args:
-        rcam1: (H, W) or (N, H, W) map of scale 1 (at the input size).
-        p1: probability of the target class at scale 1: a scalar or (N,).
-        rcam2: map of scale 2, the same shape as ``rcam1``.
-        p2: probability at scale 2: a scalar or (N,).
-        normalize: min-max normalize each fused map to [0, 1] (a constant map becomes 0).
-
-    Returns:
-        float32 map(s) of ``rcam1``'s shape.
-    """
-    first = np.asarray(rcam1, dtype=np.float32)
-    second = np.asarray(rcam2, dtype=np.float32)
-    if first.shape != second.shape or first.ndim not in (2, 3):
-        raise InputError(
-            f"rcam1 and rcam2 must be (H, W) or (N, H, W) of one shape, got {first.shape} "
-            f"and {second.shape}"
-        )
-    weights = [np.asarray(p, dtype=np.float32) for p in (p1, p2)]
-    if first.ndim == 3:
-        if any(w.size not in (1, first.shape[0]) for w in weights):
-            raise InputError(f"p1 and p2 must be scalars or ({first.shape[0]},) for "
-                             f"{first.shape[0]} maps")
-        weights = [np.broadcast_to(w.reshape(-1), (first.shape[0],))[:, None, None]
-                   for w in weights]
-    elif any(w.size != 1 for w in weights):
-        raise InputError("p1 and p2 must be scalars for (H, W) maps")
-    else:
-        weights = [w.reshape(()) for w in weights]
-    fused = first * weights[0] + second * weights[1]
-    return minmax(fused) if normalize else fused.astype(np.float32)
-
-
-def refine_crf(image: np.ndarray, rcam3: np.ndarray, params: CRFParams | None = None,
-               iterations: int = 5, size: int | None = None) -> np.ndarray:
-    """Dense CRF on ``rCAM_3``: foreground ``rCAM_3``, background ``1 - rCAM_3``.
-
-    With ``size`` smaller than the image's shorter side, the CRF runs on the image (area
-    resize) and ``rCAM_3`` (bilinear) scaled by ``size / min(H, W)``, with the kernels'
-    spatial widths (``gaussian_sxy``, ``bilateral_sxy``) scaled alike; the marginal is
-    resized back bilinearly. The CRF's cost grows with the pixel count.
-
-    Args:
-        image: (H, W, 3) uint8 RGB image.
-        rcam3: (H, W) map in [0, 1].
-        params: CRF kernel parameters, in pixels of ``image`` (None: ``CRFParams()``).
-        iterations: mean-field iterations.
-        size: shorter side to run the CRF at; None for the image's own size.
-
-    Returns:
-        (H, W) float32 foreground marginal in [0, 1] (the final rCAM).
-    """
-    prior = np.asarray(rcam3, dtype=np.float32)
-    height, width = prior.shape[:2]
-    factor = 1.0 if size is None else size / min(height, width)
-    if factor >= 1.0:
-        return dense_crf(image, prior, params, iterations)
-    params = CRFParams() if params is None else params
-    small = (max(1, round(width * factor)), max(1, round(height * factor)))
-    scaled = replace(params, gaussian_sxy=params.gaussian_sxy * factor,
-                     bilateral_sxy=params.bilateral_sxy * factor)
-    image_small = cv2.resize(np.ascontiguousarray(image), small, interpolation=cv2.INTER_AREA)
-    prior_small = np.clip(cv2.resize(prior, small, interpolation=cv2.INTER_LINEAR), 0.0, 1.0)
-    marginal = dense_crf(image_small, prior_small, scaled, iterations)
-    return np.clip(cv2.resize(marginal, (width, height), interpolation=cv2.INTER_LINEAR),
-                   0.0, 1.0)
-
-
-def minmax(maps: np.ndarray) -> np.ndarray:
-    """Min-max normalize an (H, W) map or each map of an (N, H, W) stack (constant -> 0)."""
-    array = np.asarray(maps, dtype=np.float32)
-    axes = (-2, -1)
-    low = array.min(axis=axes, keepdims=True)
-    span = array.max(axis=axes, keepdims=True) - low
-    out = np.zeros_like(array)
-    np.divide(array - low, span, out=out, where=span > 0)
-    return out
-
-
-def to_rgb_uint8(images: torch.Tensor, mean: Sequence[float],
-                 std: Sequence[float]) -> np.ndarray:
-    """Undo ``Classifier.preprocess``: (N, 3, H, W) normalized tensor -> (N, H, W, 3) uint8.
-
-    ``x * std + mean`` per channel gives RGB in [0, 1], scaled to 0..255, rounded and
-    clipped. This recovers the resized image up to rounding only if the batch was made with
-    these ``mean`` and ``std`` (the classifier's own preprocessing).
-
-    Raises:
-        InputError: the batch does not have 3 channels.
-    """
-    if images.ndim != 4 or images.shape[1] != 3:
-        raise InputError(
-            f"the dense CRF needs RGB images, (N, 3, H, W); got {tuple(images.shape)}"
-        )
-    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-    rgb = images.detach().float().cpu() * std_t + mean_t
-    rgb = (rgb * 255.0).round().clamp(0, 255).to(torch.uint8)
-    return np.ascontiguousarray(rgb.permute(0, 2, 3, 1).numpy())
-
-
-# ------------------------------------------------------------------------- shape layers
-
-_PROBED: weakref.WeakKeyDictionary[nn.Module, dict] = weakref.WeakKeyDictionary()
-
-
-def select_shape_layers(module: nn.Module, sample: torch.Tensor, feature_layer: str,
-                        steps: int = 2) -> tuple[str, ...]:
-    """The shape layers of the x2 steps: modules at 2x, 4x, ... the CAM resolution.
-
-    Runs ``module`` once on ``sample`` with temporary hooks on every module. For each factor
-    f = 2, 4, ..., 2**steps, the candidates are the modules that run once, complete before
-    ``feature_layer`` does and output an (N, C, H, W) map with ``H = ceil``-compatible to f
-    times the CAM's height (``f * (h - 1) < H <= f * h``, the same for the width). Of the least
-    nested candidates (fewest dots in the name: whole stages rather than their inner convs),
-    the last to complete is chosen. Factors without a candidate are skipped. The result is
-    cached per module, feature layer and input size.
-
-    Raises:
-        LayerError: no layer at 2x or 4x the CAM resolution (name ``shape_layers``).
-    """
-    key = (feature_layer, tuple(sample.shape[-2:]), steps)
-    cache = _PROBED.setdefault(module, {})
-    if key in cache:
-        return cache[key]
-    shapes: dict[str, torch.Size] = {}
-    calls: Counter[str] = Counter()
-    order: list[str] = []
-
-    def record(name: str):
-        def hook(_module, _inputs, output):
-            calls[name] += 1
-            if isinstance(output, torch.Tensor):
-                shapes[name] = output.shape
-                order.append(name)
-        return hook
-
-    handles = [m.register_forward_hook(record(n)) for n, m in module.named_modules() if n]
-    try:
-        with torch.no_grad():
-            module(sample[:1])
-    finally:
-        for handle in handles:
-            handle.remove()
-    if feature_layer not in shapes or len(shapes[feature_layer]) != 4:
-        raise LayerError(f"layer {feature_layer!r} did not output an (N, C, h, w) map")
-    height, width = shapes[feature_layer][2:]
-    before = order[:order.index(feature_layer)]
-    chosen = []
-    for power in range(1, steps + 1):
-        factor = 2 ** power
-        candidates = [
-            name for name in before
-            if calls[name] == 1 and len(shapes[name]) == 4
-            and factor * (height - 1) < shapes[name][2] <= factor * height
-            and factor * (width - 1) < shapes[name][3] <= factor * width
-        ]
-        if candidates:
-            depth = min(name.count(".") for name in candidates)
-            chosen.append([name for name in candidates if name.count(".") == depth][-1])
-    if not chosen:
-        raise LayerError(
-            f"no layer at 2x or 4x the {height}x{width} resolution of {feature_layer!r}; "
-            "name the shape layers with RCAMConfig(shape_layers=...)"
-        )
-    cache[key] = tuple(chosen)
-    return cache[key]
-
-
 # ------------------------------------------------------------------------- methods
 
 
@@ -500,6 +186,10 @@ class _RCAMBase(HeatmapMethod):
         crf_size: overrides ``config.crf_size`` (0 means None: the input size).
         bilateral_srgb: overrides ``config.crf.bilateral_srgb``.
         bilateral_compat: overrides ``config.crf.bilateral_compat``.
+        preset: start from a named configuration of :data:`PRESETS` (``"paper"``,
+            ``"default"``) instead of ``config``; the other options override it.
+        scale2_input: overrides ``config.scale2_input``.
+        shape_group: overrides ``config.shape_group``.
 
     Raw maps (``HeatmapResult.raw``) are at the input size: the upsampled CAM for ``rcam1``,
     ``rcam2`` (CAM units), ``rCAM_1 * P_1 + rCAM_2 * P_2`` before normalization for ``rcam3``,
@@ -509,13 +199,16 @@ class _RCAMBase(HeatmapMethod):
     ``last_stages`` (``last_stages.rcam`` is the plain marginal); :meth:`stages` computes all
     of them.
 
-    Scale 2 resizes the preprocessed input tensor (not the original image) to s2 x s2. The
-    target class is resolved on the input as given, which is scale 1 whenever the input is
-    s1 x s1 (as ``Classifier.preprocess`` makes it for the embedded model at 224).
+    Scale 2 is the original image resized to s2 x s2 when the call gets the original images
+    (``sources=``, one RGB PIL image per input image) and ``config.scale2_input`` is
+    ``"image"``; otherwise the preprocessed input tensor resized to s2 x s2. The target class
+    is resolved on the input as given, which is scale 1 whenever the input is s1 x s1 (as
+    ``Classifier.preprocess`` makes it for the embedded model at 224).
     """
 
     stage: ClassVar[str] = "rcam"
     relu = False
+    uses_sources = True
 
     def __init__(
         self,
@@ -534,12 +227,25 @@ class _RCAMBase(HeatmapMethod):
         crf_size: int | None = None,
         bilateral_srgb: float | None = None,
         bilateral_compat: float | None = None,
+        preset: str | None = None,
+        scale2_input: str | None = None,
+        shape_group: str | None = None,
     ) -> None:
         super().__init__(model, layer=layer, fc=fc, upsample=upsample)
+        if preset is not None:
+            if preset not in PRESETS:
+                raise InputError(f"preset={preset!r}: use one of {', '.join(PRESETS)}")
+            if config is not None:
+                raise InputError("give either config or preset, not both")
+            config = PRESETS[preset]
         config = RCAMConfig() if config is None else config
         if not isinstance(config, RCAMConfig):
             raise InputError(f"config must be an RCAMConfig, got {type(config).__name__}")
-        overrides: dict[str, object] = {}
+        overrides: dict[str, object] = {
+            name: value for name, value in (("scale2_input", scale2_input),
+                                            ("shape_group", shape_group))
+            if value is not None
+        }
         if scales is not None:
             overrides["scales"] = _split(scales, int, "scales")
         if shape_layers is not None:
@@ -564,12 +270,43 @@ class _RCAMBase(HeatmapMethod):
         self.config = replace(config, **overrides) if overrides else config
         self._cam = CAM(self.classifier, layer=layer, fc=fc)
         self.last_stages: RCAMStages | None = None
+        self._sources: list[Image.Image] | None = None
+
+    def __call__(
+        self,
+        images: torch.Tensor,
+        target: TargetSpec = "top1",
+        labels: Sequence[int] | torch.Tensor | None = None,
+        upsample_maps: bool = True,
+        sources: Sequence[Image.Image] | None = None,
+    ):
+        """The base's call, plus ``sources``: the RGB PIL images the batch was made from.
+
+        With them (and ``config.scale2_input == "image"``) scale 2 resizes each original to
+        s2 x s2 instead of upsampling the tensor. They are not modified.
+        """
+        if sources is not None:
+            sources = list(sources)
+            if len(sources) != len(images):
+                raise InputError(f"sources: {len(sources)} images for a batch of "
+                                 f"{len(images)}")
+            for index, image in enumerate(sources):
+                if not isinstance(image, Image.Image) or image.mode != "RGB":
+                    raise InputError(f"sources[{index}] must be an RGB PIL image, got "
+                                     f"{type(image).__name__}")
+        self._sources = sources
+        try:
+            return super().__call__(images, target=target, labels=labels,
+                                    upsample_maps=upsample_maps)
+        finally:
+            self._sources = None
 
     def stages(self, images: torch.Tensor, target: TargetSpec = "top1",
-               labels: Sequence[int] | torch.Tensor | None = None) -> RCAMStages:
+               labels: Sequence[int] | torch.Tensor | None = None,
+               sources: Sequence[Image.Image] | None = None) -> RCAMStages:
         """Run the whole pipeline on a batch and return every stage (CRF included)."""
         runner = RCAM(self.classifier, layer=self.layer, config=self.config)
-        runner(images, target=target, labels=labels)
+        runner(images, target=target, labels=labels, sources=sources)
         return runner.last_stages
 
     def forward(
@@ -587,7 +324,8 @@ class _RCAMBase(HeatmapMethod):
         s1 = self.config.scales[0]
         names: tuple[str, ...] = ()
         if self.stage != "rcam2" and tuple(images.shape[-2:]) == (s1, s1):
-            names = self._shape_layers(images, layer)
+            groups = self._shape_groups(images, layer)
+            names = tuple(dict.fromkeys(name for group in groups for name in group))
         with ExitStack() as stack:
             captures = [stack.enter_context(capture_layer(self.module, name)) for name in names]
             result = super().forward(images, layer, targets, target=target, labels=labels)
@@ -601,6 +339,22 @@ class _RCAMBase(HeatmapMethod):
 
     def _shape_layers(self, images: torch.Tensor, layer: str) -> tuple[str, ...]:
         return self.config.shape_layers or select_shape_layers(self.module, images[:1], layer)
+
+    def _shape_groups(self, images: torch.Tensor, layer: str) -> tuple[tuple[str, ...], ...]:
+        """Per shape layer, the layers its PCA runs over (itself, or its size's group)."""
+        layers = self._shape_layers(images, layer)
+        if self.config.shape_group == "layer":
+            return tuple((name,) for name in layers)
+        return shape_layer_groups(self.module, images[:1], layer, layers)
+
+    def _scale2_images(self, forward: ForwardPass) -> torch.Tensor:
+        """Scale-2 input per row: the original image resized, or the input tensor resized."""
+        side = self.config.scales[1]
+        if self._sources is None or self.config.scale2_input == "tensor":
+            return _resize(forward.images, side)
+        at_side = replace(self.classifier, input_size=(side, side))
+        batch = at_side.preprocess_batch(self._sources).to(forward.images.device)
+        return batch[forward.targets.image_index.to(batch.device)]
 
     def layer_map(self, forward: ForwardPass) -> torch.Tensor:
         """Run the pipeline up to this method's stage; return its (N, H, W) map."""
@@ -625,17 +379,18 @@ class _RCAMBase(HeatmapMethod):
         s1, s2 = config.scales
         images1 = forward.images if size == (s1, s1) else _resize(forward.images, s1)
         layers = self._shape_layers(images1, forward.layer)
+        groups = self._shape_groups(images1, forward.layer)
         unique, inverse = _unique_rows(forward.images)
         need1 = until != "rcam2"
         need2 = until != "rcam1" or config.cross_scale
         stages = RCAMStages(classes=targets.classes.numpy().copy(), shape_layers=layers)
         if need1:
-            first = self._scale(forward, images1, unique, inverse, layers, cam=True)
+            first = self._scale(forward, images1, unique, inverse, groups, cam=True)
             stages.cam1, stages.p1, stages.shapes1 = first.cam, first.probs, first.shapes
         if need2:
             cam = until != "rcam1"
-            second = self._scale(forward, _resize(forward.images, s2), unique, inverse, layers,
-                                 cam=cam)
+            second = self._scale(forward, self._scale2_images(forward), unique, inverse,
+                                 groups, cam=cam)
             stages.shapes2 = second.shapes
             if cam:
                 stages.cam2, stages.p2 = second.cam, second.probs
@@ -655,10 +410,10 @@ class _RCAMBase(HeatmapMethod):
             stages.fused = fuse(first_map, stages.p1, second_map, stages.p2, normalize=False)
             stages.rcam3 = minmax(stages.fused)
         if until == "rcam":
-            rgb = to_rgb_uint8(forward.images[unique], self.classifier.mean, self.classifier.std)
+            rgb = self.classifier.to_rgb(forward.images[unique])
             stages.rcam = np.stack([
-                refine_crf(rgb[inverse[row]], stages.rcam3[row], config.crf,
-                           config.crf_iterations, config.crf_size)
+                dense_crf(rgb[inverse[row]], stages.rcam3[row], config.crf,
+                          config.crf_iterations, config.crf_size)
                 for row in range(len(stages.rcam3))
             ])
         rows = inverse.tolist()  # shape maps of distinct images -> one entry per map
@@ -671,12 +426,15 @@ class _RCAMBase(HeatmapMethod):
     # -- helpers ---------------------------------------------------------------------------
 
     def _scale(self, forward: ForwardPass, images: torch.Tensor, unique: torch.Tensor,
-               inverse: torch.Tensor, layers: Sequence[str], cam: bool) -> _Scale:
+               inverse: torch.Tensor, groups: Sequence[Sequence[str]], cam: bool) -> _Scale:
         """CAM, P(c) and shape maps at one scale, from one forward of the distinct images.
 
         When ``images`` is the base's input, the base's forward gives the CAM and the logits,
-        and the extra forward only captures the shape layers.
+        and the extra forward only captures the shape layers. Each shape map is the PCA of
+        its group's outputs concatenated channel-wise (resized to the group's first layer's
+        size where an odd input size makes them differ).
         """
+        layers = list(dict.fromkeys(name for group in groups for name in group))
         reused = images is forward.images
         captured: dict[str, torch.Tensor] = {}  # outputs of the distinct images
         if reused:
@@ -686,7 +444,7 @@ class _RCAMBase(HeatmapMethod):
         missing = [name for name in layers if name not in captured]
         names = list(dict.fromkeys(([forward.layer] if cam and not reused else []) + missing))
         if names or not reused:
-            distinct_logits, outputs = _chunked_forward(self.module, images[unique], names)
+            distinct_logits, outputs = forward_capturing(self.module, images[unique], names)
             captured.update(outputs)
             if not reused:
                 logits = distinct_logits[inverse]
@@ -697,8 +455,8 @@ class _RCAMBase(HeatmapMethod):
         if cam:
             scaled = ForwardPass(images, forward.layer, activations, logits, forward.targets)
             cam_map = self._cam.layer_map(scaled).detach().float().cpu().numpy()
-        shapes = [pca_shape_maps_batch(captured[name], self.config.components)
-                  for name in layers]
+        shapes = [pca_shape_maps_batch(_concatenated(captured, group), self.config.components)
+                  for group in groups]
         return _Scale(cam_map, probs.detach().cpu().numpy(), shapes)
 
     def _chains(self, cams: np.ndarray, shapes: list[list[ShapeMaps]],
@@ -721,7 +479,7 @@ class _RCAMBase(HeatmapMethod):
                 elif id(guide) not in radius_of:
                     radius_of[id(guide)] = variogram_radius(
                         guide.guide(), config.min_radius, config.max_radius,
-                        config.radius_scale)
+                        config.radius_scale, config.variogram_fit, config.sigma_as)
             per_image.append(([g.maps for g in guides], [radius_of[id(g)] for g in guides]))
         maps, radii_rows = [], []
         for row, cam in enumerate(cams):
@@ -779,31 +537,14 @@ def _split(value: object, kind: type, name: str) -> tuple:
     return tuple(value)
 
 
-FORWARD_CHUNK = 1
-"""Images per forward pass of the extra (scale-2) forward: per image, in channels-last
-layout, is fastest on CPUs (a 448x448 batch's activations overflow the caches; measured in
-``benchmarks/rcam_speed.py``)."""
-
-
-def _chunked_forward(module: nn.Module, images: torch.Tensor,
-                     names: Sequence[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Logits and the outputs of layers ``names``, running ``FORWARD_CHUNK`` images at a time.
-
-    No autograd (``torch.no_grad``); the input is passed in channels-last layout (the same
-    numbers up to float rounding, faster for the depthwise convolutions on CPUs).
-    """
-    logits, outputs = [], {name: [] for name in names}
-    for start in range(0, len(images), FORWARD_CHUNK):
-        chunk = images[start:start + FORWARD_CHUNK].contiguous(memory_format=torch.channels_last)
-        with ExitStack() as stack:
-            captures = [stack.enter_context(capture_layer(module, name)) for name in names]
-            with torch.no_grad():
-                logits.append(module(chunk))
-        for capture in captures:
-            if capture.activation is None:
-                raise LayerError(f"layer {capture.name!r} did not run during the forward pass")
-            outputs[capture.name].append(capture.activation.contiguous())
-    return torch.cat(logits), {name: torch.cat(parts) for name, parts in outputs.items()}
+def _concatenated(captured: dict[str, torch.Tensor], group: Sequence[str]) -> torch.Tensor:
+    """The outputs of a group of layers stacked along channels, at the first one's size."""
+    parts = [captured[name] for name in group]
+    size = parts[0].shape[-2:]
+    parts = [part if part.shape[-2:] == size else
+             F.interpolate(part.float(), size=tuple(size), mode="bilinear", align_corners=False)
+             for part in parts]
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
 
 def _resize(images: torch.Tensor, side: int) -> torch.Tensor:
@@ -831,16 +572,6 @@ def _unique_rows(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             inverse.append(len(firsts))
             firsts.append(row)
     return torch.tensor(firsts, dtype=torch.long), torch.tensor(inverse, dtype=torch.long)
-
-
-def _guide_image(guide: np.ndarray) -> np.ndarray:
-    """(k, H, W) or (H, W) shape map -> OpenCV guide (H, W[, k]) float32."""
-    array = np.asarray(guide, dtype=np.float32)
-    if array.ndim == 2:
-        return np.ascontiguousarray(array)
-    if array.ndim != 3 or not 1 <= array.shape[0] <= 3:
-        raise InputError(f"guide must be (k, H, W) with k <= 3 or (H, W), got {array.shape}")
-    return np.ascontiguousarray(array.transpose(1, 2, 0))
 
 
 def _finer(extra: np.ndarray, last: np.ndarray) -> bool:

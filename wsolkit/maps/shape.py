@@ -2,19 +2,24 @@
 
 Each spatial position of a (C, h, w) feature map is one sample of a C-dimensional vector; a PCA
 over the h*w samples of one image gives k maps that condense the layer (Ha et al. use the
-first 3 components of GoogLeNet's stride-8 layer as the shape guide of their guided filter).
+first 3 components of GoogLeNet's stride-8 response maps as the shape guide of their guided
+filter). Which layers: :func:`select_shape_layers` (one per x2 step) and
+:func:`shape_layer_groups` (every response map of that size, the paper's ``C^l``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import weakref
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
 
-from wsolkit.errors import InputError
+from wsolkit.errors import InputError, LayerError
 
 
 @dataclass(frozen=True)
@@ -161,3 +166,130 @@ def _as_tensor(features: object, ndim: int, layout: str) -> torch.Tensor:
     if not torch.isfinite(features).all():
         raise InputError("features contain NaN or infinite values")
     return features
+
+
+# ------------------------------------------------------------------------- shape layers
+
+_PROBED: weakref.WeakKeyDictionary[nn.Module, dict] = weakref.WeakKeyDictionary()
+
+
+@dataclass(frozen=True)
+class _Probe:
+    """Output shapes, call counts and completion order of every named module of one pass."""
+
+    shapes: dict[str, torch.Size]
+    calls: Counter
+    order: list[str]
+
+
+def _probe(module: nn.Module, sample: torch.Tensor) -> _Probe:
+    """Run ``module`` once on one image with temporary hooks on every named module (cached)."""
+    key = tuple(sample.shape[-3:])
+    cache = _PROBED.setdefault(module, {})
+    if key in cache:
+        return cache[key]
+    shapes: dict[str, torch.Size] = {}
+    calls: Counter[str] = Counter()
+    order: list[str] = []
+
+    def record(name: str):
+        def hook(_module, _inputs, output):
+            calls[name] += 1
+            if isinstance(output, torch.Tensor):
+                shapes[name] = output.shape
+                order.append(name)
+        return hook
+
+    handles = [m.register_forward_hook(record(n)) for n, m in module.named_modules() if n]
+    try:
+        with torch.no_grad():
+            module(sample[:1])
+    finally:
+        for handle in handles:
+            handle.remove()
+    cache[key] = _Probe(shapes, calls, order)
+    return cache[key]
+
+
+def _before(probe: _Probe, feature_layer: str) -> list[str]:
+    """4-D outputs of modules that run once and complete before ``feature_layer``."""
+    shapes = probe.shapes
+    if feature_layer not in shapes or len(shapes[feature_layer]) != 4:
+        raise LayerError(f"layer {feature_layer!r} did not output an (N, C, h, w) map")
+    names = probe.order[:probe.order.index(feature_layer)]
+    return [name for name in names if probe.calls[name] == 1 and len(shapes[name]) == 4]
+
+
+def select_shape_layers(module: nn.Module, sample: torch.Tensor, feature_layer: str,
+                        steps: int = 2) -> tuple[str, ...]:
+    """The shape layers of the x2 steps: modules at 2x, 4x, ... the CAM resolution.
+
+    Runs ``module`` once on ``sample`` with temporary hooks on every module. For each factor
+    f = 2, 4, ..., 2**steps, the candidates are the modules that run once, complete before
+    ``feature_layer`` does and output an (N, C, H, W) map with ``H = ceil``-compatible to f
+    times the CAM's height (``f * (h - 1) < H <= f * h``, the same for the width). Of the least
+    nested candidates (fewest dots in the name: whole stages rather than their inner convs),
+    the last to complete is chosen. Factors without a candidate are skipped. The probe is
+    cached per module and input size.
+
+    Raises:
+        LayerError: no layer at 2x or 4x the CAM resolution (name ``shape_layers``).
+    """
+    probe = _probe(module, sample)
+    before = _before(probe, feature_layer)
+    height, width = probe.shapes[feature_layer][2:]
+    chosen = []
+    for power in range(1, steps + 1):
+        factor = 2 ** power
+        candidates = [
+            name for name in before
+            if factor * (height - 1) < probe.shapes[name][2] <= factor * height
+            and factor * (width - 1) < probe.shapes[name][3] <= factor * width
+        ]
+        if candidates:
+            depth = min(name.count(".") for name in candidates)
+            chosen.append([name for name in candidates if name.count(".") == depth][-1])
+    if not chosen:
+        raise LayerError(
+            f"no layer at 2x or 4x the {height}x{width} resolution of {feature_layer!r}; "
+            "name the shape layers with RCAMConfig(shape_layers=...)"
+        )
+    return tuple(chosen)
+
+
+def shape_layer_groups(module: nn.Module, sample: torch.Tensor, feature_layer: str,
+                       layers: Sequence[str]) -> tuple[tuple[str, ...], ...]:
+    """Per shape layer, the group of every response map of its size (the paper's ``C^l``).
+
+    Ha et al. gather all of GoogLeNet's response maps of one size l x l into ``C^l`` and run
+    the PCA over the group. For any network: of the modules that run once before
+    ``feature_layer`` and output maps of the shape layer's size, those one level below the
+    least nested ones (the blocks inside the stages: their outputs are the network's
+    successive response maps, while a stage's own output repeats its last block's), plus the
+    least nested ones with no such block (e.g. a stem convolution).
+    The EfficientNet-Lite0 at 224: ``features.stage3`` -> its 2 blocks at 28x28;
+    ``features.stage5`` -> the 3 blocks of ``stage4`` and the 3 of ``stage5`` at 14x14.
+
+    Returns:
+        One tuple of layer names per entry of ``layers``, in completion order (the shape
+        layer itself, when it has no children of its size, is in its group).
+
+    Raises:
+        LayerError: a layer that did not output an (N, C, h, w) map before ``feature_layer``.
+    """
+    probe = _probe(module, sample)
+    before = _before(probe, feature_layer)
+    groups = []
+    for layer in layers:
+        if layer not in before:
+            raise LayerError(f"shape layer {layer!r} did not output an (N, C, h, w) map once "
+                             f"before {feature_layer!r}")
+        size = tuple(probe.shapes[layer][2:])
+        same = [name for name in before if tuple(probe.shapes[name][2:]) == size]
+        depth = min(name.count(".") for name in same)
+        members = [name for name in same if name.count(".") == depth + 1]
+        members += [top for top in same if top.count(".") == depth
+                    and not any(name.startswith(top + ".") for name in members)]
+        order = {name: index for index, name in enumerate(probe.order)}
+        groups.append(tuple(sorted(dict.fromkeys(members), key=order.__getitem__)))
+    return tuple(groups)

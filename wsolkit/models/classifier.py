@@ -91,6 +91,10 @@ class Classifier:
         """Preprocess several PIL images into one NCHW batch on the model's device."""
         return torch.stack([self.preprocess(image) for image in images]).to(self.device)
 
+    def to_rgb(self, images: torch.Tensor) -> np.ndarray:
+        """The inverse of :meth:`preprocess`: (N, 3, H, W) batch -> (N, H, W, 3) uint8 RGB."""
+        return to_rgb_uint8(images, self.mean, self.std)
+
     def cam_head(self, sample: torch.Tensor) -> CamHead:
         """The (feature layer, fc layer) pair of the CAM head, detected once if not named."""
         if self.feature_layer is not None and self.fc_layer is not None:
@@ -133,3 +137,25 @@ def as_classifier(
         fc_layer=fc,
         objectness_layer=layer,
     )
+
+
+def to_rgb_uint8(images: torch.Tensor, mean: Sequence[float],
+                 std: Sequence[float]) -> np.ndarray:
+    """Undo ``Classifier.preprocess``: (N, 3, H, W) normalized tensor -> (N, H, W, 3) uint8.
+
+    ``x * std + mean`` per channel gives RGB in [0, 1], scaled to 0..255, rounded and
+    clipped. This recovers the resized image up to rounding only if the batch was made with
+    these ``mean`` and ``std`` (the classifier's own preprocessing).
+
+    Raises:
+        InputError: the batch does not have 3 channels.
+    """
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise InputError(
+            f"the dense CRF needs RGB images, (N, 3, H, W); got {tuple(images.shape)}"
+        )
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    rgb = images.detach().float().cpu() * std_t + mean_t
+    rgb = (rgb * 255.0).round().clamp(0, 255).to(torch.uint8)
+    return np.ascontiguousarray(rgb.permute(0, 2, 3, 1).numpy())

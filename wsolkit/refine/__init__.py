@@ -27,6 +27,8 @@ from wsolkit.refine.threshold import threshold_map, threshold_value
 from wsolkit.refine.variogram import (
     VariogramFit,
     empirical_variogram,
+    empirical_variogram_counts,
+    fit_cressie_variogram,
     fit_gaussian_variogram,
     variogram_radius,
 )
@@ -43,8 +45,10 @@ __all__ = [
     "crf_kl_divergences",
     "dense_crf",
     "empirical_variogram",
+    "empirical_variogram_counts",
     "expand_box",
     "expand_boxes",
+    "fit_cressie_variogram",
     "fit_gaussian_variogram",
     "grabcut",
     "grabcut_box",

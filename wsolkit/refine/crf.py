@@ -11,10 +11,11 @@ the library's parallel mean-field update.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from numbers import Real
 from typing import Any
 
+import cv2
 import numpy as np
 
 from wsolkit.errors import DependencyError, InputError
@@ -127,15 +128,22 @@ def dense_crf(
     foreground: np.ndarray,
     params: CRFParams | None = None,
     iterations: int = 5,
+    size: int | None = None,
 ) -> np.ndarray:
     """Refine a foreground probability map with a fully connected CRF.
+
+    With ``size`` smaller than the image's shorter side, the CRF runs on the image (area
+    resize) and the foreground (bilinear) scaled by ``size / min(H, W)``, with the kernels'
+    spatial widths (``gaussian_sxy``, ``bilateral_sxy``) scaled alike, and the marginal is
+    resized back bilinearly (the CRF's cost grows with the pixel count; rCAM runs it at 112).
 
     Args:
         image: (H, W, 3) uint8 RGB image (not modified).
         foreground: (H, W) floating foreground probability in [0, 1] (not modified).
-        params: Kernel parameters; ``None`` for ``CRFParams()`` (Gaussian sxy 3, compat 3;
-            bilateral sxy 60, srgb 10, compat 5; clip 1e-5).
+        params: Kernel parameters, in pixels of ``image``; ``None`` for ``CRFParams()``
+            (Gaussian sxy 3, compat 3; bilateral sxy 60, srgb 10, compat 5; clip 1e-5).
         iterations: Mean-field iterations, >= 1.
+        size: shorter side to run the CRF at; None (or not smaller) for the image's own.
 
     Returns:
         (H, W) float32 foreground marginal in [0, 1].
@@ -150,6 +158,23 @@ def dense_crf(
     if not isinstance(params, CRFParams):
         raise InputError(f"params must be a CRFParams, got {type(params).__name__}")
     iterations = _check_iterations(iterations)
+    if size is not None:
+        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+            raise InputError(f"size={size!r}: must be None or a positive integer")
+        height, width = fg.shape
+        factor = size / min(height, width)
+        if factor < 1.0:
+            small = (max(1, round(width * factor)), max(1, round(height * factor)))
+            scaled = replace(params, gaussian_sxy=params.gaussian_sxy * factor,
+                             bilateral_sxy=params.bilateral_sxy * factor)
+            image_small = cv2.resize(np.ascontiguousarray(image), small,
+                                     interpolation=cv2.INTER_AREA)
+            prior = np.asarray(foreground, dtype=np.float32)
+            fg_small = np.clip(cv2.resize(prior, small, interpolation=cv2.INTER_LINEAR),
+                               0.0, 1.0)
+            marginal = dense_crf(image_small, fg_small, scaled, iterations)
+            return np.clip(cv2.resize(marginal, (width, height), interpolation=cv2.INTER_LINEAR),
+                           0.0, 1.0)
     crf = _build(image, fg, params)
     marginals = np.asarray(crf.inference(iterations), dtype=np.float32)
     out = marginals.reshape(2, *fg.shape)[1]

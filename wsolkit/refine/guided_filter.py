@@ -10,6 +10,7 @@ opencv-contrib): box means over ``(2 * radius + 1)``-square windows, normalized,
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from numbers import Real
 from typing import Any
 
@@ -17,6 +18,7 @@ import cv2
 import numpy as np
 
 from wsolkit.errors import InputError
+from wsolkit.refine.variogram import variogram_radius
 
 MAX_GUIDE_CHANNELS = 3
 """OpenCV's guided filter uses at most three guide channels."""
@@ -146,3 +148,80 @@ def guided_upsample_x2(
         np.ascontiguousarray(cam), (2 * width, 2 * height), interpolation=cv2.INTER_LINEAR
     )
     return _filter(upsampled, guide, radius, eps)
+
+
+def chain_radii(guides: Sequence[np.ndarray], min_radius: int = 1,
+                max_radius: int | None = None, scale: float = 1.0) -> list[int]:
+    """Guided filter radius of each step: ``variogram_radius`` of that step's guide.
+
+    Args:
+        guides: (k, H_i, W_i) shape maps (or (H_i, W_i) single maps), coarse to fine.
+        min_radius: smallest radius.
+        max_radius: largest radius (None: half the guide's shorter side).
+        scale: factor on the fitted ``sigma`` before rounding.
+    """
+    return [variogram_radius(_guide_image(guide), min_radius, max_radius, scale)
+            for guide in guides]
+
+
+def upsample_chain(
+    cam: np.ndarray,
+    guides: Sequence[np.ndarray],
+    eps: float,
+    radii: Sequence[int] | None = None,
+    min_radius: int = 1,
+    max_radius: int | None = None,
+) -> np.ndarray:
+    """Upsample a map by successive guided x2 steps ``G^f(U^2(M), S_i)`` (eqs. 2-4).
+
+    Each step is :func:`wsolkit.refine.guided_filter.guided_upsample_x2` (bilinear x2, then
+    OpenCV's guided filter) with guide ``S_i``. A guide that is not exactly twice the map's
+    size (odd input sizes give e.g. 11 -> 21) gets a bilinear resize to the guide's size
+    instead of the x2, then the same guided filter.
+
+    Args:
+        cam: (h, w) float map (not modified).
+        guides: (k, H_i, W_i) shape maps with k <= 3 (or (H_i, W_i) maps), coarse to fine,
+            each larger than the map before it.
+        eps: guided filter regularization, in squared guide units.
+        radii: radius of each step; None computes them with :func:`chain_radii`.
+        min_radius: smallest radius when computing them.
+        max_radius: largest radius when computing them.
+
+    Returns:
+        (H_last, W_last) float32 map (at the input's size if ``guides`` is empty).
+
+    Raises:
+        InputError: a guide not larger than the map it should upsample, or bad radii.
+    """
+    current = np.ascontiguousarray(cam, dtype=np.float32)
+    if current.ndim != 2:
+        raise InputError(f"cam must be (h, w), got shape {current.shape}")
+    images = [_guide_image(guide) for guide in guides]
+    if radii is None:
+        radii = chain_radii(guides, min_radius, max_radius)
+    if len(radii) != len(images):
+        raise InputError(f"{len(radii)} radii given for {len(images)} guides")
+    for guide, radius in zip(images, radii, strict=True):
+        height, width = guide.shape[:2]
+        if (height, width) == (2 * current.shape[0], 2 * current.shape[1]):
+            current = guided_upsample_x2(current, guide, int(radius), float(eps))
+            continue
+        if height <= current.shape[0] or width <= current.shape[1]:
+            raise InputError(
+                f"guide of size {height}x{width} is not larger than the map it should "
+                f"upsample ({current.shape[0]}x{current.shape[1]}); order guides coarse to fine"
+            )
+        resized = cv2.resize(current, (width, height), interpolation=cv2.INTER_LINEAR)
+        current = guided_filter(resized, guide, int(radius), float(eps))
+    return current
+
+
+def _guide_image(guide: np.ndarray) -> np.ndarray:
+    """(k, H, W) or (H, W) shape map -> OpenCV guide (H, W[, k]) float32."""
+    array = np.asarray(guide, dtype=np.float32)
+    if array.ndim == 2:
+        return np.ascontiguousarray(array)
+    if array.ndim != 3 or not 1 <= array.shape[0] <= 3:
+        raise InputError(f"guide must be (k, H, W) with k <= 3 or (H, W), got {array.shape}")
+    return np.ascontiguousarray(array.transpose(1, 2, 0))

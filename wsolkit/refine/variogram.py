@@ -2,9 +2,15 @@
 
 The rCAM paper (Section 3.3) picks the guided filter window from the shape map ``S``: the
 empirical variogram ``gamma_hat(h) = 1 / (2 |N(h)|) * sum_{N(h)} (S(x_i) - S(x_j))^2`` is fitted
-by ``gamma(h) = c1 * exp(-h^2 / (2 sigma^2)) + c2`` and ``sigma`` becomes the window radius.
-Here ``N(h)`` holds the horizontal and vertical pixel pairs ``h`` apart (pooled), and a
+by ``gamma(h) = c1 * exp(-h^2 / (2 sigma^2)) + c2`` and ``sigma`` becomes "the size of the
+filter". Here ``N(h)`` holds the horizontal and vertical pixel pairs ``h`` apart (pooled), and a
 multi-channel image averages over its channels.
+
+Two fits: ordinary least squares (``fit="ols"``, equal weight per lag; our default) and the
+weighted least squares of Cressie (1985), the paper's reference [7] (``fit="cressie"``:
+minimize ``sum_h |N(h)| * (gamma_hat(h) / gamma(h) - 1)^2``). Two readings of ``sigma``: the
+filter's radius (``sigma_as="radius"``) or its window side ``2 r + 1`` (``sigma_as="window"``,
+the paper's "size of the filter": ``r = round((sigma - 1) / 2)``).
 """
 
 from __future__ import annotations
@@ -22,6 +28,12 @@ FALLBACK_SIGMA = 1.0
 
 MIN_SIGMA = 0.1
 """Lower bound of the fitted ``sigma``; the upper bound is ``4 * max(lags)``."""
+
+FITS = ("ols", "cressie")
+"""Variogram fits: ordinary least squares, or Cressie's weighted least squares."""
+
+SIGMA_AS = ("radius", "window")
+"""How ``sigma`` sizes the guided filter: its radius, or its window side ``2 r + 1``."""
 
 _MIN_POINTS = 3
 _FLAT_TOLERANCE = 1e-12
@@ -84,6 +96,14 @@ def _default_max_lag(height: int, width: int) -> int:
 def empirical_variogram(
     image: np.ndarray, max_lag: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
+    """Empirical variogram; see :func:`empirical_variogram_counts` (without the pair counts)."""
+    lags, gamma, _ = empirical_variogram_counts(image, max_lag)
+    return lags, gamma
+
+
+def empirical_variogram_counts(
+    image: np.ndarray, max_lag: int | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Empirical variogram over horizontal and vertical pixel offsets ``h = 1 .. max_lag``.
 
     ``gamma[h - 1] = sum (Z(x + h) - Z(x))^2 / (2 * n(h))`` over every horizontal and
@@ -95,7 +115,8 @@ def empirical_variogram(
             ``max(1, min(H, W) // 2)``.
 
     Returns:
-        ``(lags, gamma)``: ``lags`` (L,) float64 ``1 .. max_lag``, ``gamma`` (L,) float64.
+        ``(lags, gamma, counts)``: ``lags`` (L,) float64 ``1 .. max_lag``, ``gamma`` (L,)
+        float64 and ``counts`` (L,) float64, the number of pixel pairs ``n(h)`` per lag.
 
     Raises:
         InputError: Not a numpy array, wrong rank, non-numeric, empty, NaN/inf, fewer than
@@ -113,6 +134,7 @@ def empirical_variogram(
     channels = values.shape[2]
     lags = np.arange(1, int(max_lag) + 1, dtype=np.float64)
     gamma = np.empty_like(lags)
+    counts = np.empty_like(lags)
     for index, lag in enumerate(range(1, int(max_lag) + 1)):
         total, pairs = 0.0, 0
         if lag < width:
@@ -124,7 +146,8 @@ def empirical_variogram(
             total += float(np.einsum("ijk,ijk->", diff, diff))
             pairs += (height - lag) * width
         gamma[index] = total / (2.0 * pairs * channels)
-    return lags, gamma
+        counts[index] = pairs
+    return lags, gamma, counts
 
 
 def _check_curve(lags: Any, gamma: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -220,14 +243,75 @@ def fit_gaussian_variogram(lags: np.ndarray, gamma: np.ndarray) -> VariogramFit:
     return VariogramFit(c1 * scale, c2 * scale, sigma)
 
 
-def variogram_radius(
-    guide: np.ndarray, min_radius: int = 1, max_radius: int | None = None, scale: float = 1.0
-) -> int:
-    """Guided filter radius for a guide: ``sigma`` of its Gaussian variogram fit.
+def fit_cressie_variogram(lags: np.ndarray, gamma: np.ndarray,
+                          counts: np.ndarray) -> VariogramFit:
+    """Cressie's (1985) weighted least-squares fit of the Gaussian variogram model.
 
-    Computes :func:`empirical_variogram` (default ``max_lag``, at least 3 lags where the
-    image allows), fits it with :func:`fit_gaussian_variogram`, rounds ``scale * sigma`` half up and
-    clips it to ``[min_radius, max_radius]``. A constant guide gives ``sigma = 1``.
+    Minimizes ``sum_h n(h) * (gamma_hat(h) / gamma(h) - 1)^2`` over ``c1, c2, sigma``
+    (``sigma`` in ``[MIN_SIGMA, 4 * max(lags)]``) with ``scipy.optimize.least_squares``,
+    started from the ordinary least-squares fit (:func:`fit_gaussian_variogram`) and from the
+    ordinary fits at 3 other ``sigma`` (log-spaced); the lowest criterion wins. Lags where the
+    model is not positive count as a large misfit. A flat empirical variogram gives the same
+    fallback as :func:`fit_gaussian_variogram`.
+
+    Args:
+        lags: (L,) positive lags, L >= 3.
+        gamma: (L,) empirical variogram values.
+        counts: (L,) positive pair counts ``n(h)`` (the weights).
+
+    Returns:
+        A :class:`VariogramFit`.
+
+    Raises:
+        InputError: as :func:`fit_gaussian_variogram`, or counts not (L,) positive numbers.
+    """
+    from scipy.optimize import least_squares
+
+    h, g = _check_curve(lags, gamma)
+    n = np.asarray(counts, dtype=np.float64) if isinstance(counts, np.ndarray) else None
+    if n is None or n.shape != h.shape or not np.isfinite(n).all() or (n <= 0).any():
+        raise InputError(f"counts must be a numpy array of {h.size} positive numbers")
+    ordinary = fit_gaussian_variogram(h, g)
+    magnitude = float(np.max(np.abs(g)))
+    if ordinary.c1 == 0.0 or magnitude <= 0.0:
+        return ordinary
+    gs, weights = g / magnitude, np.sqrt(n / n.sum())
+    upper = 4.0 * float(h.max())
+    floor = 1e-9  # a non-positive model value is a misfit, not a division by zero
+
+    def residuals(theta: np.ndarray) -> np.ndarray:
+        model = _model(h, theta[0], theta[1], math.exp(theta[2]))
+        return weights * (gs / np.maximum(model, floor) - 1.0)
+
+    starts = [(ordinary.c1 / magnitude, ordinary.c2 / magnitude, ordinary.sigma)]
+    for sigma in np.exp(np.linspace(math.log(MIN_SIGMA * 10), math.log(upper), 3)):
+        c1, c2 = _coefficients(h, gs, float(sigma))
+        starts.append((c1, c2, float(sigma)))
+    best, best_cost = None, math.inf
+    bounds = ([-np.inf, -np.inf, math.log(MIN_SIGMA)], [np.inf, np.inf, math.log(upper)])
+    for c1, c2, sigma in starts:
+        start = np.array([c1, c2, math.log(min(max(sigma, MIN_SIGMA), upper))])
+        fit = least_squares(residuals, start, bounds=bounds, method="trf")
+        cost = float(np.sum(residuals(fit.x) ** 2))
+        if cost < best_cost:
+            best, best_cost = fit.x, cost
+    return VariogramFit(float(best[0]) * magnitude, float(best[1]) * magnitude,
+                        float(math.exp(best[2])))
+
+
+def variogram_radius(
+    guide: np.ndarray, min_radius: int = 1, max_radius: int | None = None, scale: float = 1.0,
+    fit: str = "ols", sigma_as: str = "radius",
+) -> int:
+    """Guided filter radius for a guide from the ``sigma`` of its Gaussian variogram fit.
+
+    Computes :func:`empirical_variogram_counts` (default ``max_lag``, at least 3 lags where
+    the image allows), fits it (``fit="ols"``: :func:`fit_gaussian_variogram`;
+    ``fit="cressie"``: :func:`fit_cressie_variogram`) and takes ``s = scale * sigma``: the
+    radius is ``s`` rounded half up (``sigma_as="radius"``), or the radius whose window side
+    ``2 r + 1`` is ``s``, ``(s - 1) / 2`` rounded half up (``sigma_as="window"``, the paper's
+    "size of the filter"); then clipped to ``[min_radius, max_radius]``. A constant guide
+    gives ``sigma = 1``.
 
     Args:
         guide: (H, W) or (H, W, C) real array (not modified).
@@ -235,14 +319,21 @@ def variogram_radius(
         max_radius: Largest radius returned, >= ``min_radius``; ``None`` for
             ``max(min_radius, min(H, W) // 2)``.
         scale: Factor on ``sigma`` before rounding, > 0 (1 in the rCAM paper).
+        fit: one of :data:`FITS`.
+        sigma_as: one of :data:`SIGMA_AS`.
 
     Returns:
         The radius as a Python int.
 
     Raises:
         InputError: As :func:`empirical_variogram`; a guide with fewer than 4 pixels along
-            its longer side; bad ``min_radius`` / ``max_radius``.
+            its longer side; bad ``min_radius`` / ``max_radius`` / ``scale`` / ``fit`` /
+            ``sigma_as``.
     """
+    if fit not in FITS:
+        raise InputError(f"fit={fit!r}: use one of {', '.join(FITS)}")
+    if sigma_as not in SIGMA_AS:
+        raise InputError(f"sigma_as={sigma_as!r}: use one of {', '.join(SIGMA_AS)}")
     values = _check_image(guide)
     height, width = values.shape[:2]
     if isinstance(min_radius, bool) or not isinstance(min_radius, (int, np.integer)) \
@@ -264,7 +355,13 @@ def variogram_radius(
             f"guide needs at least {_MIN_POINTS + 1} pixels along H or W, got {guide.shape}"
         )
     max_lag = min(max(_default_max_lag(height, width), _MIN_POINTS), longest - 1)
-    lags, gamma = empirical_variogram(values, max_lag)
-    sigma = fit_gaussian_variogram(lags, gamma).sigma
-    radius = int(math.floor(float(scale) * sigma + 0.5))
+    lags, gamma, counts = empirical_variogram_counts(values, max_lag)
+    if fit == "cressie":
+        sigma = fit_cressie_variogram(lags, gamma, counts).sigma
+    else:
+        sigma = fit_gaussian_variogram(lags, gamma).sigma
+    size = float(scale) * sigma
+    if sigma_as == "window":
+        size = (size - 1.0) / 2.0
+    radius = int(math.floor(size + 0.5))
     return int(min(max(radius, int(min_radius)), int(max_radius)))
