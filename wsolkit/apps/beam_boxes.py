@@ -83,11 +83,13 @@ def beam_boxes(
         InputError: bad images, classes, thresholds or co-occurrence matrix.
     """
     classifier = as_classifier(model)
+    sources = None
     if isinstance(images, list | tuple):
         from wsolkit.data.images import load_image
 
         loaded = [im if isinstance(im, Image.Image) else load_image(im) for im in images]
-        images = classifier.preprocess_batch([im.convert("RGB") for im in loaded])
+        sources = [im.convert("RGB") for im in loaded]
+        images = classifier.preprocess_batch(sources)
     images = check_images(images).to(classifier.device)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"batch_size must be an integer >= 1, got {batch_size!r}")
@@ -101,7 +103,8 @@ def beam_boxes(
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start:start + batch_size]
         index = torch.tensor([n for n, _ in chunk], device=images.device)
-        result = method(images[index], target=[c for _, c in chunk])
+        result = method(images[index], target=[c for _, c in chunk],
+                        sources=None if sources is None else [sources[n] for n, _ in chunk])
         for (n, c), heat in zip(chunk, result.maps.cpu().numpy(), strict=True):
             found[n].extend(heat_boxes(heat, method.threshold_for(c), c, float(scores[n, c])))
     return [sorted(boxes, key=lambda b: -b.score) for boxes in found]

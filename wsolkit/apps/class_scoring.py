@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from PIL import Image
 
 from wsolkit.apps.protocol import PROTOCOL_SIZE, protocol_map, protocol_source
 from wsolkit.data.sample import Sample
@@ -87,7 +88,8 @@ def classes_to_detect(probabilities: np.ndarray, min_probability: float) -> list
 
 
 def class_maps(method: HeatmapMethod, image: torch.Tensor, num_classes: int,
-               min_probability: float = 0.0, present: tuple[int, ...] = ()) -> ClassMaps:
+               min_probability: float = 0.0, present: tuple[int, ...] = (),
+               source: Image.Image | None = None) -> ClassMaps:
     """Maps of every class of one (1, C, H, W) image, from one call of ``method``.
 
     Args:
@@ -97,9 +99,11 @@ def class_maps(method: HeatmapMethod, image: torch.Tensor, num_classes: int,
         min_probability: detections (and a box method's maps) only for classes at least this
             probable, plus the most probable class.
         present: classes the image holds (their peak locations are scored).
+        source: the RGB PIL image ``image`` was preprocessed from (for methods that crop it).
     """
     if hasattr(method, "classes_to_map"):
-        return _selected_class_maps(method, image, num_classes, min_probability, present)
+        return _selected_class_maps(method, image, num_classes, min_probability, present,
+                                    source)
     return maps_of_result(method, every_class(method, image, num_classes), num_classes,
                           min_probability, present)
 
@@ -132,7 +136,8 @@ def _probabilities(method: HeatmapMethod, logits: torch.Tensor) -> np.ndarray:
 
 
 def _selected_class_maps(method: HeatmapMethod, image: torch.Tensor, num_classes: int,
-                         min_probability: float, present: tuple[int, ...]) -> ClassMaps:
+                         min_probability: float, present: tuple[int, ...],
+                         source: Image.Image | None = None) -> ClassMaps:
     """A box method maps only the classes to detect; the others have no map."""
     with torch.inference_mode(), eval_mode(method.module):
         logits = method.module(image).float()
@@ -140,7 +145,7 @@ def _selected_class_maps(method: HeatmapMethod, image: torch.Tensor, num_classes
     chosen = classes_to_detect(probabilities, min_probability)
     picked = torch.tensor(chosen)
     result = method(image, target=Targets(picked, torch.zeros_like(picked)),
-                    upsample_maps=False)
+                    upsample_maps=False, sources=None if source is None else [source])
     grids, peak_values = {}, np.zeros(num_classes, np.float64)
     for c, raw in zip(chosen, result.raw, strict=True):
         grids[c] = protocol_map(protocol_source(method, raw))

@@ -279,7 +279,8 @@ def _computed_batches(
         elif loaded:
             tensor = classifier.preprocess_batch([image for _, image in loaded])
             labels = [max(sample.label, 0) for sample, _ in loaded]
-            result = method(tensor, target="gt" if target == "gt" else "top1", labels=labels)
+            result = method(tensor, target="gt" if target == "gt" else "top1", labels=labels,
+                            sources=[image for _, image in loaded])
             top5 = result.logits.topk(min(5, result.logits.shape[1]), dim=1).indices.tolist()
             for index, (sample, image) in enumerate(loaded):
                 batch.samples.append(sample)
@@ -289,7 +290,7 @@ def _computed_batches(
                 if class_count:
                     batch.class_maps.append(partial(
                         class_maps, method, tensor[index:index + 1], class_count,
-                        settings.min_class_probability, tuple(sample.labels)))
+                        settings.min_class_probability, tuple(sample.labels), image))
             batch.layer = result.layer
         yield batch, len(chunk)
 

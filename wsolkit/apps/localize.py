@@ -88,7 +88,8 @@ def localize_files(
         images = _load_batch(batch, report)
         if images:
             tensor = classifier.preprocess_batch([image for _, image in images])
-            result = method(tensor, target=settings.target)
+            result = method(tensor, target=settings.target,
+                            sources=[image for _, image in images])
             report.layer = result.layer
             for index, (path, image) in enumerate(images):
                 report.records.append(

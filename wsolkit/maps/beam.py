@@ -2,25 +2,31 @@
 
 A localization candidate is a sub-grid ``(x, y, w, h)`` (in cells) of the ``L x L`` grid of the
 layer feeding the classifier head. Its feature maps are cropped to the sub-grid, bilinearly
-resized back to ``L x L`` and passed through the rest of the network (global pool + linear
-head) to score the target class. The children of a node are the sub-grids inside it that are
-one cell narrower *or* one cell shorter (not both), eq. 6; the root is the whole grid. Only
-children of the root are scored on one feature map (the paper limits candidates to
-``L - 1 <= w, h <= L`` against interpolation artifacts); the kept candidates are back-projected
-to image crops (eq. 5) and each crop is re-encoded, resized to the input size, so the next
-level's children refine inside it (iterative refinement).
+resized back to ``L x L`` and passed through the rest of the network to score the target class:
+either a head on the globally pooled map (global average pool + linear, or any module taking
+the pooled features) or, as the paper's AlexNet / VGG-16, fully connected layers on the
+flattened ``L x L x T`` map (positionally sensitive). The head is found by checking which
+module reproduces the model's logits from the layer's output, pooled or flattened. The children
+of a node are the sub-grids inside it that are one cell narrower *or* one cell shorter (not
+both), eq. 6; the root is the whole grid. Only children of the root are scored on one feature
+map (the paper limits candidates to ``L - 1 <= w, h <= L`` against interpolation artifacts);
+the kept candidates are back-projected to image regions (eq. 5) and each region is re-encoded,
+so the next level's children refine inside it (iterative refinement). The region is cut from
+the source image the input was preprocessed from, when the caller gives it (``crop_from=
+"image"``, as the paper crops the test image), else from the input tensor.
 
 Beam search keeps the ``beam_width`` (M, default 8) best candidates per level over ``levels``
 (H, default 10) levels. Per level, the children of every beam of every image go through the
-head in one batched pass, and the kept crops through the backbone in one batched pass (chunks
-of ``batch_size``); all under ``torch.inference_mode()``. The head starts with a global average
-pool and the bilinear resize is linear, so a child's pooled resized crop is computed directly
-as a weighted sum of its cells (:func:`crop_resize_pooled`, equal to pooling
-:func:`crop_resize`). Candidates of one image that back-project to the same image region (reached
-through different parents) are merged, keeping the best score, so the beam holds distinct
-regions. The heatmap sums the image regions of the kept candidates of every level, each
-weighted by its score (the class probability by default, as with the paper's softmax
-outputs); it is computed at the input size, so ``raw`` is (N, H, W).
+head in one batched pass, and the kept crops through the network up to the feature layer in
+batched passes (chunks of ``batch_size``, split over one-thread workers on a CPU); all under
+``torch.inference_mode()``. With a pooled head the bilinear resize being linear, a child's
+pooled resized crop is computed directly as a weighted sum of its cells
+(:func:`crop_resize_pooled`, equal to pooling :func:`crop_resize`). Candidates of one image
+that back-project to the same image region (reached through different parents) are merged,
+keeping the best score, so the beam holds distinct regions. The heatmap sums the image regions
+of the kept candidates of every level, each weighted by its score (the class probability by
+default, as with the paper's softmax outputs); it is computed at the input size, so ``raw`` is
+(N, H, W).
 """
 
 from __future__ import annotations
@@ -37,19 +43,21 @@ from typing import ClassVar
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
-from wsolkit.errors import InputError, LayerError
+from wsolkit.errors import InputError, LayerError, ModelError
 from wsolkit.maps.base import ForwardPass, HeatmapMethod
-from wsolkit.maps.hooks import capture_layer
+from wsolkit.maps.hooks import run_to_layer
 from wsolkit.maps.targets import Targets
 from wsolkit.models.classifier import Classifier
-from wsolkit.models.efficientnet_lite import EfficientNetLite0
-from wsolkit.models.layers import find_linear
+from wsolkit.models.layers import get_layer
 from wsolkit.models.parallel import split_inference
 
 GridBox = tuple[int, int, int, int]
 SCORES = ("probability", "logit")
+CROP_SOURCES = ("image", "tensor")
+BOX_SCORES = ("blob", "box")
 # Regions closer than this fraction of the image size count as the same region.
 _SAME_REGION = 1e-4
 
@@ -194,7 +202,54 @@ class _Network:
     """The two halves of the classifier around the feature layer."""
 
     backbone: Callable[[torch.Tensor], torch.Tensor]  # images -> (N, K, h, w) features
-    head: Callable[[torch.Tensor], torch.Tensor]  # globally pooled (N, K) features -> logits
+    head: Callable[[torch.Tensor], torch.Tensor]  # pooled (N, K) or flat (N, K*h*w) -> logits
+    pooled: bool  # the head takes the globally average-pooled map, else the flattened one
+
+    def child_logits(self, features: torch.Tensor, children: list[GridBox]) -> torch.Tensor:
+        """(B * C, classes) logits of the C children of each of B feature maps."""
+        if self.pooled:
+            return self.head(crop_resize_pooled(features, children))
+        return self.head(crop_resize(features, children).flatten(1))
+
+
+def find_head(features: torch.Tensor, logits: torch.Tensor,
+              candidates: Sequence[tuple[str, nn.Module]]) -> tuple[str, nn.Module, bool]:
+    """The first candidate module that maps the layer's output to the model's logits.
+
+    Each candidate is tried on the globally average-pooled features ``(N, K)``, then on the
+    flattened features ``(N, K * h * w)``; it is the head if its output equals ``logits`` (up
+    to float rounding). Call it in eval mode (dropout off).
+
+    Args:
+        features: (N, K, h, w) output of the feature layer.
+        logits: (N, classes) the model's output for the same images.
+        candidates: ``(name, module)`` pairs, in the order to try.
+
+    Returns:
+        ``(name, module, pooled)``.
+
+    Raises:
+        LayerError: no candidate reproduces the logits.
+    """
+    features, logits = features.detach().float(), logits.detach().float()
+    tolerance = 1e-3 * (1.0 + float(logits.abs().max()))
+    for name, module in candidates:
+        for pooled in (True, False):
+            inputs = features.mean(dim=(2, 3)) if pooled else features.flatten(1)
+            try:
+                with torch.inference_mode():
+                    out = module(inputs)
+            except (RuntimeError, ValueError, TypeError, IndexError):  # wrong input shape
+                continue
+            if (isinstance(out, torch.Tensor) and out.shape == logits.shape
+                    and torch.allclose(out.float(), logits, rtol=1e-3, atol=tolerance)):
+                return name, module, pooled
+    names = ", ".join(repr(n) for n, _ in candidates)
+    raise LayerError(
+        f"beam: the layer does not feed the classifier head: none of {names} gives the "
+        "model's logits from its output, globally pooled or flattened; name the layer feeding "
+        "the head (layer=...) and the head module (head=...)"
+    )
 
 
 class BeamSearch(HeatmapMethod):
@@ -202,8 +257,10 @@ class BeamSearch(HeatmapMethod):
 
     Args:
         model: a :class:`~wsolkit.models.Classifier` or a bare ``nn.Module``.
-        layer: the layer feeding the global-pool + linear head (the default); no other layer.
-        fc: name of the linear layer of the head (detected when omitted).
+        layer: the layer feeding the classifier head (default: the CAM head's feature layer,
+            or, for a model without a global-pool + linear head such as torchvision's VGG-16,
+            the last top-level module with a spatial output, e.g. ``avgpool``).
+        fc: name of the linear layer of a global-pool + linear head (detected when omitted).
         upsample: unused by the search (the map is made at the input size); kept for the
             common signature.
         beam_width: M, candidates kept per level (default 8).
@@ -216,6 +273,15 @@ class BeamSearch(HeatmapMethod):
             ``wsolkit tune-beam``, or its dict); see :meth:`threshold_for`.
         score_threshold: multi-class use (:meth:`classes_to_map`): classes whose probability
             reaches it are searched.
+        head: the module after the feature layer that scores a (pooled or flattened) map: a
+            submodule name or an ``nn.Module``; default: the first top-level module, last
+            first, that reproduces the model's logits (:func:`find_head`).
+        crop_from: ``"image"`` (default): deeper levels re-encode regions cut from the source
+            images the caller gives (``sources=``; the paper's crop of the test image), and
+            from the input tensor without them; ``"tensor"``: always from the input tensor.
+        box_score: score of a box from a thresholded map (used by ``beam_boxes`` and
+            ``evaluate``): ``"blob"`` (default: the blob's mean heat times the class
+            probability) or ``"box"`` (the paper's: mean heat inside the box).
     """
 
     name = "beam"
@@ -235,18 +301,29 @@ class BeamSearch(HeatmapMethod):
         batch_size: int = 8,
         thresholds: str | os.PathLike | dict | None = None,
         score_threshold: float = 0.1,
+        head: str | nn.Module | None = None,
+        crop_from: str = "image",
+        box_score: str = "blob",
     ) -> None:
         super().__init__(model, layer=layer, fc=fc, upsample=upsample)
         for name, value in (("beam_width", beam_width), ("levels", levels),
                             ("batch_size", batch_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InputError(f"beam: {name} must be an integer >= 1, got {value!r}")
-        if score not in SCORES:
-            raise InputError(f"beam: score={score!r}: use one of {', '.join(SCORES)}")
+        for name, value, allowed in (("score", score, SCORES),
+                                     ("crop_from", crop_from, CROP_SOURCES),
+                                     ("box_score", box_score, BOX_SCORES)):
+            if value not in allowed:
+                raise InputError(f"beam: {name}={value!r}: use one of {', '.join(allowed)}")
+        if head is not None and not isinstance(head, str | nn.Module):
+            raise InputError(f"beam: head must be a module name or an nn.Module, got {head!r}")
         self.beam_width = beam_width
         self.levels = levels
         self.score = score
         self.batch_size = batch_size
+        self.head = head
+        self.crop_from = crop_from
+        self.box_score = box_score
         self.thresholds = load_thresholds(thresholds)
         if (isinstance(score_threshold, bool) or not isinstance(score_threshold, int | float)
                 or not math.isfinite(score_threshold)):
@@ -258,9 +335,16 @@ class BeamSearch(HeatmapMethod):
 
     def layer_map(self, forward: ForwardPass) -> torch.Tensor:
         """Run the beam search from the hooked features; sum-pool the kept regions."""
-        network = self._network(forward)
-        with torch.inference_mode():
-            trace = self.search(forward.images, forward.activations, forward.targets, network)
+        head, pooled = self._head(forward)
+        sources = None
+        if self.crop_from == "image" and forward.sources is not None:
+            sources = [forward.sources[i] for i in forward.targets.image_index.tolist()]
+        with torch.inference_mode(), run_to_layer(self.module, forward.layer) as to_layer:
+            # the hook keeps no state, so the crops can be split over one-thread workers
+            network = _Network(backbone=functools.partial(split_inference, to_layer),
+                               head=head, pooled=pooled)
+            trace = self.search(forward.images, forward.activations, forward.targets, network,
+                                sources)
             count = forward.images.shape[0]
             size = tuple(forward.images.shape[-2:])
             regions = torch.cat([level.regions for level in trace])
@@ -270,17 +354,29 @@ class BeamSearch(HeatmapMethod):
         self.last_trace = trace
         return heat.clone()  # a normal tensor again, outside inference mode
 
+    def default_layer(self, sample: torch.Tensor) -> str:
+        """The CAM head's feature layer; without one, the last top-level spatial output."""
+        try:
+            return super().default_layer(sample)
+        except ModelError as error:  # e.g. VGG / AlexNet: flatten + fully connected layers
+            spatial = _last_spatial_child(self.module, sample[:1])
+            if spatial is None:
+                raise LayerError(f"beam: {error}; name the layer feeding the head") from None
+            return spatial
+
     # ---------------------------------------------------------------------------- search
 
     def search(self, images: torch.Tensor, features: torch.Tensor, targets: Targets,
-               network: _Network) -> list[BeamLevel]:
+               network: _Network, sources: Sequence[Image.Image] | None = None
+               ) -> list[BeamLevel]:
         """The beam search of every (image, target) row; one :class:`BeamLevel` per level.
 
         Args:
             images: (N, C, H, W), one image per row.
             features: (N, K, h, w) features of ``images`` at the feature layer.
             targets: one target per row.
-            network: backbone (images -> features) and head (pooled features -> logits).
+            network: backbone (images -> features) and head.
+            sources: optional source image of each row (deeper levels crop it).
         """
         count, _, height, width = images.shape
         grid_h, grid_w = features.shape[-2:]
@@ -296,7 +392,7 @@ class BeamSearch(HeatmapMethod):
         scale = torch.tensor([width, height, width, height], dtype=torch.float64)
         trace: list[BeamLevel] = []
         for level in range(self.levels):
-            logits = network.head(crop_resize_pooled(features, children))
+            logits = network.child_logits(features, children)
             child_rows = rows.repeat_interleave(len(children))
             scores = self._scores(logits, targets, child_rows).detach().double().cpu()
             child_regions = _project(regions, fractions)
@@ -304,18 +400,36 @@ class BeamSearch(HeatmapMethod):
             regions, rows = child_regions[keep], child_rows[keep]
             trace.append(BeamLevel(regions.float(), scores[keep].float(), rows))
             if level + 1 < self.levels:
-                features = self._encode(network, images, rows, regions)
+                features = self._encode(network, images, rows, regions, sources)
         return trace
 
     def _encode(self, network: _Network, images: torch.Tensor, rows: torch.Tensor,
-                regions: torch.Tensor) -> torch.Tensor:
+                regions: torch.Tensor, sources: Sequence[Image.Image] | None) -> torch.Tensor:
         """Features of the crops, ``batch_size`` crops per backbone pass."""
         parts = []
         for start in range(0, len(rows), self.batch_size):
-            index = rows[start:start + self.batch_size].to(images.device)
-            crops = crop_images(images[index], regions[start:start + self.batch_size])
+            chunk_rows = rows[start:start + self.batch_size]
+            chunk_regions = regions[start:start + self.batch_size]
+            if sources is None:
+                index = chunk_rows.to(images.device)
+                crops = crop_images(images[index], chunk_regions)
+            else:
+                crops = self._source_crops(images.shape[-2:], sources, chunk_rows,
+                                           chunk_regions).to(images)
             parts.append(network.backbone(crops.contiguous(memory_format=torch.channels_last)))
         return torch.cat(parts).contiguous()
+
+    def _source_crops(self, size: Sequence[int], sources: Sequence[Image.Image],
+                      rows: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
+        """Regions (input pixels) cut from the source images, preprocessed at the input size."""
+        height, width = int(size[0]), int(size[1])
+        crops = []
+        for row, region in zip(rows.tolist(), regions.tolist(), strict=True):
+            source = sources[row]
+            sx, sy = source.width / width, source.height / height
+            box = (region[0] * sx, region[1] * sy, region[2] * sx, region[3] * sy)
+            crops.append(self.classifier.preprocess(source, box=box, size=(height, width)))
+        return torch.stack(crops)
 
     def _scores(self, logits: torch.Tensor, targets: Targets, rows: torch.Tensor) -> torch.Tensor:
         if targets.score_fn is not None:
@@ -327,38 +441,26 @@ class BeamSearch(HeatmapMethod):
 
     # --------------------------------------------------------------------------- network
 
-    def _network(self, forward: ForwardPass) -> _Network:
-        """Backbone and head around the hooked layer: the embedded model's, or the CAM head."""
-        module, layer = self.module, forward.layer
-        if (isinstance(module, EfficientNetLite0) and layer in ("features", "features.head")
-                and isinstance(module.pool, nn.AdaptiveAvgPool2d)
-                and module.pool.output_size in (1, (1, 1))):
-            # the rest of the network after features: global average pool, dropout, fc
-            # hook-free, so the crops can be split over one-thread workers (faster on CPU)
-            return _Network(backbone=functools.partial(split_inference, module.features),
-                            head=lambda pooled: module.fc(module.dropout(pooled)))
-        head = self.classifier.cam_head(forward.images)
-        if layer != head.feature_layer:
-            raise LayerError(
-                f"beam: layer {layer!r} does not feed the classifier head; use "
-                f"{head.feature_layer!r} (the default)"
-            )
-        fc = find_linear(module, head.fc_layer)
-        channels = forward.activations.shape[1]
-        if fc.in_features != channels:
-            raise LayerError(
-                f"beam: layer {layer!r} has {channels} channels but {head.fc_layer!r} takes "
-                f"{fc.in_features}; beam needs a global-average-pool + linear head"
-            )
+    def _head(self, forward: ForwardPass) -> tuple[Callable[[torch.Tensor], torch.Tensor], bool]:
+        """The head after the hooked layer and whether it takes the pooled map (:func:`find_head`).
 
-        def backbone(crops: torch.Tensor) -> torch.Tensor:
-            with capture_layer(module, layer) as capture:
-                module(crops)
-            if capture.activation is None:
-                raise LayerError(f"layer {layer!r} did not run during the forward pass")
-            return capture.activation
-
-        return _Network(backbone=backbone, head=fc)
+        Candidates: the ``head`` option; else the CAM head's linear layer, then the model's
+        top-level modules, last first (``fc`` of ResNet / EfficientNet, also a fine-tuned
+        adaptation head; ``classifier`` of VGG / AlexNet).
+        """
+        module = self.module
+        if isinstance(self.head, nn.Module):
+            candidates = [("head", self.head)]
+        elif isinstance(self.head, str):
+            candidates = [(self.head, get_layer(module, self.head))]
+        else:
+            candidates = []
+            fc = self.classifier.fc_layer
+            if fc is not None:
+                candidates.append((fc, get_layer(module, fc)))
+            candidates += [(n, m) for n, m in reversed(list(module.named_children()))]
+        _, head, pooled = find_head(forward.activations, forward.logits, candidates)
+        return head, pooled
 
     # ------------------------------------------------------------------------ thresholds
 
@@ -375,6 +477,27 @@ class BeamSearch(HeatmapMethod):
         per_class = self.thresholds.get("per_class", {})
         value = per_class.get(str(int(class_index)), self.thresholds.get("global"))
         return float(self.default_threshold if value is None else value)
+
+
+def _last_spatial_child(module: nn.Module, sample: torch.Tensor) -> str | None:
+    """Name of the last top-level submodule (in run order) whose output is an (N, K, h, w) map."""
+    found: list[str] = []
+
+    def record(name: str):
+        def hook(_module, _inputs, output):
+            if (isinstance(output, torch.Tensor) and output.ndim == 4
+                    and output.shape[-2:].numel() > 1):
+                found.append(name)
+        return hook
+
+    handles = [m.register_forward_hook(record(n)) for n, m in module.named_children()]
+    try:
+        with torch.no_grad():
+            module(sample)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return found[-1] if found else None
 
 
 def _project(regions: torch.Tensor, fractions: torch.Tensor) -> torch.Tensor:
@@ -471,6 +594,7 @@ def load_thresholds(source: str | os.PathLike | dict | None) -> dict:
 __all__ = [
     "BeamLevel",
     "BeamSearch",
+    "find_head",
     "crop_images",
     "crop_resize",
     "crop_resize_pooled",
