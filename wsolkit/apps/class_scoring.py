@@ -40,7 +40,7 @@ from wsolkit.maps import HeatmapMethod, HeatmapResult
 from wsolkit.maps.beam import select_classes
 from wsolkit.maps.hooks import eval_mode
 from wsolkit.maps.targets import Targets
-from wsolkit.refine import localize_stack, scale_boxes
+from wsolkit.refine import box_means, localize_stack, scale_boxes
 
 __all__ = ["ClassMaps", "ClassScorer", "class_maps", "classes_to_detect", "every_class",
            "maps_of_result"]
@@ -56,16 +56,19 @@ class ClassMaps:
         grids: protocol 224x224 float32 maps of the classes that need one.
         detect: classes whose detections are scored (:func:`classes_to_detect`).
         thresholds: (C,) a box method's own map thresholds (beam), or None.
+        box_score: ``"blob"`` (a detection scores its mean heat times the class probability)
+            or ``"box"`` (the mean heat inside its box: beam's ``box_score="box"``).
     """
 
     def __init__(self, peak_values: np.ndarray, probabilities: np.ndarray,
                  grids: dict[int, np.ndarray], detect: list[int],
-                 thresholds: np.ndarray | None = None) -> None:
+                 thresholds: np.ndarray | None = None, box_score: str = "blob") -> None:
         self.peak_values = peak_values
         self.probabilities = probabilities
         self.grids = grids
         self.detect = detect
         self.thresholds = thresholds
+        self.box_score = box_score
 
     def grid(self, class_index: int) -> np.ndarray:
         """The class's protocol map (zeros when it was not mapped)."""
@@ -152,7 +155,8 @@ def _selected_class_maps(method: HeatmapMethod, image: torch.Tensor, num_classes
         peak_values[c] = float(raw.max())
     thresholds = (np.array([method.threshold_for(c) for c in range(num_classes)])
                   if hasattr(method, "threshold_for") else None)
-    return ClassMaps(peak_values, probabilities, grids, chosen, thresholds)
+    return ClassMaps(peak_values, probabilities, grids, chosen, thresholds,
+                     getattr(method, "box_score", "blob"))
 
 
 class ClassScorer:
@@ -172,7 +176,8 @@ class ClassScorer:
       its maximum is a detection of that class, scored by its mean heat times the class
       probability, with COCO ``iscrowd`` / VOC ``difficult`` boxes ignored. A constant map
       gives no detection. A box method with its own per-class map thresholds (``beam``, tuned
-      by ``wsolkit tune-beam``) thresholds its normalized map at its class's value instead;
+      by ``wsolkit tune-beam``) thresholds its normalized map at its class's value instead
+      (and with ``box_score="box"`` scores a detection by the mean heat inside its box);
     - ``classification_map``: :func:`~wsolkit.eval.multilabel_map` of the class probabilities
       against the image-level labels (crowd regions included), in %.
     """
@@ -210,7 +215,12 @@ class ClassScorer:
             levels = np.asarray([maps.thresholds[c] for c in classes], np.float64)
         found = localize_stack(grids, levels)
         boxes = [b for b, _ in found]
-        scores = [s * maps.probabilities[c] for c, (_, s) in zip(classes, found, strict=True)]
+        if maps.box_score == "box":
+            scores = [box_means(maps.grids[c], b) for c, (b, _) in zip(classes, found,
+                                                                        strict=True)]
+        else:
+            scores = [s * maps.probabilities[c]
+                      for c, (_, s) in zip(classes, found, strict=True)]
         labels = [np.full(len(b), c) for c, (b, _) in zip(classes, found, strict=True)]
         return np.concatenate(boxes), np.concatenate(scores), np.concatenate(labels)
 
