@@ -335,14 +335,11 @@ class BeamSearch(HeatmapMethod):
 
     def layer_map(self, forward: ForwardPass) -> torch.Tensor:
         """Run the beam search from the hooked features; sum-pool the kept regions."""
-        head, pooled = self._head(forward)
         sources = None
         if self.crop_from == "image" and forward.sources is not None:
             sources = [forward.sources[i] for i in forward.targets.image_index.tolist()]
         with torch.inference_mode(), run_to_layer(self.module, forward.layer) as to_layer:
-            # the hook keeps no state, so the crops can be split over one-thread workers
-            network = _Network(backbone=functools.partial(split_inference, to_layer),
-                               head=head, pooled=pooled)
+            network = self._network(forward, to_layer)
             trace = self.search(forward.images, forward.activations, forward.targets, network,
                                 sources)
             count = forward.images.shape[0]
@@ -440,6 +437,14 @@ class BeamSearch(HeatmapMethod):
         return values.gather(1, classes)[:, 0]
 
     # --------------------------------------------------------------------------- network
+
+    def _network(self, forward: ForwardPass,
+                 to_layer: Callable[[torch.Tensor], torch.Tensor]) -> _Network:
+        """Backbone (``to_layer``: images -> features) and head around the hooked layer."""
+        head, pooled = self._head(forward)
+        # the stop-at-layer hook keeps no state, so the crops can be split over workers
+        return _Network(backbone=functools.partial(split_inference, to_layer), head=head,
+                        pooled=pooled)
 
     def _head(self, forward: ForwardPass) -> tuple[Callable[[torch.Tensor], torch.Tensor], bool]:
         """The head after the hooked layer and whether it takes the pooled map (:func:`find_head`).
