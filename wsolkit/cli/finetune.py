@@ -15,9 +15,10 @@ def add_finetune_parser(commands: argparse._SubParsersAction) -> None:
         "finetune",
         help="fine-tune the classifier on a dataset's labels with two adaptation layers",
         description="Replace the classifier's last layer with two adaptation layers and train "
-                    "them (multi-label BCE, class-balanced oversampling, noise/rotation/flip "
-                    "augmentation). Writes model.pt (for --model), checkpoint.pt and "
-                    "metrics.json (validation mAP before and after) to --out.",
+                    "them (multi-label BCE by default, or --preset paper: Bency et al.'s SGD, "
+                    "step schedule, batch 50 and softmax output; class-balanced oversampling, "
+                    "noise/rotation/flip augmentation). Writes model.pt (for --model), "
+                    "checkpoint.pt and metrics.json (validation mAP before and after) to --out.",
     )
     run.add_argument("dataset", type=Path,
                      help="wsolevaluation metadata folder, images+masks folder with labels.csv, "
