@@ -215,3 +215,28 @@ def test_torchvision_alexnet_layout(sources):
             if r[0] == 0 and r[1] == 0 and r[3] == 224 and r[2] < 200]
     assert len(left) == 1
     assert float(level.scores[left[0]]) == pytest.approx(expected, rel=1e-4)
+
+
+def test_run_to_layer_stops_there_and_leaves_no_hook(tiny_images):
+    from wsolkit.maps.hooks import run_to_layer
+    from wsolkit.models.parallel import split_inference
+
+    model = seeded(TinyCNN, seed=1)
+    calls = []
+    handle = model.fc.register_forward_pre_hook(lambda *_: calls.append(1))
+    try:
+        with run_to_layer(model, "features.act") as to_layer:
+            out = to_layer(tiny_images)
+            split = split_inference(to_layer, tiny_images.repeat(3, 1, 1, 1), workers=2)
+            assert len(model.features.act._forward_hooks) == 1
+    finally:
+        handle.remove()
+    with torch.no_grad():
+        expected = torch.relu(model.features.conv2(torch.relu(model.features.conv1(
+            tiny_images))))
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(split, expected.repeat(3, 1, 1, 1))
+    assert calls == []  # the head never ran
+    assert not model.features.act._forward_hooks
+    with pytest.raises(LayerError, match="not found"), run_to_layer(model, "features.nope"):
+        pass
