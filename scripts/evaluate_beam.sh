@@ -1,35 +1,67 @@
 #!/usr/bin/env bash
-# Reproduce docs/beam.md's beam-search results (Bency et al.), next to CAM / Grad-CAM:
-#  1. imagenet-dev (boxes, target = GT class, embedded ImageNet model): MaxBoxAcc, V2, top-1 loc;
-#  2. coco-mini (multi-object) with a model of COCO's 80 classes: the fine-tuning demo's model
-#     (scripts/finetune_demo.sh, run first when out/finetune-demo/model.pt is missing). The
-#     beam thresholds are tuned by `wsolkit tune-beam` on the demo's 60 training images; beam
-#     and Grad-CAM (CAM needs a linear head, the demo's has two layers) are scored on its 20
-#     held-out images (pointing mAP, detection AP@0.5), and co-occurrence rescoring is
-#     measured there (classification mAP per alpha).
-# Reports go to out/beam/. Extra args go to every `wsolkit evaluate` (e.g. --limit 20).
+# Reproduce docs/beam.md's beam-search results (Bency et al.), next to CAM / Grad-CAM.
+#
+# PART=imagenet (or all, the default): imagenet-dev (boxes, target = GT class, embedded ImageNet
+#   model): MaxBoxAcc, V2, top-1 loc of cam, and of beam with deeper levels cropped from the
+#   source image (crop_from=image, the paper's) and from the 224x224 input tensor.
+# PART=coco (or all): coco-mini (multi-object) with a model of COCO's 80 classes: the
+#   fine-tuning demo's model (scripts/finetune_demo.sh, run first when
+#   out/finetune-demo/model.pt is missing), trained on 60 images. Its 20 held-out images are
+#   split in two disjoint halves (seeded): beam's per-class thresholds and the co-occurrence
+#   alpha are tuned on the first ("tune", `wsolkit tune-beam`), with co-occurrence counts from
+#   the 60 training images' labels; beam (both box scores) and Grad-CAM are scored on the
+#   second ("test"), and co-occurrence rescoring is measured there (classification mAP per
+#   alpha, and at the tuned alpha). No image that trained the head or built the counts tunes
+#   anything, and no tuning image is scored.
+# Reports go to out/beam/; each metrics.json is copied to benchmarks/results/beam_*.json.
+# Extra args go to every `wsolkit evaluate` (e.g. --limit 20). One torch thread per process.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/venv.sh
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 data=$(cd "${WSOLKIT_DATA:-../shared/data}" && pwd)
 out=out/beam
-mkdir -p "$out"
+results=benchmarks/results
+part=${PART:-all}
+mkdir -p "$out" "$results"
 
-wsolkit evaluate "$data/imagenet-dev" --method cam,beam --out "$out/imagenet-dev" "$@"
+keep() {  # keep REPORT_DIR NAME: copy the report's metrics.json into benchmarks/results
+    cp "$1/metrics.json" "$results/beam_$2.json"
+}
 
-model=out/finetune-demo/model.pt
-[ -f "$model" ] || bash scripts/finetune_demo.sh
-# COCO files of the demo's training and validation images (images linked, not copied)
-python - "$data/coco-mini" out/finetune-demo/metrics.json "$out" <<'PY'
+if [ "$part" = all ] || [ "$part" = imagenet ]; then
+    wsolkit evaluate "$data/imagenet-dev" --method cam --out "$out/imagenet-dev-cam" --quiet "$@"
+    keep "$out/imagenet-dev-cam" imagenet_dev_cam
+    for crop in image tensor; do
+        wsolkit evaluate "$data/imagenet-dev" --method beam --option "crop_from=$crop" \
+            --out "$out/imagenet-dev-$crop" --quiet "$@"
+        keep "$out/imagenet-dev-$crop" "imagenet_dev_beam_$crop"
+    done
+fi
+
+if [ "$part" = all ] || [ "$part" = coco ]; then
+    model=out/finetune-demo/model.pt
+    [ -f "$model" ] || bash scripts/finetune_demo.sh
+    # COCO files of the demo's training images and of the two halves of its held-out images
+    # (images linked, not copied)
+    python - "$data/coco-mini" out/finetune-demo/metrics.json "$out" <<'PY'
 import json
 import os
 import sys
 from pathlib import Path
 
+import numpy as np
+
 coco, metrics, out = Path(sys.argv[1]), json.load(open(sys.argv[2])), Path(sys.argv[3])
 data = json.loads((coco / "instances.json").read_text())
-for split in ("train", "val"):
-    names = set(metrics[f"{split}_ids"])
+held_out = sorted(metrics["val_ids"])
+order = np.random.default_rng(0).permutation(len(held_out))
+half = len(held_out) // 2
+splits = {"train": set(metrics["train_ids"]),
+          "tune": {held_out[i] for i in order[:half]},
+          "test": {held_out[i] for i in order[half:]}}
+assert not (splits["tune"] & splits["test"]) and not (splits["train"] & splits["tune"])
+for split, names in splits.items():
     images = [image for image in data["images"] if image["file_name"] in names]
     ids = {image["id"] for image in images}
     subset = dict(data, images=images,
@@ -41,13 +73,23 @@ for split in ("train", "val"):
     (folder / "instances.json").write_text(json.dumps(subset))
     print(f"{folder}: {len(images)} images, {len(subset['annotations'])} annotations")
 PY
-wsolkit tune-beam "$out/coco-mini-train/instances.json" --train "$out/coco-mini-train/instances.json" \
-    --model "$model" --out "$out/thresholds.json"
-wsolkit evaluate "$out/coco-mini-val/instances.json" --model "$model" --method gradcam,beam \
-    --option "thresholds=$out/thresholds.json" --out "$out/coco-mini-val" "$@"
-# Co-occurrence rescoring (eq. 2-4) on the held-out images: counts from the 60 training images'
-# labels, classification mAP of the rescored class probabilities for each alpha.
-python - "$model" "$out" <<'PY'
+    wsolkit tune-beam "$out/coco-mini-tune/instances.json" \
+        --train "$out/coco-mini-train/instances.json" --model "$model" \
+        --out "$out/thresholds.json" --quiet
+    cp "$out/thresholds.json" "$results/beam_coco_thresholds.json"
+    wsolkit evaluate "$out/coco-mini-test/instances.json" --model "$model" --method gradcam \
+        --out "$out/coco-mini-test-gradcam" --quiet "$@"
+    keep "$out/coco-mini-test-gradcam" coco_test_gradcam
+    for score in blob box; do
+        wsolkit evaluate "$out/coco-mini-test/instances.json" --model "$model" --method beam \
+            --option "thresholds=$out/thresholds.json" --option "box_score=$score" \
+            --out "$out/coco-mini-test-beam-$score" --quiet "$@"
+        keep "$out/coco-mini-test-beam-$score" "coco_test_beam_$score"
+    done
+    # Co-occurrence rescoring (eq. 2-4) on the test half: counts from the 60 training images'
+    # labels, classification mAP of the rescored class probabilities for each alpha, and at
+    # the alpha tune-beam chose on the tune half.
+    python - "$model" "$out" "$results/beam_coco_cooccurrence.json" <<'PY'
 import json
 import sys
 
@@ -57,20 +99,27 @@ import wsolkit
 from wsolkit.apps.beam_boxes import class_scores
 from wsolkit.apps.cooccurrence import cooccurrence_counts, pair_probabilities, rescore
 from wsolkit.data import load_image, open_dataset
+from wsolkit.data.atomic import write_json_atomic
 from wsolkit.eval import multilabel_map
 
-model, out = wsolkit.load_model(sys.argv[1]), sys.argv[2]
+model, out, target = wsolkit.load_model(sys.argv[1]), sys.argv[2], sys.argv[3]
 train = open_dataset(f"{out}/coco-mini-train/instances.json")
-val = list(open_dataset(f"{out}/coco-mini-val/instances.json"))
+test = list(open_dataset(f"{out}/coco-mini-test/instances.json"))
+tuned = json.load(open(f"{out}/thresholds.json"))
 classes = len(model.class_names)
 pairs = pair_probabilities(cooccurrence_counts((s.labels for s in train), classes))
 unary = np.concatenate([class_scores(model, model.preprocess_batch([load_image(s.path)]))
-                        .numpy() for s in val])
-truth = np.array([np.isin(np.arange(classes), list(s.labels)) for s in val])
+                        .numpy() for s in test])
+truth = np.array([np.isin(np.arange(classes), list(s.labels)) for s in test])
 by_alpha = {alpha: multilabel_map(rescore(unary, pairs, alpha), truth)[0]
             for alpha in (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)}
-with open(f"{out}/cooccurrence_val.json", "w") as file:
-    json.dump({str(a): m for a, m in by_alpha.items()}, file, indent=2)
-print("held-out classification mAP by co-occurrence alpha: "
-      + ", ".join(f"{a:g}: {100 * m:.1f}%" for a, m in by_alpha.items()))
+report = {"test_images": len(test), "tuned_alpha": tuned["alpha"],
+          "tune_map_by_alpha": tuned["alpha_map"],
+          "test_map_by_alpha": {str(a): m for a, m in by_alpha.items()},
+          "test_map_at_tuned_alpha": multilabel_map(rescore(unary, pairs, tuned["alpha"]),
+                                                    truth)[0]}
+write_json_atomic(target, report)
+print(f"alpha tuned on the tune half: {tuned['alpha']:g}; test-half classification mAP by "
+      "alpha: " + ", ".join(f"{a:g}: {100 * m:.1f}%" for a, m in by_alpha.items()))
 PY
+fi

@@ -380,3 +380,56 @@ def test_saved_model_keeps_multi_label(tmp_path):
     save_classifier(model, tmp_path / "adapted.pt")
     again = load_model(str(tmp_path / "adapted.pt"))
     assert again.multi_label and again.class_names == ("a", "b")
+
+
+# --------------------------------------------------------------------------- paper preset
+
+
+def test_softmax_output_loss_is_eq1_on_softmax_probabilities():
+    from wsolkit.train.finetune import _criterion
+
+    logits = torch.tensor([[2.0, -1.0, 0.5], [0.0, 3.0, -2.0]])
+    labels = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    expected = 0.0
+    for row in range(2):
+        exp = [float(np.exp(float(v))) for v in logits[row]]
+        q = [e / sum(exp) for e in exp]
+        for k in range(3):
+            p = float(labels[row, k])
+            expected -= (p * np.log(q[k]) + (1 - p) * np.log(1 - q[k])) / 3
+    expected /= 2
+    assert float(_criterion("softmax")(logits, labels)) == pytest.approx(expected, rel=1e-6)
+    sig = [[1 / (1 + np.exp(-float(v))) for v in row] for row in logits]
+    bce = -np.mean([[float(labels[r, k]) * np.log(sig[r][k])
+                     + (1 - float(labels[r, k])) * np.log(1 - sig[r][k]) for k in range(3)]
+                    for r in range(2)])
+    assert float(_criterion("sigmoid")(logits, labels)) == pytest.approx(bce, rel=1e-6)
+
+
+def test_paper_preset_steps_the_learning_rate_and_outputs_softmax(color_coco, tmp_path):
+    assert FinetuneSettings.paper() == FinetuneSettings(
+        optimizer="sgd", head_lr=1e-3, lr_step=20000, batch_size=50, output="softmax")
+    # 18 training images (balance 0: no oversampling), batches of 4: 5 steps per epoch; the
+    # rate is divided by 10 after every 3 steps: 0.1 ** (10 // 3) after 2 epochs
+    settings = FinetuneSettings.paper(epochs=2, lr_step=3, batch_size=4, balance=0.0,
+                                      hidden=8, dropout=0.0, val_fraction=0.25, lr=0.0)
+    metrics = finetune(tiny_classifier(), open_dataset(color_coco), tmp_path / "out", settings)
+    assert metrics["train_images"] == 18
+    saved = torch.load(tmp_path / "out" / "checkpoint.pt", weights_only=True)
+    (group,) = saved["optimizer"]["param_groups"]  # the head only (lr 0 freezes the rest)
+    assert group["batches"] == 10 and group["momentum"] == 0.9
+    assert group["lr"] == pytest.approx(1e-3 * 0.1 ** 3)
+    model = wsolkit.load_model(str(tmp_path / "out" / "model.pt"))
+    assert not model.multi_label  # softmax probabilities
+    logits = torch.tensor([[1.0, 2.0, 3.0]])
+    torch.testing.assert_close(model.probabilities(logits), logits.softmax(1))
+
+
+def test_cli_paper_preset_with_an_override(color_coco, tiny_model_file, tmp_path):
+    out = tmp_path / "paper"
+    assert main(["finetune", str(color_coco), "--out", str(out), "--model",
+                 str(tiny_model_file), "--preset", "paper", "--batch-size", "6", "--hidden", "8",
+                 "--epochs", "1", "--quiet", "--threads", "1"]) == 0
+    settings = json.loads((out / "metrics.json").read_text())["settings"]
+    assert (settings["optimizer"], settings["batch_size"], settings["lr_step"],
+            settings["output"], settings["head_lr"]) == ("sgd", 6, 20000, "softmax", 1e-3)

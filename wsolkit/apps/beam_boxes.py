@@ -4,7 +4,8 @@ For every image, each class whose (optionally co-occurrence rescored) probabilit
 ``score_threshold`` is searched with :class:`~wsolkit.maps.beam.BeamSearch`; its heatmap is
 thresholded (the class's tuned threshold, see ``wsolkit tune-beam``) into blobs, one box per
 8-connected blob, scored by the blob's mean heat (the heatmap min-max normalized to [0, 1])
-times the class score.
+times the class score (``box_score="blob"``, ours) or, as the paper, by the mean heat inside
+the box (``box_score="box"``).
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from PIL import Image
 from wsolkit.apps.cooccurrence import rescore
 from wsolkit.errors import InputError
 from wsolkit.maps.base import check_images
-from wsolkit.maps.beam import BeamSearch, select_classes
+from wsolkit.maps.beam import BOX_SCORES, BeamSearch, select_classes
 from wsolkit.maps.hooks import eval_mode
 from wsolkit.models.classifier import Classifier, as_classifier
-from wsolkit.refine import localize
+from wsolkit.refine import box_means, localize
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,8 @@ def beam_boxes(
     beam_width: int = 8,
     levels: int = 10,
     batch_size: int = 8,
+    box_score: str = "blob",
+    crop_from: str = "image",
 ) -> list[list[BeamBox]]:
     """Boxes of every object class found in each image, by beam search.
 
@@ -75,6 +78,10 @@ def beam_boxes(
         beam_width: M of the search.
         levels: H of the search.
         batch_size: (image, class) searches run together.
+        box_score: ``"blob"`` (mean heat of the blob times the class score, ours) or ``"box"``
+            (mean heat inside the box, the paper's); see :func:`heat_boxes`.
+        crop_from: where deeper levels crop (see :class:`~wsolkit.maps.beam.BeamSearch`);
+            ``"image"`` uses the given PIL images / paths, a tensor batch is cropped as is.
 
     Returns:
         Per image, a list of :class:`BeamBox` ``(class, box, score)``, best first.
@@ -83,15 +90,18 @@ def beam_boxes(
         InputError: bad images, classes, thresholds or co-occurrence matrix.
     """
     classifier = as_classifier(model)
+    sources = None
     if isinstance(images, list | tuple):
         from wsolkit.data.images import load_image
 
         loaded = [im if isinstance(im, Image.Image) else load_image(im) for im in images]
-        images = classifier.preprocess_batch([im.convert("RGB") for im in loaded])
+        sources = [im.convert("RGB") for im in loaded]
+        images = classifier.preprocess_batch(sources)
     images = check_images(images).to(classifier.device)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-    method = BeamSearch(classifier, beam_width=beam_width, levels=levels, thresholds=thresholds)
+    method = BeamSearch(classifier, beam_width=beam_width, levels=levels, thresholds=thresholds,
+                        box_score=box_score, crop_from=crop_from)
     scores = class_scores(classifier, images).double().numpy()
     if cooccurrence is not None:
         scores = rescore(scores, cooccurrence, alpha)
@@ -101,20 +111,35 @@ def beam_boxes(
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start:start + batch_size]
         index = torch.tensor([n for n, _ in chunk], device=images.device)
-        result = method(images[index], target=[c for _, c in chunk])
+        result = method(images[index], target=[c for _, c in chunk],
+                        sources=None if sources is None else [sources[n] for n, _ in chunk])
         for (n, c), heat in zip(chunk, result.maps.cpu().numpy(), strict=True):
-            found[n].extend(heat_boxes(heat, method.threshold_for(c), c, float(scores[n, c])))
+            found[n].extend(heat_boxes(heat, method.threshold_for(c), c, float(scores[n, c]),
+                                       method.box_score))
     return [sorted(boxes, key=lambda b: -b.score) for boxes in found]
 
 
 def heat_boxes(heat: np.ndarray, threshold: float, class_index: int,
-               class_score: float = 1.0) -> list[BeamBox]:
-    """One box per blob of ``heat >= threshold``, scored by mean heat times ``class_score``."""
+               class_score: float = 1.0, box_score: str = "blob") -> list[BeamBox]:
+    """One box per blob of ``heat >= threshold``.
+
+    Args:
+        heat: (H, W) heatmap.
+        threshold: map threshold.
+        class_index: class of the boxes.
+        class_score: the class's probability.
+        box_score: ``"blob"``: the blob's mean heat times ``class_score`` (ours);
+            ``"box"``: the mean heat inside the box (Bency et al., sec. 3.4).
+    """
+    if box_score not in BOX_SCORES:
+        raise InputError(f"box_score={box_score!r}: use one of {', '.join(BOX_SCORES)}")
     if not heat.any():
         return []
     found = localize(heat, "fixed", threshold, mode="all")
-    return [BeamBox(class_index, box, float(score) * class_score)
-            for box, score in zip(found.boxes, found.scores, strict=True)]
+    scores = (box_means(heat, found.boxes) if box_score == "box"
+              else found.scores.astype(np.float64) * class_score)
+    return [BeamBox(class_index, box, float(score))
+            for box, score in zip(found.boxes, scores, strict=True)]
 
 
 __all__ = ["BeamBox", "beam_boxes", "class_scores", "heat_boxes", "select_classes"]

@@ -132,7 +132,8 @@ def tune_thresholds(dataset: Sequence[Sample], classifier: Classifier, settings:
         if pairs:
             scaled = [(c, scale_boxes(b, (image.size[1], image.size[0]), (height, width)))
                       for c, b in pairs]
-            result = method(tensor.repeat(len(scaled), 1, 1, 1), target=[c for c, _ in scaled])
+            result = method(tensor.repeat(len(scaled), 1, 1, 1), target=[c for c, _ in scaled],
+                            sources=[image] * len(scaled))
             for (c, gt), heat in zip(scaled, result.maps.cpu().numpy(), strict=True):
                 scores = np.zeros(len(grid))
                 if heat.any():

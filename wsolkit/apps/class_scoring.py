@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from PIL import Image
 
 from wsolkit.apps.protocol import PROTOCOL_SIZE, protocol_map, protocol_source
 from wsolkit.data.sample import Sample
@@ -39,7 +40,7 @@ from wsolkit.maps import HeatmapMethod, HeatmapResult
 from wsolkit.maps.beam import select_classes
 from wsolkit.maps.hooks import eval_mode
 from wsolkit.maps.targets import Targets
-from wsolkit.refine import localize_stack, scale_boxes
+from wsolkit.refine import box_means, localize_stack, scale_boxes
 
 __all__ = ["ClassMaps", "ClassScorer", "class_maps", "classes_to_detect", "every_class",
            "maps_of_result"]
@@ -55,16 +56,19 @@ class ClassMaps:
         grids: protocol 224x224 float32 maps of the classes that need one.
         detect: classes whose detections are scored (:func:`classes_to_detect`).
         thresholds: (C,) a box method's own map thresholds (beam), or None.
+        box_score: ``"blob"`` (a detection scores its mean heat times the class probability)
+            or ``"box"`` (the mean heat inside its box: beam's ``box_score="box"``).
     """
 
     def __init__(self, peak_values: np.ndarray, probabilities: np.ndarray,
                  grids: dict[int, np.ndarray], detect: list[int],
-                 thresholds: np.ndarray | None = None) -> None:
+                 thresholds: np.ndarray | None = None, box_score: str = "blob") -> None:
         self.peak_values = peak_values
         self.probabilities = probabilities
         self.grids = grids
         self.detect = detect
         self.thresholds = thresholds
+        self.box_score = box_score
 
     def grid(self, class_index: int) -> np.ndarray:
         """The class's protocol map (zeros when it was not mapped)."""
@@ -87,7 +91,8 @@ def classes_to_detect(probabilities: np.ndarray, min_probability: float) -> list
 
 
 def class_maps(method: HeatmapMethod, image: torch.Tensor, num_classes: int,
-               min_probability: float = 0.0, present: tuple[int, ...] = ()) -> ClassMaps:
+               min_probability: float = 0.0, present: tuple[int, ...] = (),
+               source: Image.Image | None = None) -> ClassMaps:
     """Maps of every class of one (1, C, H, W) image, from one call of ``method``.
 
     Args:
@@ -97,9 +102,11 @@ def class_maps(method: HeatmapMethod, image: torch.Tensor, num_classes: int,
         min_probability: detections (and a box method's maps) only for classes at least this
             probable, plus the most probable class.
         present: classes the image holds (their peak locations are scored).
+        source: the RGB PIL image ``image`` was preprocessed from (for methods that crop it).
     """
     if hasattr(method, "classes_to_map"):
-        return _selected_class_maps(method, image, num_classes, min_probability, present)
+        return _selected_class_maps(method, image, num_classes, min_probability, present,
+                                    source)
     return maps_of_result(method, every_class(method, image, num_classes), num_classes,
                           min_probability, present)
 
@@ -132,7 +139,8 @@ def _probabilities(method: HeatmapMethod, logits: torch.Tensor) -> np.ndarray:
 
 
 def _selected_class_maps(method: HeatmapMethod, image: torch.Tensor, num_classes: int,
-                         min_probability: float, present: tuple[int, ...]) -> ClassMaps:
+                         min_probability: float, present: tuple[int, ...],
+                         source: Image.Image | None = None) -> ClassMaps:
     """A box method maps only the classes to detect; the others have no map."""
     with torch.inference_mode(), eval_mode(method.module):
         logits = method.module(image).float()
@@ -140,14 +148,15 @@ def _selected_class_maps(method: HeatmapMethod, image: torch.Tensor, num_classes
     chosen = classes_to_detect(probabilities, min_probability)
     picked = torch.tensor(chosen)
     result = method(image, target=Targets(picked, torch.zeros_like(picked)),
-                    upsample_maps=False)
+                    upsample_maps=False, sources=None if source is None else [source])
     grids, peak_values = {}, np.zeros(num_classes, np.float64)
     for c, raw in zip(chosen, result.raw, strict=True):
         grids[c] = protocol_map(protocol_source(method, raw))
         peak_values[c] = float(raw.max())
     thresholds = (np.array([method.threshold_for(c) for c in range(num_classes)])
                   if hasattr(method, "threshold_for") else None)
-    return ClassMaps(peak_values, probabilities, grids, chosen, thresholds)
+    return ClassMaps(peak_values, probabilities, grids, chosen, thresholds,
+                     getattr(method, "box_score", "blob"))
 
 
 class ClassScorer:
@@ -167,7 +176,8 @@ class ClassScorer:
       its maximum is a detection of that class, scored by its mean heat times the class
       probability, with COCO ``iscrowd`` / VOC ``difficult`` boxes ignored. A constant map
       gives no detection. A box method with its own per-class map thresholds (``beam``, tuned
-      by ``wsolkit tune-beam``) thresholds its normalized map at its class's value instead;
+      by ``wsolkit tune-beam``) thresholds its normalized map at its class's value instead
+      (and with ``box_score="box"`` scores a detection by the mean heat inside its box);
     - ``classification_map``: :func:`~wsolkit.eval.multilabel_map` of the class probabilities
       against the image-level labels (crowd regions included), in %.
     """
@@ -205,7 +215,12 @@ class ClassScorer:
             levels = np.asarray([maps.thresholds[c] for c in classes], np.float64)
         found = localize_stack(grids, levels)
         boxes = [b for b, _ in found]
-        scores = [s * maps.probabilities[c] for c, (_, s) in zip(classes, found, strict=True)]
+        if maps.box_score == "box":
+            scores = [box_means(maps.grids[c], b) for c, (b, _) in zip(classes, found,
+                                                                        strict=True)]
+        else:
+            scores = [s * maps.probabilities[c]
+                      for c, (_, s) in zip(classes, found, strict=True)]
         labels = [np.full(len(b), c) for c, (b, _) in zip(classes, found, strict=True)]
         return np.concatenate(boxes), np.concatenate(scores), np.concatenate(labels)
 

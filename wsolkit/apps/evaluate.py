@@ -280,10 +280,8 @@ def _computed_batches(
             pictures = [image for _, image in loaded]
             tensor = classifier.preprocess_batch(pictures)
             labels = [max(sample.label, 0) for sample, _ in loaded]
-            # methods that take the original images (rCAM's 448 scale) get them
-            extra = {"sources": pictures} if method.uses_sources else {}
             result = method(tensor, target="gt" if target == "gt" else "top1", labels=labels,
-                            **extra)
+                            sources=pictures)
             top5 = result.logits.topk(min(5, result.logits.shape[1]), dim=1).indices.tolist()
             for index, (sample, image) in enumerate(loaded):
                 batch.samples.append(sample)
@@ -293,7 +291,7 @@ def _computed_batches(
                 if class_count:
                     batch.class_maps.append(partial(
                         class_maps, method, tensor[index:index + 1], class_count,
-                        settings.min_class_probability, tuple(sample.labels)))
+                        settings.min_class_probability, tuple(sample.labels), image))
             batch.layer = result.layer
         yield batch, len(chunk)
 

@@ -292,7 +292,7 @@ def image_heatmaps(method: Any, images: Sequence[Any], settings: SegmentSettings
         return [row.cpu().numpy() for row in result.maps], result.layer
     maps = []
     for image in images:
-        tensor = classifier.preprocess(image, (image.height, image.width))[None]
+        tensor = classifier.preprocess(image, size=(image.height, image.width))[None]
         result = method(tensor.to(classifier.device), target=settings.target)
         maps.append(result.maps[0].cpu().numpy())
     return maps, result.layer

@@ -15,9 +15,10 @@ def add_finetune_parser(commands: argparse._SubParsersAction) -> None:
         "finetune",
         help="fine-tune the classifier on a dataset's labels with two adaptation layers",
         description="Replace the classifier's last layer with two adaptation layers and train "
-                    "them (multi-label BCE, class-balanced oversampling, noise/rotation/flip "
-                    "augmentation). Writes model.pt (for --model), checkpoint.pt and "
-                    "metrics.json (validation mAP before and after) to --out.",
+                    "them (multi-label BCE by default, or --preset paper: Bency et al.'s SGD, "
+                    "step schedule, batch 50 and softmax output; class-balanced oversampling, "
+                    "noise/rotation/flip augmentation). Writes model.pt (for --model), "
+                    "checkpoint.pt and metrics.json (validation mAP before and after) to --out.",
     )
     add_device_option(run)
     run.add_argument("dataset", type=Path,
@@ -30,19 +31,30 @@ def add_finetune_parser(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--weights", default=None, help="state dict for torchvision:/timm: models")
     run.add_argument("--epochs", type=int, default=10, help="passes over the training images "
                      "(total, also with --resume; default 10)")
-    run.add_argument("--batch-size", type=int, default=16, help="images per step (default 16)")
+    run.add_argument("--preset", choices=["default", "paper"], default="default",
+                     help="paper: Bency et al.'s settings (SGD, --head-lr 1e-3 divided by 10 "
+                          "every 20000 batches, --batch-size 50, softmax output); options "
+                          "given explicitly override the preset")
+    run.add_argument("--batch-size", type=int, default=None,
+                     help="images per step (default 16; paper preset 50)")
     run.add_argument("--lr", type=float, default=1e-4,
                      help="learning rate of the pretrained layers; 0 freezes them "
                           "(default 1e-4)")
-    run.add_argument("--head-lr", type=float, default=1e-3,
+    run.add_argument("--head-lr", type=float, default=None,
                      help="learning rate of the new adaptation layers (default 1e-3)")
     run.add_argument("--hidden", type=int, default=512,
                      help="width of the hidden adaptation layer; 0: one linear layer, which "
                           "keeps CAM usable (default 512)")
     run.add_argument("--dropout", type=float, default=0.5,
                      help="dropout after the hidden layer (default 0.5)")
-    run.add_argument("--optimizer", choices=["adam", "sgd"], default="adam",
-                     help="AdamW or SGD with momentum 0.9 (default adam)")
+    run.add_argument("--optimizer", choices=["adam", "sgd"], default=None,
+                     help="AdamW or SGD with momentum 0.9 (default adam; paper preset sgd)")
+    run.add_argument("--lr-step", type=int, default=None,
+                     help="divide the learning rates by 10 every N batches; 0: constant "
+                          "(default 0; paper preset 20000)")
+    run.add_argument("--output", choices=["sigmoid", "softmax"], default=None,
+                     help="output layer: sigmoid (multi-label BCE, default) or softmax (the "
+                          "paper's; eq. 1 on softmax probabilities)")
     run.add_argument("--train-layers", default=None, metavar="NAMES",
                      help="with --lr > 0, train only these comma-separated backbone modules "
                           "(e.g. features.stage7,features.head); default: all")
@@ -71,11 +83,14 @@ def run_finetune(args: argparse.Namespace) -> int:
 
     set_threads(args.threads)
     layers = names(args.train_layers)
-    settings = FinetuneSettings(
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, head_lr=args.head_lr,
-        hidden=args.hidden, dropout=args.dropout, optimizer=args.optimizer,
+    given = {key: getattr(args, key)
+             for key in ("batch_size", "head_lr", "optimizer", "lr_step", "output")
+             if getattr(args, key) is not None}
+    make = FinetuneSettings.paper if args.preset == "paper" else FinetuneSettings
+    settings = make(
+        epochs=args.epochs, lr=args.lr, hidden=args.hidden, dropout=args.dropout,
         val_fraction=args.val_fraction, seed=args.seed, balance=args.balance,
-        max_repeat=args.max_repeat, train_layers=layers, limit=args.limit,
+        max_repeat=args.max_repeat, train_layers=layers, limit=args.limit, **given,
     )
     settings.check()  # fail on a bad value before loading anything
     check_out_dir(args.out)

@@ -43,19 +43,19 @@ def heatmaps(
         A :class:`HeatmapResult`; ``maps`` is (N, H, W) float32 in [0, 1].
     """
     classifier = as_classifier(model)
+    sources = None
     if isinstance(images, (list, tuple)):
-        images = _preprocess(classifier, images)
+        sources = _load(images)
+        images = classifier.preprocess_batch(sources)
     runner = get_method(method)(classifier, layer=layer, **options)
-    return runner(images, target=target, labels=labels)
+    return runner(images, target=target, labels=labels, sources=sources)
 
 
-def _preprocess(
-    classifier: Classifier, images: Sequence[Image.Image | str | os.PathLike]
-) -> torch.Tensor:
+def _load(images: Sequence[Image.Image | str | os.PathLike]) -> list[Image.Image]:
     from wsolkit.data.images import load_image
 
     loaded = [im if isinstance(im, Image.Image) else load_image(im) for im in images]
-    return classifier.preprocess_batch([im.convert("RGB") for im in loaded])
+    return [im.convert("RGB") for im in loaded]
 
 
 __all__ = [

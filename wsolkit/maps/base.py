@@ -16,6 +16,7 @@ from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from wsolkit.errors import InputError, LayerError, ModelError
 from wsolkit.maps.fusion import check_fusion, check_layers, fuse_layers
@@ -63,6 +64,9 @@ class ForwardPass:
             hooked layer feeds it: the gradient of a logit is then its weight row / (h*w) at
             every location, which :meth:`gradients` uses for many rows of one image after
             checking it against autograd (:func:`linear_head_gradients`).
+        sources: the RGB PIL images the distinct input images were preprocessed from, when the
+            caller gave them (index with ``targets.image_index``); methods that re-read image
+            regions (``beam``) crop them instead of the input tensor.
         distinct: set when rows share input images (expanded targets such as top-k or every
             class of an image): the single forward pass of the distinct images the rows are
             views of. Then ``images``, ``activations`` and ``logits`` are gathered from it
@@ -77,6 +81,7 @@ class ForwardPass:
     targets: Targets
     distinct: DistinctPass | None = None
     linear_head: torch.nn.Linear | None = None
+    sources: tuple[Image.Image, ...] | None = None
 
     def scores(self) -> torch.Tensor:
         """(N,) target scores; carries the autograd graph back to the hooked layer if any."""
@@ -376,6 +381,7 @@ class HeatmapMethod:
         target: TargetSpec = "top1",
         labels: Sequence[int] | torch.Tensor | None = None,
         upsample_maps: bool = True,
+        sources: Sequence[Image.Image] | None = None,
     ) -> HeatmapResult:
         """Compute heatmaps of a batch.
 
@@ -389,22 +395,32 @@ class HeatmapMethod:
             labels: ground-truth classes for ``target="gt"``.
             upsample_maps: False leaves ``maps`` empty, (M, 0, 0), for callers that only use
                 the layer-resolution ``raw`` maps (e.g. scoring every class of an image).
+            sources: optional RGB PIL image each input image was preprocessed from (with
+                :meth:`~wsolkit.models.Classifier.preprocess`), one per image; used by
+                methods that re-read image regions, ignored by the others.
 
         Returns:
             A :class:`HeatmapResult` with one map per (image, target) pair.
         """
         images = check_images(images).to(self.classifier.device)
+        if sources is not None:
+            sources = tuple(sources)
+            if len(sources) != len(images) or not all(
+                    isinstance(s, Image.Image) for s in sources):
+                raise InputError(f"sources must be {len(images)} PIL images, one per image")
         # the model's preset for this method may itself be several layers
         preset = self.classifier.method_layers.get(self.name)
         layers = self.layer or (check_layers(preset) if preset else None)
         if isinstance(layers, tuple):
-            return fuse_layers(self, images, layers, target, labels, upsample_maps)
+            return fuse_layers(self, images, layers, target, labels, upsample_maps,
+                               sources)
         # Hooks and gradients need normal tensors, also inside a caller's torch.inference_mode().
         with torch.inference_mode(False), eval_mode(self.module):
             if images.is_inference():
                 images = images.clone()
             layer = layers or self.default_layer(images)
             first = self.forward(images, layer, target=target, labels=labels)
+            first.sources = sources
             index = first.targets.image_index
             if not torch.equal(index, torch.arange(len(images), device=index.device)):
                 first = self._expand(first, images, layer)
@@ -431,7 +447,9 @@ class HeatmapMethod:
         """
         index = first.targets.image_index
         if type(self).forward is not HeatmapMethod.forward:
-            return self.forward(images[index], layer, first.targets)
+            expanded = self.forward(images[index], layer, first.targets)
+            expanded.sources = first.sources
+            return expanded
         device_index = index.to(first.activations.device)
         return ForwardPass(
             images=_gather_rows(images, device_index),
@@ -441,6 +459,7 @@ class HeatmapMethod:
             targets=first.targets,
             distinct=DistinctPass(first.activations, first.logits, index),
             linear_head=self._linear_head(images, layer),
+            sources=first.sources,
         )
 
     def _linear_head(self, images: torch.Tensor, layer: str) -> torch.nn.Linear | None:

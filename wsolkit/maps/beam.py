@@ -2,25 +2,31 @@
 
 A localization candidate is a sub-grid ``(x, y, w, h)`` (in cells) of the ``L x L`` grid of the
 layer feeding the classifier head. Its feature maps are cropped to the sub-grid, bilinearly
-resized back to ``L x L`` and passed through the rest of the network (global pool + linear
-head) to score the target class. The children of a node are the sub-grids inside it that are
-one cell narrower *or* one cell shorter (not both), eq. 6; the root is the whole grid. Only
-children of the root are scored on one feature map (the paper limits candidates to
-``L - 1 <= w, h <= L`` against interpolation artifacts); the kept candidates are back-projected
-to image crops (eq. 5) and each crop is re-encoded, resized to the input size, so the next
-level's children refine inside it (iterative refinement).
+resized back to ``L x L`` and passed through the rest of the network to score the target class:
+either a head on the globally pooled map (global average pool + linear, or any module taking
+the pooled features) or, as the paper's AlexNet / VGG-16, fully connected layers on the
+flattened ``L x L x T`` map (positionally sensitive). The head is found by checking which
+module reproduces the model's logits from the layer's output, pooled or flattened. The children
+of a node are the sub-grids inside it that are one cell narrower *or* one cell shorter (not
+both), eq. 6; the root is the whole grid. Only children of the root are scored on one feature
+map (the paper limits candidates to ``L - 1 <= w, h <= L`` against interpolation artifacts);
+the kept candidates are back-projected to image regions (eq. 5) and each region is re-encoded,
+so the next level's children refine inside it (iterative refinement). The region is cut from
+the source image the input was preprocessed from, when the caller gives it (``crop_from=
+"image"``, as the paper crops the test image), else from the input tensor.
 
 Beam search keeps the ``beam_width`` (M, default 8) best candidates per level over ``levels``
 (H, default 10) levels. Per level, the children of every beam of every image go through the
-head in one batched pass, and the kept crops through the backbone in one batched pass (chunks
-of ``batch_size``); all under ``torch.inference_mode()``. The head starts with a global average
-pool and the bilinear resize is linear, so a child's pooled resized crop is computed directly
-as a weighted sum of its cells (:func:`crop_resize_pooled`, equal to pooling
-:func:`crop_resize`). Candidates of one image that back-project to the same image region (reached
-through different parents) are merged, keeping the best score, so the beam holds distinct
-regions. The heatmap sums the image regions of the kept candidates of every level, each
-weighted by its score (the class probability by default, as with the paper's softmax
-outputs); it is computed at the input size, so ``raw`` is (N, H, W).
+head in one batched pass, and the kept crops through the network up to the feature layer in
+batched passes (chunks of ``batch_size``, split over one-thread workers on a CPU); all under
+``torch.inference_mode()``. With a pooled head the bilinear resize being linear, a child's
+pooled resized crop is computed directly as a weighted sum of its cells
+(:func:`crop_resize_pooled`, equal to pooling :func:`crop_resize`). Candidates of one image
+that back-project to the same image region (reached through different parents) are merged,
+keeping the best score, so the beam holds distinct regions. The heatmap sums the image regions
+of the kept candidates of every level, each weighted by its score (the class probability by
+default, as with the paper's softmax outputs); it is computed at the input size, so ``raw`` is
+(N, H, W).
 """
 
 from __future__ import annotations
@@ -36,142 +42,31 @@ from typing import ClassVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
-from wsolkit.errors import InputError, LayerError
+from wsolkit.errors import InputError, LayerError, ModelError
 from wsolkit.maps.base import ForwardPass, HeatmapMethod
-from wsolkit.maps.hooks import capture_layer
+from wsolkit.maps.hooks import run_to_layer
+from wsolkit.maps.subgrids import (
+    GridBox,
+    crop_images,
+    crop_resize,
+    crop_resize_pooled,
+    grid_children,
+    project,
+    region_heat,
+    resize_matrix,
+    select_beams,
+)
 from wsolkit.maps.targets import Targets
 from wsolkit.models.classifier import Classifier
-from wsolkit.models.efficientnet_lite import EfficientNetLite0
-from wsolkit.models.layers import find_linear
+from wsolkit.models.layers import get_layer
 from wsolkit.models.parallel import split_inference
 
-GridBox = tuple[int, int, int, int]
 SCORES = ("probability", "logit")
-# Regions closer than this fraction of the image size count as the same region.
-_SAME_REGION = 1e-4
-
-
-def grid_children(box: GridBox) -> list[GridBox]:
-    """Children of a sub-grid node (eq. 6): one cell narrower or one cell shorter, inside it.
-
-    Args:
-        box: ``(x, y, w, h)`` of the parent, in cells.
-
-    Returns:
-        ``(x, y, w - 1, h)``, ``(x + 1, y, w - 1, h)``, ``(x, y, w, h - 1)``,
-        ``(x, y + 1, w, h - 1)``; a side of one cell is not shrunk.
-    """
-    x, y, w, h = box
-    children: list[GridBox] = []
-    if w > 1:
-        children += [(x, y, w - 1, h), (x + 1, y, w - 1, h)]
-    if h > 1:
-        children += [(x, y, w, h - 1), (x, y + 1, w, h - 1)]
-    return children
-
-
-def resize_matrix(start: int, length: int, size: int) -> torch.Tensor:
-    """(size, size) matrix ``A`` with ``A @ v == resize(v[start:start + length], size)``.
-
-    The 1-D bilinear kernel of ``F.interpolate(..., align_corners=False)``; applied along both
-    axes it is that function's 2-D bilinear resize of the cropped cells.
-    """
-    eye = torch.eye(length, dtype=torch.float64)[None]  # (1, length, length): one impulse each
-    weights = F.interpolate(eye, size=size, mode="linear", align_corners=False)[0]  # (in, out)
-    matrix = torch.zeros(size, size, dtype=torch.float64)
-    matrix[:, start:start + length] = weights.T
-    return matrix
-
-
-def crop_resize(features: torch.Tensor, boxes: list[GridBox]) -> torch.Tensor:
-    """Crop every feature map to every sub-grid and resize it back to the grid size.
-
-    Args:
-        features: (B, K, h, w) feature maps.
-        boxes: C sub-grids ``(x, y, w, h)``.
-
-    Returns:
-        (B * C, K, h, w): row ``b * C + c`` is map ``b`` cropped to box ``c``, bilinearly
-        resized (as ``F.interpolate(..., align_corners=False)`` of the crop).
-    """
-    count, channels, height, width = features.shape
-    rows, cols = _resize_matrices(tuple(boxes), height, width)
-    rows, cols = rows.to(features), cols.to(features)
-    # rows of every box at once: (C*h, h) @ (h, B*K*w), then columns box by box: two big GEMMs
-    # instead of B*C*K tiny ones
-    by_row = features.permute(2, 0, 1, 3).reshape(height, -1)
-    resized_rows = (rows.reshape(-1, height) @ by_row).reshape(len(boxes), height, count,
-                                                                 channels, width)
-    out = torch.stack([resized_rows[c] @ cols[c].T for c in range(len(boxes))])  # (C,h,B,K,w)
-    return out.permute(2, 0, 3, 1, 4).reshape(-1, channels, height, width)
-
-
-def crop_resize_pooled(features: torch.Tensor, boxes: list[GridBox]) -> torch.Tensor:
-    """Global average pool of :func:`crop_resize`, without making the resized maps.
-
-    The resize is linear, so the mean of a resized crop is a weighted sum of its cells (the
-    column sums of the resize matrices): (B * C, K), equal to
-    ``crop_resize(features, boxes).mean(dim=(2, 3))`` up to rounding, many times faster.
-    """
-    height, width = features.shape[-2:]
-    rows, cols = _resize_matrices(tuple(boxes), height, width)
-    row_weights = (rows.sum(1) / height).to(features)  # (C, h): weight of each input row
-    col_weights = (cols.sum(1) / width).to(features)  # (C, w)
-    pooled = torch.einsum("cY,bkYX,cX->bck", row_weights, features, col_weights)
-    return pooled.reshape(-1, features.shape[1])
-
-
-@functools.lru_cache(maxsize=64)
-def _resize_matrices(boxes: tuple[GridBox, ...], height: int,
-                     width: int) -> tuple[torch.Tensor, torch.Tensor]:
-    rows = torch.stack([resize_matrix(y, h, height) for _, y, _, h in boxes])
-    cols = torch.stack([resize_matrix(x, w, width) for x, _, w, _ in boxes])
-    return rows, cols
-
-
-def crop_images(images: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
-    """Bilinear crops of ``regions`` (pixel edge coordinates), each resized to the input size.
-
-    Args:
-        images: (B, C, H, W) one image per region.
-        regions: (B, 4) ``x0, y0, x1, y1`` in pixels of ``images``.
-    """
-    count, channels, height, width = images.shape
-    x0, y0, x1, y1 = regions.to(images).unbind(1)
-    theta = torch.zeros(count, 2, 3, dtype=images.dtype, device=images.device)
-    theta[:, 0, 0] = (x1 - x0) / width
-    theta[:, 0, 2] = (x0 + x1) / width - 1
-    theta[:, 1, 1] = (y1 - y0) / height
-    theta[:, 1, 2] = (y0 + y1) / height - 1
-    grid = F.affine_grid(theta, [count, channels, height, width], align_corners=False)
-    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border",
-                         align_corners=False)
-
-
-def region_heat(regions: torch.Tensor, scores: torch.Tensor, rows: torch.Tensor, count: int,
-                size: tuple[int, int]) -> torch.Tensor:
-    """Sum-pool scored regions into (count, H, W) maps, pixels weighted by their coverage.
-
-    Args:
-        regions: (B, 4) ``x0, y0, x1, y1`` in pixels.
-        scores: (B,) weight of each region.
-        rows: (B,) output map of each region.
-        count: number of maps.
-        size: (H, W) of the maps.
-    """
-    height, width = size
-    regions = regions.to(torch.float32)
-    xs = torch.arange(width, dtype=torch.float32, device=regions.device)
-    ys = torch.arange(height, dtype=torch.float32, device=regions.device)
-    cover_x = (torch.minimum(regions[:, 2:3], xs + 1) - torch.maximum(regions[:, 0:1], xs))
-    cover_y = (torch.minimum(regions[:, 3:4], ys + 1) - torch.maximum(regions[:, 1:2], ys))
-    weighted = cover_y.clamp(min=0) * scores.to(torch.float32)[:, None]
-    heat = torch.einsum("bh,bw->bhw", weighted, cover_x.clamp(min=0))
-    out = torch.zeros(count, height, width, dtype=torch.float32, device=regions.device)
-    return out.index_add_(0, rows.to(regions.device), heat)
+CROP_SOURCES = ("image", "tensor")
+BOX_SCORES = ("blob", "box")
 
 
 @dataclass
@@ -194,7 +89,54 @@ class _Network:
     """The two halves of the classifier around the feature layer."""
 
     backbone: Callable[[torch.Tensor], torch.Tensor]  # images -> (N, K, h, w) features
-    head: Callable[[torch.Tensor], torch.Tensor]  # globally pooled (N, K) features -> logits
+    head: Callable[[torch.Tensor], torch.Tensor]  # pooled (N, K) or flat (N, K*h*w) -> logits
+    pooled: bool  # the head takes the globally average-pooled map, else the flattened one
+
+    def child_logits(self, features: torch.Tensor, children: list[GridBox]) -> torch.Tensor:
+        """(B * C, classes) logits of the C children of each of B feature maps."""
+        if self.pooled:
+            return self.head(crop_resize_pooled(features, children))
+        return self.head(crop_resize(features, children).flatten(1))
+
+
+def find_head(features: torch.Tensor, logits: torch.Tensor,
+              candidates: Sequence[tuple[str, nn.Module]]) -> tuple[str, nn.Module, bool]:
+    """The first candidate module that maps the layer's output to the model's logits.
+
+    Each candidate is tried on the globally average-pooled features ``(N, K)``, then on the
+    flattened features ``(N, K * h * w)``; it is the head if its output equals ``logits`` (up
+    to float rounding). Call it in eval mode (dropout off).
+
+    Args:
+        features: (N, K, h, w) output of the feature layer.
+        logits: (N, classes) the model's output for the same images.
+        candidates: ``(name, module)`` pairs, in the order to try.
+
+    Returns:
+        ``(name, module, pooled)``.
+
+    Raises:
+        LayerError: no candidate reproduces the logits.
+    """
+    features, logits = features.detach().float(), logits.detach().float()
+    tolerance = 1e-3 * (1.0 + float(logits.abs().max()))
+    for name, module in candidates:
+        for pooled in (True, False):
+            inputs = features.mean(dim=(2, 3)) if pooled else features.flatten(1)
+            try:
+                with torch.inference_mode():
+                    out = module(inputs)
+            except (RuntimeError, ValueError, TypeError, IndexError):  # wrong input shape
+                continue
+            if (isinstance(out, torch.Tensor) and out.shape == logits.shape
+                    and torch.allclose(out.float(), logits, rtol=1e-3, atol=tolerance)):
+                return name, module, pooled
+    names = ", ".join(repr(n) for n, _ in candidates)
+    raise LayerError(
+        f"beam: the layer does not feed the classifier head: none of {names} gives the "
+        "model's logits from its output, globally pooled or flattened; name the layer feeding "
+        "the head (layer=...) and the head module (head=...)"
+    )
 
 
 class BeamSearch(HeatmapMethod):
@@ -202,8 +144,10 @@ class BeamSearch(HeatmapMethod):
 
     Args:
         model: a :class:`~wsolkit.models.Classifier` or a bare ``nn.Module``.
-        layer: the layer feeding the global-pool + linear head (the default); no other layer.
-        fc: name of the linear layer of the head (detected when omitted).
+        layer: the layer feeding the classifier head (default: the CAM head's feature layer,
+            or, for a model without a global-pool + linear head such as torchvision's VGG-16,
+            the last top-level module with a spatial output, e.g. ``avgpool``).
+        fc: name of the linear layer of a global-pool + linear head (detected when omitted).
         upsample: unused by the search (the map is made at the input size); kept for the
             common signature.
         beam_width: M, candidates kept per level (default 8).
@@ -216,9 +160,19 @@ class BeamSearch(HeatmapMethod):
             ``wsolkit tune-beam``, or its dict); see :meth:`threshold_for`.
         score_threshold: multi-class use (:meth:`classes_to_map`): classes whose probability
             reaches it are searched.
+        head: the module after the feature layer that scores a (pooled or flattened) map: a
+            submodule name or an ``nn.Module``; default: the first top-level module, last
+            first, that reproduces the model's logits (:func:`find_head`).
+        crop_from: ``"image"`` (default): deeper levels re-encode regions cut from the source
+            images the caller gives (``sources=``; the paper's crop of the test image), and
+            from the input tensor without them; ``"tensor"``: always from the input tensor.
+        box_score: score of a box from a thresholded map (used by ``beam_boxes`` and
+            ``evaluate``): ``"blob"`` (default: the blob's mean heat times the class
+            probability) or ``"box"`` (the paper's: mean heat inside the box).
     """
 
     name = "beam"
+    uses_sources = True
     summary = "beam search over feature sub-grids with crop refinement (Bency et al. 2016)"
     relu = True
     default_threshold: ClassVar[float] = 0.5
@@ -235,18 +189,29 @@ class BeamSearch(HeatmapMethod):
         batch_size: int = 8,
         thresholds: str | os.PathLike | dict | None = None,
         score_threshold: float = 0.1,
+        head: str | nn.Module | None = None,
+        crop_from: str = "image",
+        box_score: str = "blob",
     ) -> None:
         super().__init__(model, layer=layer, fc=fc, upsample=upsample)
         for name, value in (("beam_width", beam_width), ("levels", levels),
                             ("batch_size", batch_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InputError(f"beam: {name} must be an integer >= 1, got {value!r}")
-        if score not in SCORES:
-            raise InputError(f"beam: score={score!r}: use one of {', '.join(SCORES)}")
+        for name, value, allowed in (("score", score, SCORES),
+                                     ("crop_from", crop_from, CROP_SOURCES),
+                                     ("box_score", box_score, BOX_SCORES)):
+            if value not in allowed:
+                raise InputError(f"beam: {name}={value!r}: use one of {', '.join(allowed)}")
+        if head is not None and not isinstance(head, str | nn.Module):
+            raise InputError(f"beam: head must be a module name or an nn.Module, got {head!r}")
         self.beam_width = beam_width
         self.levels = levels
         self.score = score
         self.batch_size = batch_size
+        self.head = head
+        self.crop_from = crop_from
+        self.box_score = box_score
         self.thresholds = load_thresholds(thresholds)
         if (isinstance(score_threshold, bool) or not isinstance(score_threshold, int | float)
                 or not math.isfinite(score_threshold)):
@@ -258,9 +223,13 @@ class BeamSearch(HeatmapMethod):
 
     def layer_map(self, forward: ForwardPass) -> torch.Tensor:
         """Run the beam search from the hooked features; sum-pool the kept regions."""
-        network = self._network(forward)
-        with torch.inference_mode():
-            trace = self.search(forward.images, forward.activations, forward.targets, network)
+        sources = None
+        if self.crop_from == "image" and forward.sources is not None:
+            sources = [forward.sources[i] for i in forward.targets.image_index.tolist()]
+        with torch.inference_mode(), run_to_layer(self.module, forward.layer) as to_layer:
+            network = self._network(forward, to_layer)
+            trace = self.search(forward.images, forward.activations, forward.targets, network,
+                                sources)
             count = forward.images.shape[0]
             size = tuple(forward.images.shape[-2:])
             regions = torch.cat([level.regions for level in trace])
@@ -270,17 +239,29 @@ class BeamSearch(HeatmapMethod):
         self.last_trace = trace
         return heat.clone()  # a normal tensor again, outside inference mode
 
+    def default_layer(self, sample: torch.Tensor) -> str:
+        """The CAM head's feature layer; without one, the last top-level spatial output."""
+        try:
+            return super().default_layer(sample)
+        except ModelError as error:  # e.g. VGG / AlexNet: flatten + fully connected layers
+            spatial = _last_spatial_child(self.module, sample[:1])
+            if spatial is None:
+                raise LayerError(f"beam: {error}; name the layer feeding the head") from None
+            return spatial
+
     # ---------------------------------------------------------------------------- search
 
     def search(self, images: torch.Tensor, features: torch.Tensor, targets: Targets,
-               network: _Network) -> list[BeamLevel]:
+               network: _Network, sources: Sequence[Image.Image] | None = None
+               ) -> list[BeamLevel]:
         """The beam search of every (image, target) row; one :class:`BeamLevel` per level.
 
         Args:
             images: (N, C, H, W), one image per row.
             features: (N, K, h, w) features of ``images`` at the feature layer.
             targets: one target per row.
-            network: backbone (images -> features) and head (pooled features -> logits).
+            network: backbone (images -> features) and head.
+            sources: optional source image of each row (deeper levels crop it).
         """
         count, _, height, width = images.shape
         grid_h, grid_w = features.shape[-2:]
@@ -296,26 +277,44 @@ class BeamSearch(HeatmapMethod):
         scale = torch.tensor([width, height, width, height], dtype=torch.float64)
         trace: list[BeamLevel] = []
         for level in range(self.levels):
-            logits = network.head(crop_resize_pooled(features, children))
+            logits = network.child_logits(features, children)
             child_rows = rows.repeat_interleave(len(children))
             scores = self._scores(logits, targets, child_rows).detach().double().cpu()
-            child_regions = _project(regions, fractions)
-            keep = _select(child_regions / scale, scores, child_rows, self.beam_width)
+            child_regions = project(regions, fractions)
+            keep = select_beams(child_regions / scale, scores, child_rows, self.beam_width)
             regions, rows = child_regions[keep], child_rows[keep]
             trace.append(BeamLevel(regions.float(), scores[keep].float(), rows))
             if level + 1 < self.levels:
-                features = self._encode(network, images, rows, regions)
+                features = self._encode(network, images, rows, regions, sources)
         return trace
 
     def _encode(self, network: _Network, images: torch.Tensor, rows: torch.Tensor,
-                regions: torch.Tensor) -> torch.Tensor:
+                regions: torch.Tensor, sources: Sequence[Image.Image] | None) -> torch.Tensor:
         """Features of the crops, ``batch_size`` crops per backbone pass."""
         parts = []
         for start in range(0, len(rows), self.batch_size):
-            index = rows[start:start + self.batch_size].to(images.device)
-            crops = crop_images(images[index], regions[start:start + self.batch_size])
+            chunk_rows = rows[start:start + self.batch_size]
+            chunk_regions = regions[start:start + self.batch_size]
+            if sources is None:
+                index = chunk_rows.to(images.device)
+                crops = crop_images(images[index], chunk_regions)
+            else:
+                crops = self._source_crops(images.shape[-2:], sources, chunk_rows,
+                                           chunk_regions).to(images)
             parts.append(network.backbone(crops.contiguous(memory_format=torch.channels_last)))
         return torch.cat(parts).contiguous()
+
+    def _source_crops(self, size: Sequence[int], sources: Sequence[Image.Image],
+                      rows: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
+        """Regions (input pixels) cut from the source images, preprocessed at the input size."""
+        height, width = int(size[0]), int(size[1])
+        crops = []
+        for row, region in zip(rows.tolist(), regions.tolist(), strict=True):
+            source = sources[row]
+            sx, sy = source.width / width, source.height / height
+            box = (region[0] * sx, region[1] * sy, region[2] * sx, region[3] * sy)
+            crops.append(self.classifier.preprocess(source, box=box, size=(height, width)))
+        return torch.stack(crops)
 
     def _scores(self, logits: torch.Tensor, targets: Targets, rows: torch.Tensor) -> torch.Tensor:
         if targets.score_fn is not None:
@@ -327,38 +326,34 @@ class BeamSearch(HeatmapMethod):
 
     # --------------------------------------------------------------------------- network
 
-    def _network(self, forward: ForwardPass) -> _Network:
-        """Backbone and head around the hooked layer: the embedded model's, or the CAM head."""
-        module, layer = self.module, forward.layer
-        if (isinstance(module, EfficientNetLite0) and layer in ("features", "features.head")
-                and isinstance(module.pool, nn.AdaptiveAvgPool2d)
-                and module.pool.output_size in (1, (1, 1))):
-            # the rest of the network after features: global average pool, dropout, fc
-            # hook-free, so the crops can be split over one-thread workers (faster on CPU)
-            return _Network(backbone=functools.partial(split_inference, module.features),
-                            head=lambda pooled: module.fc(module.dropout(pooled)))
-        head = self.classifier.cam_head(forward.images)
-        if layer != head.feature_layer:
-            raise LayerError(
-                f"beam: layer {layer!r} does not feed the classifier head; use "
-                f"{head.feature_layer!r} (the default)"
-            )
-        fc = find_linear(module, head.fc_layer)
-        channels = forward.activations.shape[1]
-        if fc.in_features != channels:
-            raise LayerError(
-                f"beam: layer {layer!r} has {channels} channels but {head.fc_layer!r} takes "
-                f"{fc.in_features}; beam needs a global-average-pool + linear head"
-            )
+    def _network(self, forward: ForwardPass,
+                 to_layer: Callable[[torch.Tensor], torch.Tensor]) -> _Network:
+        """Backbone (``to_layer``: images -> features) and head around the hooked layer."""
+        head, pooled = self._head(forward)
+        # the stop-at-layer hook keeps no state, so the crops can be split over workers
+        return _Network(backbone=functools.partial(split_inference, to_layer), head=head,
+                        pooled=pooled)
 
-        def backbone(crops: torch.Tensor) -> torch.Tensor:
-            with capture_layer(module, layer) as capture:
-                module(crops)
-            if capture.activation is None:
-                raise LayerError(f"layer {layer!r} did not run during the forward pass")
-            return capture.activation
+    def _head(self, forward: ForwardPass) -> tuple[Callable[[torch.Tensor], torch.Tensor], bool]:
+        """The head after the hooked layer and whether it takes the pooled map (:func:`find_head`).
 
-        return _Network(backbone=backbone, head=fc)
+        Candidates: the ``head`` option; else the CAM head's linear layer, then the model's
+        top-level modules, last first (``fc`` of ResNet / EfficientNet, also a fine-tuned
+        adaptation head; ``classifier`` of VGG / AlexNet).
+        """
+        module = self.module
+        if isinstance(self.head, nn.Module):
+            candidates = [("head", self.head)]
+        elif isinstance(self.head, str):
+            candidates = [(self.head, get_layer(module, self.head))]
+        else:
+            candidates = []
+            fc = self.classifier.fc_layer
+            if fc is not None:
+                candidates.append((fc, get_layer(module, fc)))
+            candidates += [(n, m) for n, m in reversed(list(module.named_children()))]
+        _, head, pooled = find_head(forward.activations, forward.logits, candidates)
+        return head, pooled
 
     # ------------------------------------------------------------------------ thresholds
 
@@ -377,35 +372,25 @@ class BeamSearch(HeatmapMethod):
         return float(self.default_threshold if value is None else value)
 
 
-def _project(regions: torch.Tensor, fractions: torch.Tensor) -> torch.Tensor:
-    """(B * C, 4) image regions of the C children (grid fractions) of B parent regions (eq. 5)."""
-    x0, y0, x1, y1 = regions[:, None].unbind(2)
-    fx0, fy0, fx1, fy1 = fractions[None].unbind(2)
-    width, height = x1 - x0, y1 - y0
-    out = torch.stack([x0 + fx0 * width, y0 + fy0 * height, x0 + fx1 * width,
-                       y0 + fy1 * height], dim=2)
-    return out.reshape(-1, 4)
+def _last_spatial_child(module: nn.Module, sample: torch.Tensor) -> str | None:
+    """Name of the last top-level submodule (in run order) whose output is an (N, K, h, w) map."""
+    found: list[str] = []
 
+    def record(name: str):
+        def hook(_module, _inputs, output):
+            if (isinstance(output, torch.Tensor) and output.ndim == 4
+                    and output.shape[-2:].numel() > 1):
+                found.append(name)
+        return hook
 
-def _select(regions: torch.Tensor, scores: torch.Tensor, rows: torch.Tensor,
-            width: int) -> torch.Tensor:
-    """Indices of the best ``width`` distinct regions of each row, rows in order, best first."""
-    keep: list[int] = []
-    order = torch.argsort(scores, descending=True, stable=True).tolist()
-    keys = torch.round(regions / _SAME_REGION).long().tolist()
-    seen: dict[int, set[tuple[int, ...]]] = {}
-    chosen: dict[int, list[int]] = {}
-    for index in order:
-        row = int(rows[index])
-        kept = chosen.setdefault(row, [])
-        key = tuple(keys[index])
-        if len(kept) >= width or key in seen.setdefault(row, set()):
-            continue
-        seen[row].add(key)
-        kept.append(index)
-    for row in sorted(chosen):
-        keep.extend(chosen[row])
-    return torch.tensor(keep, dtype=torch.long)
+    handles = [m.register_forward_hook(record(n)) for n, m in module.named_children()]
+    try:
+        with torch.no_grad():
+            module(sample)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return found[-1] if found else None
 
 
 def select_classes(scores: np.ndarray, score_threshold: float,
@@ -471,6 +456,7 @@ def load_thresholds(source: str | os.PathLike | dict | None) -> dict:
 __all__ = [
     "BeamLevel",
     "BeamSearch",
+    "find_head",
     "crop_images",
     "crop_resize",
     "crop_resize_pooled",

@@ -75,7 +75,8 @@ def fuse_maps(raws: Sequence[torch.Tensor], relu: bool, fuse: str = "mean") -> t
 
 
 def fuse_layers(method: HeatmapMethod, images: torch.Tensor, layers: tuple[str, ...],
-                target: TargetSpec, labels: object, upsample_maps: bool) -> HeatmapResult:
+                target: TargetSpec, labels: object, upsample_maps: bool,
+                sources: object = None) -> HeatmapResult:
     """Run ``method`` at each of ``layers`` and fuse the maps.
 
     Returns:
@@ -89,7 +90,8 @@ def fuse_layers(method: HeatmapMethod, images: torch.Tensor, layers: tuple[str, 
     for name in layers:
         single = copy.copy(method)
         single.layer = name
-        results.append(single(images, target=target, labels=labels, upsample_maps=False))
+        results.append(single(images, target=target, labels=labels, upsample_maps=False,
+                              sources=sources))
     first = results[0]
     raw = fuse_maps([result.raw for result in results], method.relu, method.fuse)
     maps = (method.to_heatmap(raw, images.shape[-2:]) if upsample_maps

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 
 import torch
@@ -113,6 +113,47 @@ def clamp_relu_gradients(model: nn.Module, skip: str | None = None) -> Iterator[
 
 def _positive(grad: torch.Tensor) -> torch.Tensor:
     return grad.clamp(min=0)
+
+
+class _Reached(Exception):  # noqa: N818 - control flow, not an error
+    """Raised by :func:`run_to_layer`'s hook to end a forward pass at the layer."""
+
+    def __init__(self, output: torch.Tensor) -> None:
+        super().__init__()
+        self.output = output
+
+
+@contextmanager
+def run_to_layer(
+    model: nn.Module, name: str
+) -> Iterator[Callable[[torch.Tensor], torch.Tensor]]:
+    """A function ``images -> output of layer name``, valid for the ``with`` block.
+
+    The forward pass stops at the layer (the hook raises; the rest of the network does not
+    run). The hook keeps no state, so the function may run in several threads at once
+    (:func:`wsolkit.models.parallel.split_inference`). It is removed in ``finally``.
+
+    Raises:
+        LayerError: if the layer does not exist, or does not run during a forward pass.
+    """
+
+    def hook(_module: nn.Module, _inputs: tuple, output: object) -> None:
+        if not isinstance(output, torch.Tensor):
+            raise LayerError(f"layer {name!r} outputs {type(output)}, not a tensor")
+        raise _Reached(output)
+
+    def run(images: torch.Tensor) -> torch.Tensor:
+        try:
+            model(images)
+        except _Reached as reached:
+            return reached.output
+        raise LayerError(f"layer {name!r} did not run during the forward pass")
+
+    handle = get_layer(model, name).register_forward_hook(hook)
+    try:
+        yield run
+    finally:
+        handle.remove()
 
 
 @contextmanager

@@ -68,19 +68,22 @@ class Classifier:
         logits = logits.float()
         return logits.sigmoid() if self.multi_label else logits.softmax(dim=-1)
 
-    def preprocess(self, image: Image.Image, size: tuple[int, int] | None = None
-                   ) -> torch.Tensor:
-        """Resize an RGB PIL image to ``size`` and normalize it to a CHW tensor.
+    def preprocess(self, image: Image.Image, box: Sequence[float] | None = None,
+                   size: tuple[int, int] | None = None) -> torch.Tensor:
+        """Resize an RGB PIL image to ``input_size`` and normalize it to a CHW tensor.
 
         Args:
             image: RGB PIL image.
-            size: (height, width); None: :attr:`input_size`. The image's own size keeps it
-                as it is (a fully convolutional pass at full resolution).
+            box: optional ``x0, y0, x1, y1`` region of ``image`` (pixel edges, fractions
+                allowed) to resize instead of the whole image (PIL's ``resize(box=...)``).
+            size: optional (height, width) instead of ``input_size``. The image's own size
+                keeps it as it is (a fully convolutional pass at full resolution).
         """
         if not isinstance(image, Image.Image) or image.mode != "RGB":
             raise InputError("preprocess expects an RGB PIL image (see wsolkit.load_image)")
         height, width = self.input_size if size is None else size
-        resized = image.resize((width, height), Image.Resampling.BILINEAR)
+        region = None if box is None else tuple(float(v) for v in box)
+        resized = image.resize((width, height), Image.Resampling.BILINEAR, box=region)
         array = np.asarray(resized, dtype=np.float32) / 255.0
         tensor = torch.from_numpy(array).permute(2, 0, 1)
         mean = torch.tensor(self.mean).view(3, 1, 1)

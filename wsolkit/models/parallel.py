@@ -27,7 +27,8 @@ def split_inference(
 ) -> torch.Tensor:
     """``fn(batch)`` without autograd, one sub-batch per worker thread.
 
-    Only for hook-free callables: hooks that store state would race between the workers.
+    Only for callables whose hooks keep no state (e.g. :func:`wsolkit.maps.hooks.run_to_layer`):
+    hooks that store state would race between the workers.
     Torch's intra-op thread count is set to one while the workers run and restored after.
 
     Args:

@@ -6,6 +6,7 @@ The guided filter, variogram and dense CRF refiners take numpy arrays only.
 
 from wsolkit.refine.components import (
     Localization,
+    box_means,
     boxes_from_mask,
     component_masks,
     largest_component,
@@ -38,6 +39,7 @@ __all__ = [
     "Localization",
     "VariogramFit",
     "box_areas",
+    "box_means",
     "box_prior",
     "boxes_from_mask",
     "clip_boxes",

@@ -294,6 +294,25 @@ def localize_stack(maps: Any, thresholds: Any) -> list[tuple[np.ndarray, np.ndar
             for i in range(count)]
 
 
+def box_means(heat: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """(K,) mean of ``heat`` inside each box (integer pixel-edge ``x0, y0, x1, y1``).
+
+    The box score of Bency et al. (ECCV 2016, sec. 3.4): every pixel of the rectangle counts,
+    also those of it below the threshold that made the box. An empty box scores 0.
+    """
+    heat = np.asarray(heat, np.float64)
+    boxes = np.asarray(boxes).reshape(-1, 4)
+    height, width = heat.shape
+    table = np.zeros((height + 1, width + 1))
+    table[1:, 1:] = heat.cumsum(0).cumsum(1)
+    x0, y0, x1, y1 = np.round(boxes).astype(np.int64).T
+    x0, x1 = np.clip(x0, 0, width), np.clip(x1, 0, width)
+    y0, y1 = np.clip(y0, 0, height), np.clip(y1, 0, height)
+    sums = table[y1, x1] - table[y0, x1] - table[y1, x0] + table[y0, x0]
+    areas = np.maximum(x1 - x0, 0) * np.maximum(y1 - y0, 0)
+    return np.where(areas > 0, sums / np.maximum(areas, 1), 0.0)
+
+
 def _exact_levels(levels: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """Thresholds in the maps' float type with ``v >= level`` unchanged for every value ``v``.
 

@@ -1,11 +1,14 @@
 """Fine-tune a classifier on a localization dataset's image-level labels with adaptation layers.
 
-The training recipe of Bency et al. (ECCV 2016, sec. 3.2 and 4.1): the last layer is replaced by
-two adaptation layers (:mod:`wsolkit.models.adaptation`), the network is trained with the
-multi-label binary cross-entropy ``-1/K sum_k [p_k log q_k + (1 - p_k) log(1 - q_k)]``, the new
-layers learn faster than the pretrained ones (``head_lr`` vs ``lr``; ``lr=0`` freezes the
-backbone), and under-represented classes are oversampled (:mod:`wsolkit.train.sampling`) with
-noise and rotation augmentation (:mod:`wsolkit.train.augment`).
+After Bency et al. (ECCV 2016, sec. 3.2 and 4.1): the last layer is replaced by two adaptation
+layers (:mod:`wsolkit.models.adaptation`), the network is trained with the cross-entropy
+``-1/K sum_k [p_k log q_k + (1 - p_k) log(1 - q_k)]`` (eq. 1), the new layers learn faster than
+the pretrained ones (``head_lr`` vs ``lr``; ``lr=0`` freezes the backbone), and
+under-represented classes are oversampled (:mod:`wsolkit.train.sampling`) with noise and
+rotation augmentation (:mod:`wsolkit.train.augment`). The paper's outputs ``q`` are a softmax
+(``output="softmax"``) trained by SGD, learning rate 1e-3 divided by 10 every 20000 batches of
+50 (:meth:`FinetuneSettings.paper`); our default is sigmoid outputs (independent per class, as
+multi-label sets need) with AdamW and a constant learning rate.
 
 Outputs in the ``out`` folder, each written atomically after every epoch:
 
@@ -51,6 +54,8 @@ from wsolkit.train.sampling import class_balanced_epoch, repeat_factors, split_t
 
 __all__ = ["FinetuneSettings", "finetune", "multilabel_map"]
 
+OUTPUTS = ("sigmoid", "softmax")
+PRESETS = ("default", "paper")
 CHECKPOINT = "checkpoint.pt"
 MODEL = "model.pt"
 METRICS = "metrics.json"
@@ -71,6 +76,10 @@ class FinetuneSettings:
         hidden: Width of the hidden adaptation layer (0: a single linear layer).
         dropout: Dropout after the hidden adaptation layer.
         optimizer: ``adam`` (AdamW) or ``sgd`` (momentum 0.9).
+        lr_step: Divide both learning rates by 10 every ``lr_step`` batches (0: constant).
+        output: ``sigmoid`` (independent class probabilities, eq. 1 as multi-label binary
+            cross-entropy) or ``softmax`` (the paper's output layer: eq. 1 on softmax
+            probabilities; the model then reports softmax probabilities).
         weight_decay: Weight decay of both parameter groups.
         val_fraction: Fraction of the images held out for validation, chosen by ``seed``.
         seed: Seeds the split, the head initialization, sampling, augmentation and dropout.
@@ -91,6 +100,8 @@ class FinetuneSettings:
     hidden: int = 512
     dropout: float = 0.5
     optimizer: str = "adam"
+    lr_step: int = 0
+    output: str = "sigmoid"
     weight_decay: float = 1e-4
     val_fraction: float = 0.2
     seed: int = 0
@@ -114,6 +125,9 @@ class FinetuneSettings:
             (0 <= self.dropout < 1, f"--dropout must be in [0, 1); got {self.dropout}"),
             (self.optimizer in ("adam", "sgd"),
              f"--optimizer must be adam or sgd; got {self.optimizer!r}"),
+            (self.lr_step >= 0, f"--lr-step must be >= 0 (0: constant); got {self.lr_step}"),
+            (self.output in OUTPUTS,
+             f"--output must be {' or '.join(OUTPUTS)}; got {self.output!r}"),
             (self.weight_decay >= 0, f"--weight-decay must be >= 0; got {self.weight_decay}"),
             (0 <= self.val_fraction < 1,
              f"--val-fraction must be in [0, 1); got {self.val_fraction}"),
@@ -126,6 +140,19 @@ class FinetuneSettings:
             if not ok:
                 raise InputError(message)
         Augment(self.rotation, self.flip, self.noise)  # raises on a bad value
+
+    @classmethod
+    def paper(cls, **overrides: Any) -> FinetuneSettings:
+        """Bency et al.'s training settings (sec. 3.2, 4.1), ``overrides`` on top.
+
+        SGD, learning rate 1e-3 divided by 10 every 20000 batches, 50 images per batch, softmax
+        output layer. The paper gives no momentum, weight decay or backbone learning rate:
+        those stay ours (0.9, 1e-4, ``lr``).
+        """
+        values = {"optimizer": "sgd", "head_lr": 1e-3, "lr_step": 20000, "batch_size": 50,
+                  "output": "softmax"}
+        values.update(overrides)
+        return cls(**values)
 
     def resume_key(self) -> dict[str, Any]:
         """The settings a resumed run must share with its checkpoint (all but ``epochs``)."""
@@ -188,6 +215,7 @@ def finetune(
     model, head_name = with_adaptation_head(
         classifier, class_names, settings.hidden, settings.dropout, settings.seed
     )
+    model.multi_label = settings.output == "sigmoid"
     trainable = _trainable_prefixes(model.module, head_name, settings)
     optimizer = _optimizer(model.module, head_name, trainable, settings)
     images = _ImageSource(model, samples)
@@ -404,7 +432,8 @@ def _train_epoch(
     rng = np.random.default_rng([settings.seed, epoch])
     torch_seed = int(np.random.SeedSequence([settings.seed, epoch, 1]).generate_state(1)[0])
     order = train_idx[class_balanced_epoch(factors, rng)]
-    criterion = nn.BCEWithLogitsLoss()
+    criterion = _criterion(settings.output)
+    schedule = _StepSchedule(optimizer, settings.lr_step)
     total, seen = 0.0, 0
     bar = tqdm(total=len(order), unit="img", desc=f"epoch {epoch + 1}/{settings.epochs}",
                disable=quiet, file=sys.stderr, leave=False)
@@ -422,11 +451,47 @@ def _train_epoch(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            schedule.step()
             total += loss.item() * len(batch)
             seen += len(batch)
             bar.update(len(batch))
             bar.set_postfix(loss=f"{total / seen:.4f}")
     return total / max(seen, 1)
+
+
+def _criterion(output: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Eq. 1, ``-1/K sum_k [p_k log q_k + (1 - p_k) log(1 - q_k)]``, mean over the batch."""
+    if output == "sigmoid":
+        return nn.BCEWithLogitsLoss()
+
+    def softmax_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        log_q = logits.log_softmax(dim=1)
+        # log(1 - q) without cancellation: log(-expm1(log q)), q < 1 kept away from 1
+        log_not_q = torch.log(-torch.expm1(log_q.clamp(max=-1e-7)))
+        return -(labels * log_q + (1 - labels) * log_not_q).mean()
+
+    return softmax_cross_entropy
+
+
+class _StepSchedule:
+    """Learning rates divided by 10 every ``step`` optimizer steps (0: constant).
+
+    The count of finished steps and the starting rate live in the optimizer's parameter
+    groups, so they are saved in the checkpoint and a resumed run continues the schedule.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, step: int) -> None:
+        self.optimizer = optimizer
+        self.size = step
+        for group in optimizer.param_groups:
+            group.setdefault("initial_lr", group["lr"])
+            group.setdefault("batches", 0)
+
+    def step(self) -> None:
+        for group in self.optimizer.param_groups:
+            group["batches"] += 1
+            if self.size:
+                group["lr"] = group["initial_lr"] * 0.1 ** (group["batches"] // self.size)
 
 
 def _validate(
@@ -442,7 +507,7 @@ def _validate(
         with torch.no_grad():
             for start in range(0, len(val_idx), batch_size):
                 inputs = images.batch(val_idx[start:start + batch_size])
-                scores.append(torch.sigmoid(model.module(inputs)).cpu().numpy())
+                scores.append(model.probabilities(model.module(inputs)).cpu().numpy())
     finally:
         model.module.train(training)
     return multilabel_map(np.concatenate(scores), targets[val_idx])
@@ -455,8 +520,10 @@ def _load_checkpoint(path: Path, expected: dict[str, Any]) -> dict[str, Any]:
     if saved["base_model"] != expected["base_model"]:
         raise InputError(f"--resume: {path} fine-tunes {saved['base_model']!r}, "
                          f"not {expected['base_model']!r}")
+    defaults = FinetuneSettings().resume_key()
     for key, value in expected["settings"].items():
-        if saved["settings"].get(key) != value:
+        # settings added since the checkpoint was written had their default value
+        if saved["settings"].get(key, defaults.get(key)) != value:
             option = "--" + key.replace("_", "-")
             raise InputError(f"--resume: {path} was made with {option} "
                              f"{saved['settings'].get(key)!r}, not {value!r}")
