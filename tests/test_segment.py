@@ -437,7 +437,8 @@ def test_cli_settings_keep_measured_defaults_unless_another_rule():
 def test_cli_none_reaches_the_settings_as_none(command, flag, field):
     from wsolkit.apps.instances import InstanceSettings
     from wsolkit.apps.segment import SegmentSettings
-    from wsolkit.cli.main import _parse_options, build_parser
+    from wsolkit.cli.main import build_parser
+    from wsolkit.cli.options import parse_options as _parse_options
     from wsolkit.cli.segment import instance_settings, segment_settings
 
     build = segment_settings if command == "segment" else instance_settings

@@ -18,9 +18,15 @@ from wsolkit.cli.fcam import add_train_fcam_parser, run_train_fcam
 from wsolkit.cli.finetune import add_finetune_parser, run_finetune
 from wsolkit.cli.heads import add_train_head_parser, run_train_head
 from wsolkit.cli.mosaics import add_mosaics_parser, run_mosaics
-from wsolkit.cli.options import add_device_option, add_job_options, device
+from wsolkit.cli.options import (
+    add_device_option,
+    add_job_options,
+    device,
+    parse_options,
+    parse_target,
+)
 from wsolkit.cli.segment import add_instances_parser, add_segment_parser
-from wsolkit.errors import InputError, TargetError, WSOLError
+from wsolkit.errors import InputError, WSOLError
 
 EXIT_OK, EXIT_BAD_ITEMS, EXIT_USAGE = 0, 1, 2
 
@@ -122,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "evaluate":
             from wsolkit.cli.evaluate import run_evaluate
 
-            return run_evaluate(args, _parse_options(args.option))
+            return run_evaluate(args, parse_options(args.option))
         if args.command == "clean-boxes":
             return run_clean_boxes(args)
         if args.command == "finetune":
@@ -141,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from wsolkit.cli.segment import run_instances, run_segment
 
             run = run_segment if args.command == "segment" else run_instances
-            return run(args, _parse_options(args.option))
+            return run(args, parse_options(args.option))
         return _localize(args)
     except WSOLError as error:
         print(f"wsolkit: error: {error}", file=sys.stderr)
@@ -172,7 +178,7 @@ def _localize(args: argparse.Namespace) -> int:
 
     get_method(args.method)  # fail on a typo before loading anything
     check_out_dir(args.out)
-    options = _parse_options(args.option)
+    options = parse_options(args.option)
     for flag, value, least in (("--batch-size", args.batch_size, 1), ("--workers", args.workers, 0),
                                ("--shard-size", args.shard_size, 1), ("--actors", args.actors, 1)):
         if value is not None and value < least:
@@ -198,7 +204,7 @@ def _localize(args: argparse.Namespace) -> int:
     model = load_model(args.model, weights=args.weights, device=device(args))
     settings = LocalizeSettings(
         method=args.method,
-        target=_parse_target(args.target, model.class_names),
+        target=parse_target(args.target, model.class_names),
         layer=args.layer,
         batch_size=args.batch_size,
         threshold=args.threshold,
@@ -230,40 +236,6 @@ def _localize(args: argparse.Namespace) -> int:
             print(f"  {message}", file=sys.stderr)
         return EXIT_BAD_ITEMS
     return EXIT_OK
-
-
-def _parse_target(text: str, class_names: Sequence[str] | None) -> str | int:
-    if text.startswith("top") or text == "gt":
-        if text == "gt":
-            raise TargetError("--target gt needs ground-truth labels; use top1, topK or a class")
-        return text
-    if text.lstrip("-").isdigit():
-        return int(text)
-    names = [name.lower() for name in class_names or []]
-    if text.lower() in names:
-        return names.index(text.lower())
-    raise TargetError(f"--target {text!r}: not top1/topK, a class index or a class name")
-
-
-def _parse_options(items: Sequence[str]) -> dict:
-    options = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise InputError(f"--option {item!r}: expected KEY=VALUE")
-        if key in ("layer", "model"):
-            raise InputError(f"--option {item!r}: use --{key} instead")
-        options[key] = _literal(value)
-    return options
-
-
-def _literal(value: str) -> object:
-    for convert in (int, float):
-        try:
-            return convert(value)
-        except ValueError:
-            pass
-    return {"none": None, "true": True, "false": False}.get(value.lower(), value)
 
 
 if __name__ == "__main__":

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from wsolkit.errors import InputError
+from wsolkit.errors import InputError, TargetError
 
 if TYPE_CHECKING:
     import torch
@@ -84,3 +85,39 @@ def overlays(args: argparse.Namespace) -> str | int:
     if args.overlay_sample < 0:
         raise InputError(f"--overlay-sample {args.overlay_sample}: must be at least 0")
     return args.overlay_sample
+
+
+def parse_target(text: str, class_names: Sequence[str] | None) -> str | int:
+    """``--target``: ``top1``/``topK``, a class index or a class name (``gt`` is refused)."""
+    if text.startswith("top") or text == "gt":
+        if text == "gt":
+            raise TargetError("--target gt needs ground-truth labels; use top1, topK or a class")
+        return text
+    if text.lstrip("-").isdigit():
+        return int(text)
+    names = [name.lower() for name in class_names or []]
+    if text.lower() in names:
+        return names.index(text.lower())
+    raise TargetError(f"--target {text!r}: not top1/topK, a class index or a class name")
+
+
+def parse_options(items: Sequence[str]) -> dict:
+    """``--option KEY=VALUE`` items as a dict (numbers, none/true/false converted)."""
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InputError(f"--option {item!r}: expected KEY=VALUE")
+        if key in ("layer", "model"):
+            raise InputError(f"--option {item!r}: use --{key} instead")
+        options[key] = _literal(value)
+    return options
+
+
+def _literal(value: str) -> object:
+    for convert in (int, float):
+        try:
+            return convert(value)
+        except ValueError:
+            pass
+    return {"none": None, "true": True, "false": False}.get(value.lower(), value)

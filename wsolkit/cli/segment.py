@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from wsolkit.cli.options import add_device_option, device
+from wsolkit.cli.options import add_device_option, device, parse_options, parse_target
 from wsolkit.errors import InputError
 
 if TYPE_CHECKING:
@@ -213,13 +213,12 @@ def run_segment(args: argparse.Namespace, options: dict | None = None) -> int:
     from tqdm import tqdm
 
     from wsolkit.apps.segment import segment_files
-    from wsolkit.cli.main import _parse_options, _parse_target
     from wsolkit.data.images import expand_paths
     from wsolkit.maps import get_method
     from wsolkit.models import load_model
 
     get_method(args.method)
-    options = _parse_options(args.option) if options is None else options
+    options = parse_options(args.option) if options is None else options
     settings = segment_settings(args, options)
     files, problems = expand_paths(args.paths, recursive=args.recursive)
     if not files:
@@ -227,7 +226,7 @@ def run_segment(args: argparse.Namespace, options: dict | None = None) -> int:
             print(f"wsolkit: {item}: {reason}", file=sys.stderr)
         raise InputError("no image files found in " + " ".join(args.paths))
     model = load_model(args.model, weights=args.weights, device=device(args))
-    settings.target = _parse_target(args.target, model.class_names)
+    settings.target = parse_target(args.target, model.class_names)
     with tqdm(total=len(files), unit="img", disable=args.quiet, file=sys.stderr) as bar:
         report = segment_files(model, files, args.out, settings, progress=bar.update,
                                maps_dir=args.save_maps)
@@ -248,12 +247,11 @@ def run_instances(args: argparse.Namespace, options: dict | None = None) -> int:
     from tqdm import tqdm
 
     from wsolkit.apps.instances import check_inputs, instances_from_json
-    from wsolkit.cli.main import _parse_options
     from wsolkit.maps import get_method
     from wsolkit.models import load_model
 
     get_method(args.method)
-    options = _parse_options(args.option) if options is None else options
+    options = parse_options(args.option) if options is None else options
     settings = instance_settings(args, options)
     if not args.images.exists():
         raise InputError(f"{args.images}: no such file or folder")
