@@ -406,8 +406,8 @@ class HeatmapMethod:
         if sources is not None:
             sources = tuple(sources)
             if len(sources) != len(images) or not all(
-                    isinstance(s, Image.Image) for s in sources):
-                raise InputError(f"sources must be {len(images)} PIL images, one per image")
+                    isinstance(s, Image.Image) and s.mode == "RGB" for s in sources):
+                raise InputError(f"sources must be {len(images)} RGB PIL images, one per image")
         # the model's preset for this method may itself be several layers
         preset = self.classifier.method_layers.get(self.name)
         layers = self.layer or (check_layers(preset) if preset else None)

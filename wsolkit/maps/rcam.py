@@ -270,36 +270,6 @@ class _RCAMBase(HeatmapMethod):
         self.config = replace(config, **overrides) if overrides else config
         self._cam = CAM(self.classifier, layer=layer, fc=fc)
         self.last_stages: RCAMStages | None = None
-        self._sources: list[Image.Image] | None = None
-
-    def __call__(
-        self,
-        images: torch.Tensor,
-        target: TargetSpec = "top1",
-        labels: Sequence[int] | torch.Tensor | None = None,
-        upsample_maps: bool = True,
-        sources: Sequence[Image.Image] | None = None,
-    ):
-        """The base's call, plus ``sources``: the RGB PIL images the batch was made from.
-
-        With them (and ``config.scale2_input == "image"``) scale 2 resizes each original to
-        s2 x s2 instead of upsampling the tensor. They are not modified.
-        """
-        if sources is not None:
-            sources = list(sources)
-            if len(sources) != len(images):
-                raise InputError(f"sources: {len(sources)} images for a batch of "
-                                 f"{len(images)}")
-            for index, image in enumerate(sources):
-                if not isinstance(image, Image.Image) or image.mode != "RGB":
-                    raise InputError(f"sources[{index}] must be an RGB PIL image, got "
-                                     f"{type(image).__name__}")
-        self._sources = sources
-        try:
-            return super().__call__(images, target=target, labels=labels,
-                                    upsample_maps=upsample_maps)
-        finally:
-            self._sources = None
 
     def stages(self, images: torch.Tensor, target: TargetSpec = "top1",
                labels: Sequence[int] | torch.Tensor | None = None,
@@ -350,10 +320,10 @@ class _RCAMBase(HeatmapMethod):
     def _scale2_images(self, forward: ForwardPass) -> torch.Tensor:
         """Scale-2 input per row: the original image resized, or the input tensor resized."""
         side = self.config.scales[1]
-        if self._sources is None or self.config.scale2_input == "tensor":
+        if forward.sources is None or self.config.scale2_input == "tensor":
             return _resize(forward.images, side)
         at_side = replace(self.classifier, input_size=(side, side))
-        batch = at_side.preprocess_batch(self._sources).to(forward.images.device)
+        batch = at_side.preprocess_batch(list(forward.sources)).to(forward.images.device)
         return batch[forward.targets.image_index.to(batch.device)]
 
     def layer_map(self, forward: ForwardPass) -> torch.Tensor:
