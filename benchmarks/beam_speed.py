@@ -5,6 +5,7 @@ Run (from the repository root, on a quiet machine):
     python benchmarks/beam_speed.py [--threads 2] [--images 4] [--repeats 3]
                                     [--beam-width 8] [--levels 10] [--json PATH]
                                     [--crop-from image|tensor]
+                                    [--precision float32|bfloat16]
 
 What it measures: on the embedded model (``wsolkit.load_model()``) and the first ``--images``
 photos of ``../shared/data/imagenet-dev`` (seeded random 3x224x224 images when it is absent),
@@ -84,6 +85,14 @@ class Timed(BeamSearch):
         return Network(backbone, inner.head, inner.pooled)
 
 
+def cpu_facts() -> dict:
+    """CPU model and whether it has AMX bfloat16 units (bfloat16 speed depends on them)."""
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    model = next((line.split(":", 1)[1].strip() for line in text.splitlines()
+                  if line.startswith("model name")), platform.processor())
+    return {"cpu": model, "amx_bf16": " amx_bf16" in text}
+
+
 def main() -> None:
     """Parse arguments, time, print a markdown table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -94,6 +103,8 @@ def main() -> None:
     parser.add_argument("--levels", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--crop-from", choices=["image", "tensor"], default="image")
+    parser.add_argument("--precision", choices=["float32", "bfloat16", "float16"],
+                        default="float32")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -101,7 +112,7 @@ def main() -> None:
     sources = load_images(args.images, args.seed)
     images = model.preprocess_batch(sources)
     method = Timed(model, beam_width=args.beam_width, levels=args.levels,
-                   crop_from=args.crop_from)
+                   crop_from=args.crop_from, precision=args.precision)
     with torch.inference_mode():  # warm-up
         model.module(images[:1])
     method(images[:1], sources=sources[:1])
@@ -132,6 +143,7 @@ def main() -> None:
         rows["ratio"].append(total / forward)
     median = {k: statistics.median(v) for k, v in rows.items()}
     print(f"beam M={args.beam_width} H={args.levels}, crops from the {args.crop_from}, "
+          f"{args.precision} crop passes, "
           f"{args.threads} threads, {len(images)} "
           f"images x {args.repeats} repeats, torch {torch.__version__}, {platform.machine()}")
     print(f"per image-class: {counts['backbone images']} crops through the backbone, "
@@ -148,7 +160,8 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps({"settings": vars(args) | {"json": str(args.json)},
                                          "median": median, "repeats": rows, "counts": counts,
-                                         "target_met": met}, indent=2))
+                                         "target_met": met, "machine": cpu_facts()},
+                                        indent=2))
 
 
 if __name__ == "__main__":

@@ -82,7 +82,7 @@ PY
     keep "$out/coco-mini-test-gradcam" coco_test_gradcam
     for score in blob box; do
         wsolkit evaluate "$out/coco-mini-test/instances.json" --model "$model" --method beam \
-            --option "thresholds=$out/thresholds.json" --option "box_score=$score" \
+            --class-thresholds "$out/thresholds.json" --box-score "$score" \
             --out "$out/coco-mini-test-beam-$score" --quiet "$@"
         keep "$out/coco-mini-test-beam-$score" "coco_test_beam_$score"
     done

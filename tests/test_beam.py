@@ -12,9 +12,16 @@ import torch.nn.functional as F
 from conftest import BNDropoutCNN, TinyCNN, seeded
 from test_evaluate import CATEGORIES, IMAGENET, three_class_model, tiny_coco  # noqa: F401
 
-from wsolkit.apps.beam_boxes import BeamBox, beam_boxes, heat_boxes
+from wsolkit.apps.beam_boxes import (
+    BeamBox,
+    beam_boxes,
+    class_thresholds,
+    heat_boxes,
+    load_thresholds,
+    threshold_for,
+)
 from wsolkit.apps.beam_tune import TuneSettings, pair_f1, tune_thresholds
-from wsolkit.apps.class_scoring import class_maps
+from wsolkit.apps.class_scoring import ClassMaps, ClassScorer, class_maps, select_classes
 from wsolkit.apps.cooccurrence import (
     choose_alpha,
     cooccurrence_counts,
@@ -35,9 +42,7 @@ from wsolkit.maps.beam import (
     crop_resize,
     crop_resize_pooled,
     grid_children,
-    load_thresholds,
     region_heat,
-    select_classes,
 )
 from wsolkit.maps.hooks import capture_layer
 
@@ -340,12 +345,36 @@ def test_embedded_model_uses_its_own_head(embedded_model):
 @pytest.mark.parametrize("options, message", [
     ({"beam_width": 0}, "beam_width"), ({"levels": 1.5}, "levels"),
     ({"batch_size": True}, "batch_size"), ({"score": "rank"}, "score='rank'"),
-    ({"thresholds": {"global": 2}}, "threshold 2"),
-    ({"thresholds": {"per_class": [0.5]}}, "per_class"),
+    ({"thresholds": {"global": 0.5}}, "thresholds"),  # box state of the beam_boxes app
+    ({"precision": "int8"}, "precision='int8'"),
 ])
 def test_bad_options(tiny_model, options, message):
     with pytest.raises(InputError, match=message):
         BeamSearch(tiny_model, **options)
+
+
+@pytest.mark.parametrize("precision, expected", [("float32", torch.float32),
+                                                 ("bfloat16", torch.bfloat16)])
+def test_precision_sets_the_dtype_of_the_crop_passes_only(tiny_model, tiny_images, precision,
+                                                         expected):
+    seen = []
+    handle = tiny_model.features.conv2.register_forward_hook(
+        lambda _m, _i, out: seen.append((out.shape[0], out.dtype)))
+    try:
+        result = BeamSearch(tiny_model, beam_width=2, levels=3, precision=precision)(tiny_images)
+    finally:
+        handle.remove()
+    # passes of 2 rows (and a one-image layer probe) see the images in float32; passes of
+    # 2 images x beam width 2 re-encode the crops, levels 2 and 3
+    crops = [dtype for rows, dtype in seen if rows == 4]
+    assert crops == [expected, expected]
+    assert {dtype for rows, dtype in seen if rows != 4} == {torch.float32}
+    assert result.raw.dtype == torch.float32 and torch.isfinite(result.raw).all()
+    with torch.no_grad():  # the first level scores come from the float32 pass in both cases
+        reference = BeamSearch(tiny_model, beam_width=2, levels=1)(tiny_images).raw
+        first = BeamSearch(tiny_model, beam_width=2, levels=1, precision=precision)(tiny_images)
+    torch.testing.assert_close(first.raw, reference)
+    assert_no_hooks(tiny_model)
 
 
 def test_bad_layer(tiny_model, tiny_images):
@@ -357,12 +386,14 @@ def test_bad_layer(tiny_model, tiny_images):
 # ---------------------------------------------------------------------------- thresholds
 
 
-def test_thresholds_file(tmp_path, tiny_model):
+def test_thresholds_file(tmp_path):
     path = tmp_path / "t.json"
     path.write_text(json.dumps({"global": 0.3, "per_class": {"2": 0.7}}))
-    method = BeamSearch(tiny_model, thresholds=path)
-    assert method.threshold_for(2) == 0.7 and method.threshold_for(1) == 0.3
-    assert BeamSearch(tiny_model).threshold_for(1) == 0.5
+    tuned = load_thresholds(path)
+    assert threshold_for(tuned, 2) == 0.7 and threshold_for(tuned, 1) == 0.3
+    assert threshold_for(load_thresholds(None), 1) == 0.5
+    assert threshold_for(load_thresholds({"per_class": {"1": 0.2}}), 0) == 0.5
+    assert class_thresholds(path, 4).tolist() == [0.3, 0.3, 0.7, 0.3]
     assert load_thresholds({"per_class": {"4": 0.2}}) == {"global": None,
                                                           "per_class": {"4": 0.2}}
     with pytest.raises(InputError, match="not found"):
@@ -410,8 +441,6 @@ def test_select_classes():
     assert select_classes(scores, 0.2, classes=[0, 3]) == [[3], [3]]
     with pytest.raises(InputError, match="classes"):
         select_classes(scores, 0.2, classes=[7])
-    method = BeamSearch(TinyCNN(), score_threshold=0.2)
-    assert method.classes_to_map(scores[0]) == [1, 2]
 
 
 def test_beam_boxes(tiny_model, tiny_images):
@@ -546,8 +575,8 @@ def test_tune_thresholds_and_evaluate_on_a_multi_label_set(tiny_coco, tmp_path, 
     path = tmp_path / "thresholds.json"
     path.write_text(json.dumps(tuned))
     settings = EvaluateSettings(method="beam", batch_size=2,
-                                options={"levels": 2, "beam_width": 2, "thresholds": str(path),
-                                         "score_threshold": 0.4})
+                                options={"levels": 2, "beam_width": 2},
+                                class_thresholds=str(path))
     metrics = evaluate(dataset, settings, model).metrics
     assert {"pointing_per_class", "pointing_ap", "detection_ap"} <= set(metrics)
     assert len(handed) == 4 and sum(len(h[0]) for h in handed) > 0
@@ -594,7 +623,35 @@ def test_selected_class_maps_search_only_the_chosen_classes(monkeypatch):
     assert searched == [[best]] and maps.detect == [best]
     assert set(maps.grids) == {best} and maps.grids[best].any()
     assert not maps.grid((best + 1) % 3).any()
-    assert maps.peak_values[best] > 0 and maps.thresholds.tolist() == [0.5, 0.5, 0.5]
+    assert maps.peak_values[best] > 0
+
+
+@pytest.mark.parametrize("box_score", ["blob", "box"])
+def test_class_scorer_uses_the_class_thresholds_and_box_score(box_score):
+    grid = np.zeros((224, 224), np.float32)
+    grid[10:30, 20:60] = 0.9  # a strong blob
+    grid[100:140, 100:120] = 0.4  # a weak blob: kept at threshold 0.3, not at 0.5
+    grid[30:40, 20:60] = 0.5  # touches the strong blob: joins it at 0.3
+    maps = ClassMaps(np.array([1.0, 0.0]), np.array([0.8, 0.2]), {0: grid}, [0])
+    for level, expected in ((0.5, [[20, 10, 60, 40]]),
+                            (0.3, [[20, 10, 60, 40], [100, 100, 120, 140]])):
+        scorer = ClassScorer(2, 0.5, np.array([level, 0.9]), box_score)
+        boxes, scores, labels = scorer._detections(maps)
+        order = np.lexsort((boxes[:, 0], boxes[:, 1]))
+        np.testing.assert_allclose(boxes[order], expected, atol=1)
+        assert labels.tolist() == [0] * len(expected)
+        for box, score in zip(boxes, scores, strict=True):
+            x0, y0, x1, y1 = (int(round(v)) for v in box)
+            inside = grid[y0:y1, x0:x1]
+            if box_score == "box":  # the paper's rule: mean heat inside the box
+                assert score == pytest.approx(float(inside.mean()), rel=1e-3)
+            else:  # the blob's mean heat times the class probability
+                blob = inside[inside >= level]
+                assert score == pytest.approx(float(blob.mean()) * 0.8, rel=1e-3)
+    with pytest.raises(InputError, match="box_score='peak'"):
+        ClassScorer(2, 0.5, box_score="peak")
+    with pytest.raises(InputError, match="class_thresholds has 1 values for 2 classes"):
+        ClassScorer(2, 0.5, np.array([0.5]))
 
 
 def test_tune_beam_command(tmp_path):

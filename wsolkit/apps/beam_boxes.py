@@ -10,18 +10,22 @@ the box (``box_score="box"``).
 
 from __future__ import annotations
 
+import json
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
+from wsolkit.apps.class_scoring import BOX_SCORES, select_classes
 from wsolkit.apps.cooccurrence import rescore
 from wsolkit.errors import InputError
 from wsolkit.maps.base import check_images
-from wsolkit.maps.beam import BOX_SCORES, BeamSearch, select_classes
+from wsolkit.maps.beam import BeamSearch
 from wsolkit.maps.hooks import eval_mode
 from wsolkit.models.classifier import Classifier, as_classifier
 from wsolkit.refine import box_means, localize
@@ -100,8 +104,10 @@ def beam_boxes(
     images = check_images(images).to(classifier.device)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-    method = BeamSearch(classifier, beam_width=beam_width, levels=levels, thresholds=thresholds,
-                        box_score=box_score, crop_from=crop_from)
+    tuned = load_thresholds(thresholds)
+    if box_score not in BOX_SCORES:
+        raise InputError(f"box_score={box_score!r}: use one of {', '.join(BOX_SCORES)}")
+    method = BeamSearch(classifier, beam_width=beam_width, levels=levels, crop_from=crop_from)
     scores = class_scores(classifier, images).double().numpy()
     if cooccurrence is not None:
         scores = rescore(scores, cooccurrence, alpha)
@@ -114,8 +120,8 @@ def beam_boxes(
         result = method(images[index], target=[c for _, c in chunk],
                         sources=None if sources is None else [sources[n] for n, _ in chunk])
         for (n, c), heat in zip(chunk, result.maps.cpu().numpy(), strict=True):
-            found[n].extend(heat_boxes(heat, method.threshold_for(c), c, float(scores[n, c]),
-                                       method.box_score))
+            found[n].extend(heat_boxes(heat, threshold_for(tuned, c), c, float(scores[n, c]),
+                                       box_score))
     return [sorted(boxes, key=lambda b: -b.score) for boxes in found]
 
 
@@ -142,4 +148,62 @@ def heat_boxes(heat: np.ndarray, threshold: float, class_index: int,
             for box, score in zip(found.boxes, scores, strict=True)]
 
 
-__all__ = ["BeamBox", "beam_boxes", "class_scores", "heat_boxes", "select_classes"]
+DEFAULT_THRESHOLD = 0.5
+"""Map threshold of a class with no tuned value and no tuned global one."""
+
+
+def load_thresholds(source: str | os.PathLike | dict | None) -> dict:
+    """Read heatmap thresholds: ``{"global": t, "per_class": {"<class>": t, ...}}``.
+
+    Args:
+        source: a JSON file written by ``wsolkit tune-beam``, the same dict, or None.
+
+    Raises:
+        InputError: unreadable file, wrong structure, or a threshold outside [0, 1].
+    """
+    if source is None:
+        return {}
+    name = "thresholds"
+    if isinstance(source, dict):
+        data = source
+    else:
+        path = Path(source)
+        name = str(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise InputError(f"thresholds file {path} not found") from None
+        except (OSError, ValueError) as error:
+            raise InputError(f"thresholds file {path}: not readable JSON ({error})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("per_class", {}), dict):
+        raise InputError(f"{name}: expected {{'global': t, 'per_class': {{class: t}}}}")
+    values = [data.get("global")] + list(data.get("per_class", {}).values())
+    for value in values:
+        if value is None:
+            continue
+        if (isinstance(value, bool) or not isinstance(value, int | float)
+                or not math.isfinite(value) or not 0 <= value <= 1):
+            raise InputError(f"{name}: threshold {value!r} is not a number in [0, 1]")
+    return {"global": data.get("global"),
+            "per_class": {str(k): float(v) for k, v in data.get("per_class", {}).items()}}
+
+
+def threshold_for(thresholds: dict, class_index: int) -> float:
+    """Map threshold of a class: its tuned value, else the tuned global one, else 0.5.
+
+    Args:
+        thresholds: as returned by :func:`load_thresholds`.
+        class_index: the class.
+    """
+    value = thresholds.get("per_class", {}).get(str(int(class_index)), thresholds.get("global"))
+    return float(DEFAULT_THRESHOLD if value is None else value)
+
+
+def class_thresholds(thresholds: str | os.PathLike | dict, num_classes: int) -> np.ndarray:
+    """(C,) map threshold of every class (:func:`threshold_for`) from a tune-beam file or dict."""
+    tuned = load_thresholds(thresholds)
+    return np.array([threshold_for(tuned, c) for c in range(num_classes)], np.float64)
+
+
+__all__ = ["DEFAULT_THRESHOLD", "BeamBox", "beam_boxes", "class_scores", "class_thresholds",
+           "heat_boxes", "load_thresholds", "select_classes", "threshold_for"]

@@ -21,11 +21,14 @@ class on the 224x224 protocol grid, except for the stated detection rule):
   class's detections would all score below ``min_probability``: they can only change a
   class's AP where that class has true positives scoring lower (measured in
   ``benchmarks/multiclass_speed.py``). ``min_probability=0`` detects every class. The rule
-  uses the image's probabilities only, never its labels. A box method that maps some classes
-  only (``beam``, with ``classes_to_map``) maps exactly these classes; the others get no map.
+  uses the image's probabilities only, never its labels. A method whose maps cost a search per
+  class (``maps_detected_classes_only``: ``beam``) maps exactly these classes; the others get
+  no map.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -37,13 +40,14 @@ from wsolkit.errors import InputError
 from wsolkit.eval import DetectionAP, PointingAP, PointingGame, peaks
 from wsolkit.eval.classification import multilabel_map
 from wsolkit.maps import HeatmapMethod, HeatmapResult
-from wsolkit.maps.beam import select_classes
 from wsolkit.maps.hooks import eval_mode
 from wsolkit.maps.targets import Targets
 from wsolkit.refine import box_means, localize_stack, scale_boxes
 
-__all__ = ["ClassMaps", "ClassScorer", "class_maps", "classes_to_detect", "every_class",
-           "maps_of_result"]
+__all__ = ["BOX_SCORES", "ClassMaps", "ClassScorer", "class_maps", "classes_to_detect",
+           "every_class", "maps_of_result", "select_classes"]
+
+BOX_SCORES = ("blob", "box")
 
 
 class ClassMaps:
@@ -55,20 +59,14 @@ class ClassMaps:
         probabilities: (C,) class probabilities (``method.classifier.probabilities``).
         grids: protocol 224x224 float32 maps of the classes that need one.
         detect: classes whose detections are scored (:func:`classes_to_detect`).
-        thresholds: (C,) a box method's own map thresholds (beam), or None.
-        box_score: ``"blob"`` (a detection scores its mean heat times the class probability)
-            or ``"box"`` (the mean heat inside its box: beam's ``box_score="box"``).
     """
 
     def __init__(self, peak_values: np.ndarray, probabilities: np.ndarray,
-                 grids: dict[int, np.ndarray], detect: list[int],
-                 thresholds: np.ndarray | None = None, box_score: str = "blob") -> None:
+                 grids: dict[int, np.ndarray], detect: list[int]) -> None:
         self.peak_values = peak_values
         self.probabilities = probabilities
         self.grids = grids
         self.detect = detect
-        self.thresholds = thresholds
-        self.box_score = box_score
 
     def grid(self, class_index: int) -> np.ndarray:
         """The class's protocol map (zeros when it was not mapped)."""
@@ -83,6 +81,30 @@ class ClassMaps:
             classes = list(self.grids)
             points[classes] = peaks(np.stack([self.grids[c] for c in classes]))[1]
         return points
+
+
+def select_classes(scores: np.ndarray, score_threshold: float,
+                   classes: Sequence[int] | None = None) -> list[list[int]]:
+    """Per image, the candidate classes scoring at least ``score_threshold``, and the best one.
+
+    Args:
+        scores: (N, C) class scores.
+        score_threshold: minimum score of a selected class.
+        classes: candidate classes (default: all).
+
+    Raises:
+        InputError: a candidate class outside ``0 .. C - 1``.
+    """
+    scores = np.asarray(scores, np.float64)
+    candidates = np.arange(scores.shape[1]) if classes is None else np.asarray(classes, int)
+    if candidates.size == 0 or candidates.min() < 0 or candidates.max() >= scores.shape[1]:
+        raise InputError(f"classes must be indices in 0 .. {scores.shape[1] - 1}")
+    chosen = []
+    for row in scores[:, candidates]:
+        keep = candidates[row >= score_threshold].tolist()
+        best = int(candidates[int(np.argmax(row))])
+        chosen.append(sorted(set(keep) | {best}))
+    return chosen
 
 
 def classes_to_detect(probabilities: np.ndarray, min_probability: float) -> list[int]:
@@ -104,7 +126,7 @@ def class_maps(method: HeatmapMethod, image: torch.Tensor, num_classes: int,
         present: classes the image holds (their peak locations are scored).
         source: the RGB PIL image ``image`` was preprocessed from (for methods that crop it).
     """
-    if hasattr(method, "classes_to_map"):
+    if method.maps_detected_classes_only:
         return _selected_class_maps(method, image, num_classes, min_probability, present,
                                     source)
     return maps_of_result(method, every_class(method, image, num_classes), num_classes,
@@ -153,10 +175,7 @@ def _selected_class_maps(method: HeatmapMethod, image: torch.Tensor, num_classes
     for c, raw in zip(chosen, result.raw, strict=True):
         grids[c] = protocol_map(protocol_source(method, raw))
         peak_values[c] = float(raw.max())
-    thresholds = (np.array([method.threshold_for(c) for c in range(num_classes)])
-                  if hasattr(method, "threshold_for") else None)
-    return ClassMaps(peak_values, probabilities, grids, chosen, thresholds,
-                     getattr(method, "box_score", "blob"))
+    return ClassMaps(peak_values, probabilities, grids, chosen)
 
 
 class ClassScorer:
@@ -175,16 +194,33 @@ class ClassScorer:
       8-connected component of a detected class's map (module docstring) at ``threshold`` x
       its maximum is a detection of that class, scored by its mean heat times the class
       probability, with COCO ``iscrowd`` / VOC ``difficult`` boxes ignored. A constant map
-      gives no detection. A box method with its own per-class map thresholds (``beam``, tuned
-      by ``wsolkit tune-beam``) thresholds its normalized map at its class's value instead
-      (and with ``box_score="box"`` scores a detection by the mean heat inside its box);
+      gives no detection. With per-class map thresholds (``class_thresholds``, e.g. beam's,
+      tuned by ``wsolkit tune-beam``) a normalized map is thresholded at its class's value
+      instead; with ``box_score="box"`` a detection scores the mean heat inside its box (the
+      paper's rule for beam);
     - ``classification_map``: :func:`~wsolkit.eval.multilabel_map` of the class probabilities
       against the image-level labels (crowd regions included), in %.
+
+    Args:
+        num_classes: classes scored.
+        threshold: the detection rule's fraction of a map's maximum.
+        class_thresholds: (C,) per-class thresholds of the normalized maps, replacing the
+            fraction rule (None: the fraction rule).
+        box_score: ``"blob"`` (mean heat of the blob times the class probability) or
+            ``"box"`` (mean heat inside the box).
     """
 
-    def __init__(self, num_classes: int, threshold: float) -> None:
+    def __init__(self, num_classes: int, threshold: float,
+                 class_thresholds: np.ndarray | None = None, box_score: str = "blob") -> None:
+        if box_score not in BOX_SCORES:
+            raise InputError(f"box_score={box_score!r}: use one of {', '.join(BOX_SCORES)}")
+        if class_thresholds is not None and len(class_thresholds) != num_classes:
+            raise InputError(f"class_thresholds has {len(class_thresholds)} values for "
+                             f"{num_classes} classes")
         self.num_classes = num_classes
         self.threshold = threshold
+        self.class_thresholds = class_thresholds
+        self.box_score = box_score
         self.pointing = PointingGame()
         self.pointing_ap = PointingAP(num_classes)
         self.detection = DetectionAP(num_classes)
@@ -209,13 +245,13 @@ class ClassScorer:
         if not classes:
             return np.zeros((0, 4), np.float32), np.zeros(0), np.zeros(0, int)
         grids = np.stack([maps.grids[c] for c in classes])
-        if maps.thresholds is None:  # the "fraction" rule of localize, every map at once
+        if self.class_thresholds is None:  # the "fraction" rule of localize, every map at once
             levels = self.threshold * grids.reshape(len(classes), -1).max(1).astype(np.float64)
         else:
-            levels = np.asarray([maps.thresholds[c] for c in classes], np.float64)
+            levels = np.asarray([self.class_thresholds[c] for c in classes], np.float64)
         found = localize_stack(grids, levels)
         boxes = [b for b, _ in found]
-        if maps.box_score == "box":
+        if self.box_score == "box":
             scores = [box_means(maps.grids[c], b) for c, (b, _) in zip(classes, found,
                                                                         strict=True)]
         else:

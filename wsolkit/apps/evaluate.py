@@ -32,6 +32,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from wsolkit.apps.beam_boxes import class_thresholds
 from wsolkit.apps.class_scoring import (
     ClassMaps,
     ClassScorer,
@@ -73,6 +74,12 @@ class EvaluateSettings:
             maps, e.g. ``beam``) only for the classes of an image at least this probable,
             plus its most probable class (0: every class); see
             :mod:`wsolkit.apps.class_scoring`.
+        class_thresholds: multi-label scoring only: per-class thresholds of the normalized
+            maps instead of the ``detection_threshold`` rule (a ``wsolkit tune-beam`` JSON
+            file or its dict; classes it does not list take its global value, else 0.5).
+        box_score: multi-label scoring only: a detection's score, ``"blob"`` (mean heat of
+            the blob times the class probability) or ``"box"`` (mean heat inside the box,
+            Bency et al.'s rule).
     """
 
     method: str = "cam"
@@ -84,6 +91,8 @@ class EvaluateSettings:
     options: dict = field(default_factory=dict)
     detection_threshold: float = 0.5
     min_class_probability: float = 0.001
+    class_thresholds: str | os.PathLike | dict | None = None
+    box_score: str = "blob"
 
 
 @dataclass
@@ -232,7 +241,10 @@ def _class_scorer(dataset: object, classifier: Classifier | None, maps_dir: Path
             or getattr(dataset, "kind", None) not in MULTI_LABEL_KINDS
             or not labels_are_model_classes(dataset, classifier)):
         return None
-    return ClassScorer(len(dataset.class_names), float(threshold))
+    count = len(dataset.class_names)
+    tuned = (None if settings.class_thresholds is None
+             else class_thresholds(settings.class_thresholds, count))
+    return ClassScorer(count, float(threshold), tuned, settings.box_score)
 
 
 def _resolve_target(target: str, dataset: object, classifier: Classifier | None,
@@ -273,7 +285,7 @@ def _computed_batches(
             except ImageError as error:
                 failures.append((sample.image_id, str(error)))
         batch = _Batch([], [], [], [])
-        if loaded and class_count and not hasattr(method, "classes_to_map"):
+        if loaded and class_count and not method.maps_detected_classes_only:
             _add_every_class(batch, method, loaded, classifier, target, class_count,
                              settings.min_class_probability)
         elif loaded:

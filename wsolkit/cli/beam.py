@@ -19,7 +19,8 @@ def add_tune_beam_parser(commands: argparse._SubParsersAction) -> None:
         description="Run the beam search for every (image, class) with GT boxes, threshold the "
                     "heatmap at 0.05..0.95 and keep, per class (fallback: global), the value "
                     "whose blob boxes best match the GT boxes (mean F1 at IoU 0.5). Writes a "
-                    "JSON file for --option thresholds=FILE / beam_boxes(thresholds=FILE).",
+                    "JSON file for `wsolkit evaluate --class-thresholds FILE` / "
+                    "beam_boxes(thresholds=FILE).",
     )
     add_device_option(run)
     run.add_argument("dataset", type=Path,

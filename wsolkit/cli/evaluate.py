@@ -45,6 +45,7 @@ def run_evaluate(args: argparse.Namespace, options: dict) -> int:
             options=_options_for(method, options, strict=len(methods) == 1),
             detection_threshold=args.detection_threshold,
             min_class_probability=args.min_class_probability,
+            class_thresholds=args.class_thresholds, box_score=args.box_score,
         )
         total = min(len(dataset), args.limit or len(dataset))
         with tqdm(total=total, unit="img", desc=method, disable=args.quiet,

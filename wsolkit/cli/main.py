@@ -107,6 +107,13 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
                      help="COCO/VOC/mosaics with a model of the dataset's classes: detections "
                           "(and beam's searches) only for the classes of an image at least "
                           "this probable, plus its top class; 0: every class (default 0.001)")
+    run.add_argument("--class-thresholds", type=Path, default=None, metavar="FILE",
+                     help="COCO/VOC with a model of the dataset's classes: per-class map "
+                          "thresholds (a `wsolkit tune-beam` file) instead of "
+                          "--detection-threshold")
+    run.add_argument("--box-score", default="blob", choices=["blob", "box"],
+                     help="COCO/VOC detections: score = blob's mean heat x class probability "
+                          "(blob, default) or mean heat inside the box (box, Bency et al.)")
     run.add_argument("--maps", type=Path, default=None,
                      help="score precomputed <image_id>.npy maps from this folder")
     run.add_argument("--save-maps", type=Path, default=None,

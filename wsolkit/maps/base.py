@@ -287,6 +287,9 @@ class HeatmapMethod:
     uses_sources: ClassVar[bool] = False
     """True when the method re-reads the images the batch was made from (``sources=``: one RGB
     PIL image per input image); callers that have them pass them only then."""
+    maps_detected_classes_only: ClassVar[bool] = False
+    """True when each class's map costs a search of its own (``beam``): scoring every class of
+    multi-label images maps only the classes it detects (:mod:`wsolkit.apps.class_scoring`)."""
 
     def __new__(cls, *args: object, **options: object) -> HeatmapMethod:
         """Check the keyword options first, so a bad one is a one-line :class:`InputError`."""

@@ -32,15 +32,9 @@ default, as with the paper's softmax outputs); it is computed at the input size,
 from __future__ import annotations
 
 import functools
-import json
-import math
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import ClassVar
 
-import numpy as np
 import torch
 from PIL import Image
 from torch import nn
@@ -66,7 +60,7 @@ from wsolkit.models.parallel import split_inference
 
 SCORES = ("probability", "logit")
 CROP_SOURCES = ("image", "tensor")
-BOX_SCORES = ("blob", "box")
+PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
@@ -156,26 +150,24 @@ class BeamSearch(HeatmapMethod):
             model; default) or ``"logit"``.
         batch_size: crops per backbone pass (default 8: on a CPU, larger passes overflow the
             caches and cost up to twice as much per crop).
-        thresholds: per-class heatmap thresholds for boxes (a JSON file written by
-            ``wsolkit tune-beam``, or its dict); see :meth:`threshold_for`.
-        score_threshold: multi-class use (:meth:`classes_to_map`): classes whose probability
-            reaches it are searched.
         head: the module after the feature layer that scores a (pooled or flattened) map: a
             submodule name or an ``nn.Module``; default: the first top-level module, last
             first, that reproduces the model's logits (:func:`find_head`).
         crop_from: ``"image"`` (default): deeper levels re-encode regions cut from the source
             images the caller gives (``sources=``; the paper's crop of the test image), and
             from the input tensor without them; ``"tensor"``: always from the input tensor.
-        box_score: score of a box from a thresholded map (used by ``beam_boxes`` and
-            ``evaluate``): ``"blob"`` (default: the blob's mean heat times the class
-            probability) or ``"box"`` (the paper's: mean heat inside the box).
+        precision: ``"float32"`` (default) or ``"bfloat16"`` / ``"float16"``: the crops'
+            backbone passes (most of the cost) run under ``torch.autocast`` in that type;
+            the first forward pass and the head stay in float32. Faster where the hardware
+            has such units (GPUs; CPUs with AMX), at a small change of the scores
+            (docs/beam.md).
     """
 
     name = "beam"
     uses_sources = True
     summary = "beam search over feature sub-grids with crop refinement (Bency et al. 2016)"
     relu = True
-    default_threshold: ClassVar[float] = 0.5
+    maps_detected_classes_only = True
 
     def __init__(
         self,
@@ -187,11 +179,9 @@ class BeamSearch(HeatmapMethod):
         levels: int = 10,
         score: str = "probability",
         batch_size: int = 8,
-        thresholds: str | os.PathLike | dict | None = None,
-        score_threshold: float = 0.1,
         head: str | nn.Module | None = None,
         crop_from: str = "image",
-        box_score: str = "blob",
+        precision: str = "float32",
     ) -> None:
         super().__init__(model, layer=layer, fc=fc, upsample=upsample)
         for name, value in (("beam_width", beam_width), ("levels", levels),
@@ -200,7 +190,7 @@ class BeamSearch(HeatmapMethod):
                 raise InputError(f"beam: {name} must be an integer >= 1, got {value!r}")
         for name, value, allowed in (("score", score, SCORES),
                                      ("crop_from", crop_from, CROP_SOURCES),
-                                     ("box_score", box_score, BOX_SCORES)):
+                                     ("precision", precision, tuple(PRECISIONS))):
             if value not in allowed:
                 raise InputError(f"beam: {name}={value!r}: use one of {', '.join(allowed)}")
         if head is not None and not isinstance(head, str | nn.Module):
@@ -211,12 +201,7 @@ class BeamSearch(HeatmapMethod):
         self.batch_size = batch_size
         self.head = head
         self.crop_from = crop_from
-        self.box_score = box_score
-        self.thresholds = load_thresholds(thresholds)
-        if (isinstance(score_threshold, bool) or not isinstance(score_threshold, int | float)
-                or not math.isfinite(score_threshold)):
-            raise InputError(f"beam: score_threshold must be a number, got {score_threshold!r}")
-        self.score_threshold = float(score_threshold)
+        self.precision = precision
         self.last_trace: list[BeamLevel] = []
 
     # ------------------------------------------------------------------ the override point
@@ -330,8 +315,12 @@ class BeamSearch(HeatmapMethod):
                  to_layer: Callable[[torch.Tensor], torch.Tensor]) -> _Network:
         """Backbone (``to_layer``: images -> features) and head around the hooked layer."""
         head, pooled = self._head(forward)
+        backbone = to_layer
+        dtype = PRECISIONS[self.precision]
+        if dtype is not None:
+            backbone = functools.partial(_autocast, to_layer, dtype)
         # the stop-at-layer hook keeps no state, so the crops can be split over workers
-        return _Network(backbone=functools.partial(split_inference, to_layer), head=head,
+        return _Network(backbone=functools.partial(split_inference, backbone), head=head,
                         pooled=pooled)
 
     def _head(self, forward: ForwardPass) -> tuple[Callable[[torch.Tensor], torch.Tensor], bool]:
@@ -355,21 +344,16 @@ class BeamSearch(HeatmapMethod):
         _, head, pooled = find_head(forward.activations, forward.logits, candidates)
         return head, pooled
 
-    # ------------------------------------------------------------------------ thresholds
 
-    def classes_to_map(self, probabilities: np.ndarray) -> list[int]:
-        """Classes of one image worth a search: probability >= ``score_threshold``, and the best.
+def _autocast(fn: Callable[[torch.Tensor], torch.Tensor], dtype: torch.dtype,
+              images: torch.Tensor) -> torch.Tensor:
+    """``fn(images)`` under ``torch.autocast`` in ``dtype``, returned as float32.
 
-        Args:
-            probabilities: (C,) class probabilities of the image.
-        """
-        return select_classes(np.asarray(probabilities)[None], self.score_threshold)[0]
-
-    def threshold_for(self, class_index: int) -> float:
-        """Heatmap threshold of a class: its tuned value, else the global one, else 0.5."""
-        per_class = self.thresholds.get("per_class", {})
-        value = per_class.get(str(int(class_index)), self.thresholds.get("global"))
-        return float(self.default_threshold if value is None else value)
+    Entered inside the call, not around it: autocast is thread-local and
+    :func:`~wsolkit.models.parallel.split_inference` runs ``fn`` in worker threads.
+    """
+    with torch.autocast(device_type=images.device.type, dtype=dtype):
+        return fn(images).float()
 
 
 def _last_spatial_child(module: nn.Module, sample: torch.Tensor) -> str | None:
@@ -393,66 +377,6 @@ def _last_spatial_child(module: nn.Module, sample: torch.Tensor) -> str | None:
     return found[-1] if found else None
 
 
-def select_classes(scores: np.ndarray, score_threshold: float,
-                   classes: Sequence[int] | None = None) -> list[list[int]]:
-    """Per image, the candidate classes scoring at least ``score_threshold``, and the best one.
-
-    Args:
-        scores: (N, C) class scores.
-        score_threshold: minimum score of a searched class.
-        classes: candidate classes (default: all).
-
-    Raises:
-        InputError: a candidate class outside ``0 .. C - 1``.
-    """
-    scores = np.asarray(scores, np.float64)
-    candidates = np.arange(scores.shape[1]) if classes is None else np.asarray(classes, int)
-    if candidates.size == 0 or candidates.min() < 0 or candidates.max() >= scores.shape[1]:
-        raise InputError(f"classes must be indices in 0 .. {scores.shape[1] - 1}")
-    chosen = []
-    for row in scores[:, candidates]:
-        keep = candidates[row >= score_threshold].tolist()
-        best = int(candidates[int(np.argmax(row))])
-        chosen.append(sorted(set(keep) | {best}))
-    return chosen
-
-
-def load_thresholds(source: str | os.PathLike | dict | None) -> dict:
-    """Read heatmap thresholds: ``{"global": t, "per_class": {"<class>": t, ...}}``.
-
-    Args:
-        source: a JSON file written by ``wsolkit tune-beam``, the same dict, or None.
-
-    Raises:
-        InputError: unreadable file, wrong structure, or a threshold outside [0, 1].
-    """
-    if source is None:
-        return {}
-    name = "thresholds"
-    if isinstance(source, dict):
-        data = source
-    else:
-        path = Path(source)
-        name = str(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise InputError(f"thresholds file {path} not found") from None
-        except (OSError, ValueError) as error:
-            raise InputError(f"thresholds file {path}: not readable JSON ({error})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("per_class", {}), dict):
-        raise InputError(f"{name}: expected {{'global': t, 'per_class': {{class: t}}}}")
-    values = [data.get("global")] + list(data.get("per_class", {}).values())
-    for value in values:
-        if value is None:
-            continue
-        if (isinstance(value, bool) or not isinstance(value, int | float)
-                or not math.isfinite(value) or not 0 <= value <= 1):
-            raise InputError(f"{name}: threshold {value!r} is not a number in [0, 1]")
-    return {"global": data.get("global"),
-            "per_class": {str(k): float(v) for k, v in data.get("per_class", {}).items()}}
-
-
 __all__ = [
     "BeamLevel",
     "BeamSearch",
@@ -461,8 +385,6 @@ __all__ = [
     "crop_resize",
     "crop_resize_pooled",
     "grid_children",
-    "load_thresholds",
     "region_heat",
     "resize_matrix",
-    "select_classes",
 ]
