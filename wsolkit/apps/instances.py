@@ -32,23 +32,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from wsolkit.apps.segment import grow_mask, save_mask_map, shrink, stratify_options
 from wsolkit.data.atomic import write_json_atomic
 from wsolkit.data.images import IMAGE_EXTENSIONS, load_image
 from wsolkit.errors import ImageError, InputError
+from wsolkit.maps.crops import crop_heatmaps
 from wsolkit.models.classifier import Classifier
-from wsolkit.refine.grabcut import (
-    FGD,
-    PR_FGD,
-    RULES,
-    box_prior,
-    box_rect,
-    expand_box,
-    grabcut,
-    stratify,
-)
+from wsolkit.refine.boxes import box_rect, box_window, expand_box
+from wsolkit.refine.grabcut import FGD, PR_FGD, RULES, box_prior, grabcut, stratify
 from wsolkit.refine.resize import resize_map
 
 
@@ -144,14 +136,8 @@ class CropHeatmaps:
 
     def __call__(self, crops: Sequence[np.ndarray]) -> list[np.ndarray]:
         """(h, w) float32 maps in [0, 1] at the model's input size, one per RGB crop."""
-        if not crops:
-            return []
-        pictures = [Image.fromarray(c) for c in crops]
-        tensor = self.classifier.preprocess_batch(pictures)
-        # methods that take the original images (rCAM's 448 scale) get the crops
-        extra = {"sources": pictures} if self.method.uses_sources else {}
-        result = self.method(tensor, target=self.target, **extra)
-        return [m.cpu().numpy() for m in result.maps]
+        return crop_heatmaps(self.method, self.classifier, crops, target=self.target,
+                             resize=False)
 
 
 def box_seeds(
@@ -211,8 +197,7 @@ def instance_masks(
     for k, box in enumerate(boxes):
         if problems[k] is not None:
             continue
-        crop = box_rect(expand_box(box, settings.context), (height, width))
-        jobs.append((k, crop))
+        jobs.append((k, box_window(box, settings.context, (height, width))))
     crops = [image[y0:y1, x0:x1] for _, (x0, y0, x1, y1) in jobs]
     maps = heatmaps(crops)
     for (k, (x0, y0, x1, y1)), crop, heat in zip(jobs, crops, maps, strict=True):

@@ -40,6 +40,7 @@ import cv2
 import numpy as np
 
 from wsolkit.errors import InputError
+from wsolkit.refine.boxes import box_rect, expand_box
 from wsolkit.refine.threshold import _check_map, threshold_value
 
 __all__ = [
@@ -254,28 +255,6 @@ def _check_iterations(iterations: Any) -> int:
     return int(iterations)
 
 
-def box_rect(box: Sequence[float] | np.ndarray, shape: tuple[int, int]) -> tuple[int, ...]:
-    """Pixel rectangle ``(x0, y0, x1, y1)`` covered by an edge-coordinate box, clipped.
-
-    A pixel is inside when any part of it is (``floor`` of the low edges, ``ceil`` of the high
-    ones), then the rectangle is clipped to the image ``shape`` (H, W). An empty result
-    (``x1 <= x0`` or ``y1 <= y0``) means the box is degenerate or outside the image.
-
-    Raises:
-        InputError: ``box`` is not four finite numbers.
-    """
-    try:
-        x0, y0, x1, y1 = (float(v) for v in np.asarray(box, dtype=np.float64).reshape(-1))
-    except (TypeError, ValueError):
-        raise InputError(f"box must be four numbers x0, y0, x1, y1, got {box!r}") from None
-    if not all(math.isfinite(v) for v in (x0, y0, x1, y1)):
-        raise InputError(f"box must hold finite numbers, got {box!r}")
-    height, width = shape
-    left, top = max(0, math.floor(x0)), max(0, math.floor(y0))
-    right, bottom = min(width, math.ceil(x1)), min(height, math.ceil(y1))
-    return left, top, max(left, right), max(top, bottom)
-
-
 def box_prior(
     shape: tuple[int, int], box: Sequence[float] | np.ndarray, sigma: float = 1 / 3
 ) -> np.ndarray:
@@ -415,19 +394,6 @@ def _as_labels(labels_or_rect: Any, shape: tuple[int, int]) -> np.ndarray:
             raise InputError("label map values must be GrabCut labels 0, 1, 2 or 3")
         return labels.astype(np.uint8, copy=False)
     return _rect_labels(labels_or_rect, shape)
-
-
-def expand_box(box: Sequence[float] | np.ndarray, margin: float) -> np.ndarray:
-    """Grow an ``x0, y0, x1, y1`` box by ``margin`` times its width / height on each side."""
-    if isinstance(margin, bool) or not isinstance(margin, Real) or not math.isfinite(margin) \
-            or margin < 0:
-        raise InputError(f"margin must be a finite number >= 0, got {margin!r}")
-    try:
-        x0, y0, x1, y1 = (float(v) for v in np.asarray(box, dtype=np.float64).reshape(-1))
-    except (TypeError, ValueError):
-        raise InputError(f"box must be four numbers x0, y0, x1, y1, got {box!r}") from None
-    dx, dy = margin * max(x1 - x0, 0.0), margin * max(y1 - y0, 0.0)
-    return np.array([x0 - dx, y0 - dy, x1 + dx, y1 + dy], np.float64)
 
 
 def grabcut_box(
