@@ -48,8 +48,9 @@ from wsolkit.errors import ImageError, InputError
 from wsolkit.maps.crops import crop_heatmaps
 from wsolkit.models.classifier import Classifier
 from wsolkit.refine.boxes import box_rect, box_window, expand_box
-from wsolkit.refine.grabcut import FGD, PR_FGD, RULES, box_prior, grabcut, stratify
+from wsolkit.refine.grabcut import box_prior, grabcut
 from wsolkit.refine.resize import resize_map
+from wsolkit.refine.stratify import FGD, PR_FGD, RULES, stratify
 
 
 @dataclass

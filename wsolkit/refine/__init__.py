@@ -23,10 +23,11 @@ from wsolkit.refine.components import (
     localize_stack,
 )
 from wsolkit.refine.crf import CRFParams, crf_kl_divergences, dense_crf
-from wsolkit.refine.grabcut import box_prior, grabcut, grabcut_box, stratify
+from wsolkit.refine.grabcut import box_prior, grabcut, grabcut_box
 from wsolkit.refine.guided_filter import guided_filter, guided_upsample_x2
 from wsolkit.refine.nms import nms
 from wsolkit.refine.resize import resize_map, scale_boxes
+from wsolkit.refine.stratify import stratify
 from wsolkit.refine.threshold import threshold_map, threshold_value
 from wsolkit.refine.variogram import (
     VariogramFit,
