@@ -126,10 +126,10 @@ def judge_box(
 def _window(box: np.ndarray, size: tuple[int, int], context: float) -> tuple[int, ...]:
     """Integer window ``x0, y0, x1, y1``: the box grown by ``context``, clipped to the image.
 
-    The grown box is rounded to float32 (:func:`expand_boxes`) before its pixels are taken,
-    unlike :func:`~wsolkit.refine.boxes.box_window` (float64): on 3 of the 3051 boxes of
-    ``benchmarks/clean_boxes_eval.py`` the two differ by a pixel, and the committed numbers
-    were made with this one.
+    The grown box is clipped and rounded to float32 (:func:`expand_boxes`) before its pixels
+    are taken, unlike :func:`~wsolkit.refine.boxes.box_window` (float64): an edge that lands
+    within float32 rounding of a whole pixel can differ by one, and the committed
+    ``benchmarks/clean_boxes_eval.py`` numbers were made this way.
     """
     width, height = size
     grown = expand_boxes(box[None], context, size=(height, width))[0]
