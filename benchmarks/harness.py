@@ -31,14 +31,17 @@ PIXEL_KEYS = (("PxAP", "PxAP"), ("F ODS", "F_ODS"), ("F OIS", "F_OIS"), ("MAE", 
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, threads: int | None = None,
-                         data: bool = True, per_dataset: bool = False) -> None:
-    """``--data``, ``--limit``, ``--json`` and (when ``threads`` is given) ``--threads``."""
+                         data: bool = True, per_dataset: bool = False,
+                         repeats: int | None = None) -> None:
+    """``--data``, ``--limit``, ``--json``; ``--threads`` and ``--repeats`` when given."""
     if data:
         parser.add_argument("--data", type=Path, default=DATA)
     if threads is not None:
         parser.add_argument("--threads", type=int, default=threads)
     parser.add_argument("--limit", type=int, default=None,
                         help="first N images per dataset" if per_dataset else None)
+    if repeats is not None:
+        parser.add_argument("--repeats", type=int, default=repeats)
     parser.add_argument("--json", type=Path, default=None)
 
 

@@ -78,8 +78,7 @@ def speed(models: dict, repeats: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_common_arguments(parser, threads=1)
-    parser.add_argument("--repeats", type=int, default=5)
+    add_common_arguments(parser, threads=1, repeats=5)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     dataset = open_dataset(args.data / "imagenet-dev")
