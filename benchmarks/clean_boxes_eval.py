@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from harness import add_common_arguments, write_json
 
 import wsolkit
 from wsolkit.apps.annotation_io import read_annotations
@@ -46,7 +47,6 @@ from wsolkit.apps.clean_boxes import CleanSettings, clean_annotations
 from wsolkit.data import CocoDataset, WSOLMetadataDataset
 from wsolkit.eval.detection import box_iou
 
-DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared/data"
 ENLARGE = (1.2, 1.6)
 SHIFT = 0.15
 FALSE_RATIO = 0.25
@@ -189,14 +189,11 @@ def fmt(value: float, percent: bool = False) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    add_common_arguments(parser, threads=2, per_dataset=True)
     parser.add_argument("--datasets", default="coco-mini,imagenet-dev")
-    parser.add_argument("--limit", type=int, default=None, help="first N images per dataset")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--scorings", default="crop,image",
                         help="comma-separated scoring modes to run on the corrupted boxes")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model = wsolkit.load_model()
@@ -226,8 +223,7 @@ def main() -> None:
     print(f"\ntorch {torch.__version__}, {platform.machine()}, {args.threads} threads, "
           f"seed {args.seed}\n\n{table}")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"rows": rows, "seed": args.seed}, indent=2))
+        write_json(args.json, {"rows": rows, "seed": args.seed}, newline=False)
 
 
 if __name__ == "__main__":

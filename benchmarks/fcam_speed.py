@@ -15,13 +15,13 @@ machine cancels out. Target: fcam <= 1.5x. The exit code is always 0 (a report, 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
+from harness import write_json
 
 import wsolkit
 
@@ -77,8 +77,7 @@ def main() -> None:
     print(f"forward pass: {result['forward_ms_per_image']} ms per image; fcam target <= "
           f"{TARGET}x met: {result['target_met']}")
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        write_json(args.json, result)
 
 
 if __name__ == "__main__":

@@ -18,25 +18,21 @@ machine use ``--threads 1``: OpenMP threads that wait for a core spin and inflat
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
+from harness import DATA, write_json
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from wsolkit.apps.instances import CropHeatmaps, InstanceSettings, instance_masks  # noqa: E402
-from wsolkit.data import MaskFolderDataset, load_image, mask_box  # noqa: E402
-from wsolkit.models import load_model  # noqa: E402
-from wsolkit.refine.grabcut import grabcut_box  # noqa: E402
+from wsolkit.apps.instances import CropHeatmaps, InstanceSettings, instance_masks
+from wsolkit.data import MaskFolderDataset, load_image, mask_box
+from wsolkit.models import load_model
+from wsolkit.refine.grabcut import grabcut_box
 
 TARGET = 0.3
 
@@ -64,7 +60,7 @@ def _load() -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "coco-mval")
+    parser.add_argument("--data", type=Path, default=DATA / "coco-mval")
     parser.add_argument("--images", type=int, default=50)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=1)
@@ -134,8 +130,7 @@ def main() -> None:
         print(f"| plain GrabCut from the box, whole image (baseline) | "
               f"{result['plain_grabcut_seconds_per_box']:.3f} |")
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        write_json(args.json, result)
 
 
 if __name__ == "__main__":

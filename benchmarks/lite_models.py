@@ -17,31 +17,26 @@ forward pass, and CAM's time as a ratio to the model's own forward pass, median 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
-import time
-from pathlib import Path
 
 import torch
+from harness import add_common_arguments, evaluate_numbers, timed, write_json
 
 import wsolkit
-from wsolkit.apps.evaluate import EvaluateSettings, evaluate
 from wsolkit.data import open_dataset
 
-DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared/data"
 MODELS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 
 
 def accuracy(dataset, model, limit: int | None) -> dict:
-    result = evaluate(dataset, EvaluateSettings(method="cam", limit=limit, batch_size=16), model)
-    boxes = result.metrics["boxes"]
+    result, numbers = evaluate_numbers(dataset, model, "cam", limit=limit)
     predicted = [(image.predicted, image.sample.label) for image in result.images
                  if image.predicted is not None]
     return {
-        "MaxBoxAcc": float(boxes["MaxBoxAcc"]),
-        "MaxBoxAccV2": float(boxes["MaxBoxAccV2"]),
-        "top-1 loc": float(boxes["top1_loc"]),
+        "MaxBoxAcc": numbers["MaxBoxAcc"],
+        "MaxBoxAccV2": numbers["MaxBoxAccV2"],
+        "top-1 loc": numbers["top-1 loc"],
         "top-1": 100.0 * sum(p == label for p, label in predicted) / len(predicted),
         "images": len(result.images),
         "failures": len(result.failures),
@@ -54,11 +49,6 @@ def speed(models: dict, repeats: int) -> dict:
         size = model.input_size
         batches[name] = torch.randn(8, 3, *size, generator=torch.Generator().manual_seed(0))
         cams[name] = wsolkit.get_method("cam")(model)
-
-    def timed(fn) -> float:
-        started = time.perf_counter()
-        fn()
-        return time.perf_counter() - started
 
     def forward(name: str) -> None:
         with torch.inference_mode():
@@ -88,11 +78,7 @@ def speed(models: dict, repeats: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--limit", type=int, default=None)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--json", type=Path, default=None)
+    add_common_arguments(parser, threads=1, repeats=5)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     dataset = open_dataset(args.data / "imagenet-dev")
@@ -115,8 +101,7 @@ def main() -> None:
         payload = {"command": "python benchmarks/lite_models.py", "torch": torch.__version__,
                    "machine": platform.machine(), "threads": args.threads,
                    "limit": args.limit, "accuracy": rows, "speed": timing}
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(payload, indent=1) + "\n")
+        write_json(args.json, payload, indent=1)
 
 
 if __name__ == "__main__":

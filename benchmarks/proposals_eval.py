@@ -28,13 +28,13 @@ and datasets) and with ``--json`` every number.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from harness import add_common_arguments, write_json
 
 import wsolkit
 from wsolkit.apps.proposals import ProposalSettings, propose, selective_search
@@ -42,7 +42,6 @@ from wsolkit.data import CocoDataset, WSOLMetadataDataset
 from wsolkit.data.images import load_image
 from wsolkit.eval.proposals import DEFAULT_COUNTS, ProposalRecall
 
-DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared/data"
 METHODS = ("objectness", "selective search")
 
 
@@ -121,14 +120,11 @@ def plot(results: dict, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    add_common_arguments(parser, threads=2, per_dataset=True)
     parser.add_argument("--datasets", default="imagenet-dev,coco-mini")
-    parser.add_argument("--limit", type=int, default=None, help="first N images per dataset")
     parser.add_argument("--top-k", type=int, default=1000)
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--plot", type=Path,
                         default=Path("benchmarks/results/proposals_recall.png"))
-    parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model = wsolkit.load_model()
@@ -142,9 +138,8 @@ def main() -> None:
     plot(results, args.plot)
     print(f"\nplot: {args.plot}")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"settings": settings.__dict__, "results": results},
-                                        indent=2, default=list))
+        write_json(args.json, {"settings": settings.__dict__, "results": results},
+                   newline=False, default=list)
 
 
 if __name__ == "__main__":

@@ -21,20 +21,15 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import torch
+from harness import add_common_arguments, rcam_passes, rcam_samples
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from wsolkit.apps.evaluate import _Scorer
+from wsolkit.data.atomic import write_json_atomic
+from wsolkit.maps.rcam import RCAM
+from wsolkit.models import load_model
 
-from wsolkit.apps.evaluate import _resolve_target, _Scorer  # noqa: E402
-from wsolkit.data import load_image, open_dataset  # noqa: E402
-from wsolkit.data.atomic import write_json_atomic  # noqa: E402
-from wsolkit.maps.rcam import RCAM  # noqa: E402
-from wsolkit.models import load_model  # noqa: E402
-
-DATA = ROOT.parent / "shared" / "data"
 DATASETS = ("imagenet-dev", "davis")
 STAGES = ("cam", "rcam1", "rcam2", "rcam3", "rcam")
 
@@ -55,19 +50,13 @@ CONFIGS: dict[str, dict] = {
 
 
 def run(config_name: str, dataset_name: str, model, limit: int | None) -> dict:
-    dataset = open_dataset(DATA / dataset_name)
-    samples = list(dataset)[:limit] if limit else list(dataset)
-    target = _resolve_target("auto", dataset, model, None)
+    samples, target = rcam_samples(dataset_name, model, limit)
     has_boxes = any(len(s.boxes) for s in samples)
     has_masks = any(s.has_mask for s in samples)
     scorers = {stage: _Scorer(has_boxes, has_masks, 0.01, target == "gt") for stage in STAGES}
     method = RCAM(model, **CONFIGS[config_name])
     start = time.perf_counter()
-    for sample in samples:
-        image = load_image(sample.path)
-        tensor = model.preprocess_batch([image])
-        result = method(tensor, target="gt" if target == "gt" else "top1",
-                        labels=[max(sample.label, 0)], sources=[image])
+    for sample, image, _, result in rcam_passes(method, model, samples, target):
         stages = method.last_stages
         raw = {"cam": stages.cam1[0].clip(min=0), "rcam1": stages.rcam1[0],
                "rcam2": stages.rcam2[0], "rcam3": stages.fused[0],
@@ -115,8 +104,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", default=",".join(CONFIGS))
     parser.add_argument("--datasets", default=",".join(DATASETS))
-    parser.add_argument("--limit", type=int, default=None)
-    parser.add_argument("--json", type=Path, default=None)
+    add_common_arguments(parser, data=False)
     args = parser.parse_args()
     torch.set_num_threads(1)
     names = [name.strip() for name in args.configs.split(",") if name.strip()]

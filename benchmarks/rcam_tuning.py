@@ -23,32 +23,27 @@ import argparse
 import sys
 import time
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
+from harness import add_common_arguments, rcam_passes, rcam_samples
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from wsolkit.apps.evaluate import _resolve_target, _Scorer  # noqa: E402
-from wsolkit.data import load_image, open_dataset  # noqa: E402
-from wsolkit.data.atomic import write_json_atomic  # noqa: E402
-from wsolkit.maps.rcam import (  # noqa: E402
+from wsolkit.apps.evaluate import _Scorer
+from wsolkit.data.atomic import write_json_atomic
+from wsolkit.maps.rcam import (
     RCAM3,
     RCAM_CRF,
     fuse,
     minmax,
     refine_crf,
     to_rgb_uint8,
-    upsample_chain,  # noqa: E402
+    upsample_chain,
 )
-from wsolkit.models import load_model  # noqa: E402
-from wsolkit.refine.crf import CRFParams  # noqa: E402
-from wsolkit.refine.variogram import variogram_radius  # noqa: E402
+from wsolkit.models import load_model
+from wsolkit.refine.crf import CRFParams
+from wsolkit.refine.variogram import variogram_radius
 
-DATA = ROOT.parent / "shared" / "data"
 DATASETS = ("imagenet-dev", "davis")
 
 
@@ -145,16 +140,10 @@ def rcam3_of(cached: dict, setting: Setting, radius_cache: dict) -> tuple[np.nda
 
 
 def cache_dataset(name: str, model, limit: int | None) -> tuple[list, str]:
-    dataset = open_dataset(DATA / name)
-    samples = list(dataset)[:limit] if limit else list(dataset)
-    target = _resolve_target("auto", dataset, model, None)
+    samples, target = rcam_samples(name, model, limit)
     method = RCAM3(model)
     cached = []
-    for sample in samples:
-        image = load_image(sample.path)
-        tensor = model.preprocess_batch([image])
-        result = method(tensor, target="gt" if target == "gt" else "top1",
-                        labels=[max(sample.label, 0)], sources=[image])
+    for sample, image, tensor, result in rcam_passes(method, model, samples, target):
         st = method.last_stages
         cached.append({
             "sample": sample, "image_size": image.size, "size": tensor.shape[-1],
@@ -209,8 +198,7 @@ def table(results: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default=",".join(DATASETS))
-    parser.add_argument("--limit", type=int, default=None)
-    parser.add_argument("--json", type=Path, default=None)
+    add_common_arguments(parser, data=False)
     args = parser.parse_args()
     torch.set_num_threads(1)
     model = load_model()

@@ -26,19 +26,16 @@ as JSON to ``--json``.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
-from pathlib import Path
 
 import torch
+from harness import BOX_KEYS, PIXEL_KEYS, add_common_arguments, evaluate_numbers, timed, write_json
 
 import wsolkit
-from wsolkit.apps.evaluate import EvaluateSettings, evaluate
 from wsolkit.data import open_dataset
 
-DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared/data"
 LAYERS = ("features.stage3", "features.stage4", "features.stage5", "features.stage6",
           "features.stage7", "features.head")
 FUSED = ("features.stage5,features.head",)
@@ -46,27 +43,15 @@ NEW_METHODS = ("eigencam", "bagcams")
 # Existing methods at their default layer (None) and one fused run, for the comparison rows.
 REFERENCE_ROWS = (("cam", None), ("gradcam", None), ("layercam", None),
                   ("layercam", "features.stage5,features.head"))
-BOX_KEYS = (("MaxBoxAcc", "MaxBoxAcc"), ("MaxBoxAccV2", "MaxBoxAccV2"), ("top-1 loc", "top1_loc"))
-PIXEL_KEYS = (("PxAP", "PxAP"), ("F ODS", "F_ODS"), ("F OIS", "F_OIS"), ("MAE", "MAE"))
 
 
 def scores(dataset, model, method: str, layer: str | None, limit: int | None,
            options: dict | None = None) -> dict:
-    settings = EvaluateSettings(method=method, layer=layer, limit=limit, batch_size=16,
-                                options=options or {})
-    result = evaluate(dataset, settings, model)
+    result, numbers = evaluate_numbers(dataset, model, method, layer, limit, options)
     if result.failures:
         raise SystemExit(f"{method} at {layer}: {len(result.failures)} images failed: "
                          f"{result.failures[:2]}")
-    metrics = result.metrics
-    out = {"layer": result.layer}
-    for title, key in BOX_KEYS:
-        if "boxes" in metrics:
-            out[title] = float(metrics["boxes"][key])
-    for title, key in PIXEL_KEYS:
-        if "pixels" in metrics:
-            out[title] = float(metrics["pixels"][key])
-    return out
+    return numbers
 
 
 def search(imagenet, model, limit: int | None) -> dict:
@@ -98,11 +83,6 @@ def speed(model, configs: list[tuple[str, str | None, dict]], repeats: int) -> d
         with torch.inference_mode():
             model.module(images)
 
-    def timed(fn) -> float:
-        started = time.perf_counter()
-        fn()
-        return time.perf_counter() - started
-
     forward()
     for runner in runners.values():
         runner(images)
@@ -126,11 +106,7 @@ def table(rows: list[tuple[str, dict]], keys) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--limit", type=int, default=None)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--json", type=Path, default=None)
+    add_common_arguments(parser, threads=1, repeats=5)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model = wsolkit.load_model()
@@ -167,8 +143,7 @@ def main() -> None:
             "results": [{"method": m, **row} for m, row in results],
             "speed_ratio_to_forward": ratios,
         }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(payload, indent=1) + "\n")
+        write_json(args.json, payload, indent=1)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from wsolkit.data.atomic import make_out_dir, write_bytes_atomic
+from wsolkit.data.coco_json import bbox_edges, coco_image_dir, coco_images, read_json
 from wsolkit.errors import InputError
 
 __all__ = [
@@ -121,14 +122,8 @@ def _classify(entry: AnnotatedBox, size: tuple[int, int] | None, min_side: float
 
 
 def _read_coco(path: Path, image_dir: Path | None, min_side: float) -> AnnotationSet:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from exc
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path}: not valid JSON ({exc})") from exc
-    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
-        raise InputError(f"{path}: not a COCO annotation file (no 'images' list)")
+    data = read_json(path, "annotation file")
+    coco_images(data, path)
     annotations = data.get("annotations", [])
     if not isinstance(annotations, list):
         raise InputError(f"{path}: 'annotations' must be a list")
@@ -137,8 +132,6 @@ def _read_coco(path: Path, image_dir: Path | None, min_side: float) -> Annotatio
     by_id: dict[Any, tuple[str, tuple[int, int] | None]] = {}
     images: dict[str, tuple[int, int] | None] = {}
     for number, image in enumerate(data["images"]):
-        if not isinstance(image, dict) or "id" not in image or "file_name" not in image:
-            raise InputError(f"{path}: image entry {number} needs 'id' and 'file_name'")
         width, height = image.get("width"), image.get("height")
         size = None
         if _finite_numbers([width, height], 2) and width > 0 and height > 0:
@@ -166,8 +159,7 @@ def _read_coco(path: Path, image_dir: Path | None, min_side: float) -> Annotatio
         if not _finite_numbers(bbox, 4):
             entry.status = "malformed"
         else:
-            x, y, w, h = (float(v) for v in bbox)
-            entry.box = np.array([x, y, x + w, y + h], np.float64)
+            entry.box = bbox_edges(bbox)
             if not file_name:
                 entry.status = "no_image"
             elif ann.get("iscrowd"):
@@ -177,12 +169,7 @@ def _read_coco(path: Path, image_dir: Path | None, min_side: float) -> Annotatio
         if entry.status != "ok":
             entry.action = "skipped"
         boxes.append(entry)
-    folder = image_dir
-    if folder is None:
-        folder = path.parent
-        first = next(iter(images), None)
-        if first is not None and not (folder / first).exists() and (folder / "images").is_dir():
-            folder = folder / "images"
+    folder = coco_image_dir(path, next(iter(images), None), image_dir)
     return AnnotationSet("coco", path, Path(folder), images, boxes, data)
 
 

@@ -23,7 +23,6 @@ are reported and handled the same way. Input files are never modified.
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -32,24 +31,26 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from wsolkit.apps.segment import grow_mask, save_mask_map, shrink, stratify_options
 from wsolkit.data.atomic import write_json_atomic
+from wsolkit.data.coco_json import (
+    bbox_edges,
+    box_entries,
+    check_entry,
+    encode_rle,
+    entry_name,
+    image_files,
+    read_json,
+)
 from wsolkit.data.images import IMAGE_EXTENSIONS, load_image
 from wsolkit.errors import ImageError, InputError
+from wsolkit.maps.crops import crop_heatmaps
 from wsolkit.models.classifier import Classifier
-from wsolkit.refine.grabcut import (
-    FGD,
-    PR_FGD,
-    RULES,
-    box_prior,
-    box_rect,
-    expand_box,
-    grabcut,
-    stratify,
-)
+from wsolkit.refine.boxes import box_rect, box_window, expand_box
+from wsolkit.refine.grabcut import box_prior, grabcut
 from wsolkit.refine.resize import resize_map
+from wsolkit.refine.stratify import FGD, PR_FGD, RULES, stratify
 
 
 @dataclass
@@ -144,14 +145,8 @@ class CropHeatmaps:
 
     def __call__(self, crops: Sequence[np.ndarray]) -> list[np.ndarray]:
         """(h, w) float32 maps in [0, 1] at the model's input size, one per RGB crop."""
-        if not crops:
-            return []
-        pictures = [Image.fromarray(c) for c in crops]
-        tensor = self.classifier.preprocess_batch(pictures)
-        # methods that take the original images (rCAM's 448 scale) get the crops
-        extra = {"sources": pictures} if self.method.uses_sources else {}
-        result = self.method(tensor, target=self.target, **extra)
-        return [m.cpu().numpy() for m in result.maps]
+        return crop_heatmaps(self.method, self.classifier, crops, target=self.target,
+                             resize=False)
 
 
 def box_seeds(
@@ -211,8 +206,7 @@ def instance_masks(
     for k, box in enumerate(boxes):
         if problems[k] is not None:
             continue
-        crop = box_rect(expand_box(box, settings.context), (height, width))
-        jobs.append((k, crop))
+        jobs.append((k, box_window(box, settings.context, (height, width))))
     crops = [image[y0:y1, x0:x1] for _, (x0, y0, x1, y1) in jobs]
     maps = heatmaps(crops)
     for (k, (x0, y0, x1, y1)), crop, heat in zip(jobs, crops, maps, strict=True):
@@ -245,14 +239,6 @@ def resolve_overlaps(masks: np.ndarray) -> np.ndarray:
     return out
 
 
-def encode_rle(mask: np.ndarray) -> dict[str, Any]:
-    """COCO compressed RLE of a bool mask, JSON-ready (``counts`` as a string)."""
-    from pycocotools import mask as mask_utils
-
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
-
-
 @dataclass
 class InstancesReport:
     """What :func:`instances_from_json` did.
@@ -272,43 +258,6 @@ class InstancesReport:
     images: int = 0
 
 
-def _read_json(path: Path, what: str) -> Any:
-    if not path.is_file():
-        raise InputError(f"{path}: {what} not found")
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from exc
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path}: not valid JSON ({' '.join(str(exc).split())})") from exc
-
-
-def _entries(data: Any, path: Path) -> list[Any]:
-    """The box entries of a dataset dict (``annotations``) or of a results list."""
-    if isinstance(data, list):
-        return data
-    if isinstance(data, dict) and isinstance(data.get("annotations"), list):
-        return data["annotations"]
-    raise InputError(
-        f"{path}: expected COCO detections (a list of {{image_id, category_id, bbox, score}}) or "
-        "a COCO annotation file with 'annotations'"
-    )
-
-
-def _images_of_json(data: Any, path: Path, image_dir: Path) -> dict[Any, tuple[Path, tuple]]:
-    """Image id -> (file, (width, height)) of a COCO dataset dict's ``images``."""
-    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
-        raise InputError(f"{path}: not a COCO annotation file (no 'images' list)")
-    table = {}
-    for number, image in enumerate(data["images"]):
-        if not isinstance(image, dict) or "id" not in image or "file_name" not in image:
-            raise InputError(f"{path}: image entry {number} needs 'id' and 'file_name'")
-        size = (image.get("width"), image.get("height"))
-        table[image["id"]] = (image_dir / str(image["file_name"]), size)
-    return table
-
-
 def _images_of_folder(folder: Path) -> dict[Any, tuple[Path, tuple]]:
     """Image id -> file for a folder: by file name, by stem, and by integer stem."""
     table: dict[Any, tuple[Path, tuple]] = {}
@@ -326,33 +275,15 @@ def _images_of_folder(folder: Path) -> dict[Any, tuple[Path, tuple]]:
 def _image_table(images: Path, boxes_data: Any, boxes_path: Path) -> dict[Any, tuple[Path, tuple]]:
     if images.is_dir():
         if isinstance(boxes_data, dict) and isinstance(boxes_data.get("images"), list):
-            return _images_of_json(boxes_data, boxes_path, images)
+            return image_files(boxes_data, boxes_path, images)
         return _images_of_folder(images)
     if images.suffix.lower() != ".json" or not images.is_file():
         raise InputError(f"{images}: not an image folder or a COCO JSON file")
     from wsolkit.data.coco import CocoDataset
 
     dataset = CocoDataset(images, include_empty=True)  # validates; resolves the image folder
-    return _images_of_json(_read_json(images, "COCO annotation file"), images, dataset.image_dir)
+    return image_files(read_json(images, "COCO annotation file"), images, dataset.image_dir)
 
-
-def _entry_name(entry: Any, index: int) -> str:
-    if isinstance(entry, dict) and "id" in entry:
-        return f"annotation {entry['id']}"
-    return f"entry {index}"
-
-
-def _check_entry(entry: object, index: int, table: dict, path: Path) -> None:
-    """One-line error for a box entry without an image id or with one not in ``table``."""
-    name = _entry_name(entry, index)
-    if not isinstance(entry, dict) or "image_id" not in entry:
-        raise InputError(f"{path}: {name} needs 'image_id' and 'bbox'")
-    try:
-        known = entry["image_id"] in table
-    except TypeError:  # an unhashable id (list, dict)
-        known = False
-    if not known:
-        raise InputError(f"{path}: {name} refers to unknown image {entry['image_id']!r}")
 
 def instances_from_json(
     classifier: Classifier,
@@ -396,11 +327,11 @@ def instances_from_json(
         boxes_path = images
     else:
         boxes_path = boxes_json
-    boxes_data = _read_json(boxes_path, "boxes file")
-    entries = _entries(boxes_data, boxes_path)
+    boxes_data = read_json(boxes_path, "boxes file")
+    entries = box_entries(boxes_data, boxes_path)
     table = _image_table(images, boxes_data, boxes_path)
     output = copy.deepcopy(boxes_data)
-    out_entries = _entries(output, boxes_path)
+    out_entries = box_entries(output, boxes_path)
     results_format = isinstance(boxes_data, list)
 
     report = InstancesReport()
@@ -409,8 +340,8 @@ def instances_from_json(
     by_image: dict[Any, list[int]] = {}
     keep = [True] * len(entries)
     for index, entry in enumerate(entries):
-        _check_entry(entry, index, table, boxes_path)
-        name = _entry_name(entry, index)
+        check_entry(entry, index, table, boxes_path)
+        name = entry_name(entry, index)
         if entry.get("iscrowd"):
             report.crowd += 1
             keep[index] = not results_format
@@ -441,14 +372,14 @@ def instances_from_json(
             for index in indices:
                 keep[index] = not results_format
             continue
-        boxes = np.array([_edges(entries[i]["bbox"]) for i in indices], np.float64)
+        boxes = np.array([bbox_edges(entries[i]["bbox"]) for i in indices], np.float64)
         masks, problems = instance_masks(pixels, boxes, heatmaps, settings)
         if settings.overlap == "smaller_on_top":
             valid = [k for k, problem in enumerate(problems) if problem is None]
             masks[valid] = resolve_overlaps(masks[valid])
         for k, index in enumerate(indices):
             if problems[k] is not None:
-                report.skipped.append((_entry_name(entries[index], index), problems[k]))
+                report.skipped.append((entry_name(entries[index], index), problems[k]))
                 keep[index] = not results_format
                 continue
             out_entries[index]["segmentation"] = encode_rle(masks[k])
@@ -468,11 +399,6 @@ def instances_from_json(
     return report
 
 
-def _edges(bbox: Sequence[float]) -> list[float]:
-    x, y, w, h = (float(v) for v in bbox)
-    return [x, y, x + w, y + h]
-
-
 def check_inputs(images: Path, boxes_json: Path | None, out_json: Path) -> int:
     """Check the inputs of :func:`instances_from_json` before any work; count their images.
 
@@ -489,12 +415,12 @@ def check_inputs(images: Path, boxes_json: Path | None, out_json: Path) -> int:
     if boxes_json is None and images.is_dir():
         raise InputError(f"{images}: a folder of images needs --boxes")
     path = boxes_json or images
-    data = _read_json(path, "boxes file")
-    entries = _entries(data, path)
+    data = read_json(path, "boxes file")
+    entries = box_entries(data, path)
     table = _image_table(images, data, path)
     ids = set()
     for index, entry in enumerate(entries):
-        _check_entry(entry, index, table, path)
+        check_entry(entry, index, table, path)
         if not entry.get("iscrowd"):
             ids.add(entry["image_id"])
     return len(ids)

@@ -19,10 +19,8 @@ back to image pixels, ranks them and removes near-duplicates with NMS:
 5. **NMS** (:func:`wsolkit.refine.nms`) at ``nms_iou`` over the boxes of all views, then the
    ``top_k`` best.
 
-The defaults (views, thresholds, ``area_power`` 0.5, the box variants, NMS 0.8) were chosen
-in earlier trials on coco-mini and imagenet-dev whose scripts are not in the repository, so no
-comparison with other values is claimed here; the recall of the defaults against selective
-search is measured by ``benchmarks/proposals_eval.py`` (docs/cleaning_proposals.md).
+How the defaults were chosen, and their recall against selective search
+(``benchmarks/proposals_eval.py``): docs/cleaning_proposals.md.
 
 :func:`selective_search` wraps OpenCV's selective search (fast mode), the baseline.
 """
@@ -64,7 +62,7 @@ GRID_FRACTION = 0.6
 
 @dataclass(frozen=True)
 class ProposalSettings:
-    """How proposals are made (defaults chosen by ``benchmarks/proposals_eval.py``).
+    """How proposals are made (the defaults and their recall: docs/cleaning_proposals.md).
 
     Attributes:
         method: Registered heatmap method (class-agnostic ``objectness`` by default).
@@ -128,17 +126,6 @@ def _view_regions(width: int, height: int, views: Sequence[str]) -> list[tuple[s
     return regions
 
 
-def _preprocess(classifier: Classifier, image: Image.Image, size: tuple[int, int]
-                ) -> torch.Tensor:
-    height, width = size
-    resized = image.resize((width, height), Image.Resampling.BILINEAR)
-    array = np.asarray(resized, dtype=np.float32) / 255.0
-    tensor = torch.from_numpy(array).permute(2, 0, 1)
-    mean = torch.tensor(classifier.mean).view(3, 1, 1)
-    std = torch.tensor(classifier.std).view(3, 1, 1)
-    return (tensor - mean) / std
-
-
 def view_heatmaps(
     classifier: Classifier, image: Image.Image, settings: ProposalSettings
 ) -> list[HeatView]:
@@ -154,11 +141,11 @@ def view_heatmaps(
     for view, region in _view_regions(width, height, settings.views):
         crop = image if view != "grid" else image.crop(region)
         if view == "full2":
-            batch = _preprocess(classifier, crop, (base[0] * 2, base[1] * 2))[None]
+            batch = classifier.preprocess(crop, size=(base[0] * 2, base[1] * 2))[None]
             maps = runner(batch.to(classifier.device)).maps
             out.append(HeatView(region, maps[0].cpu().numpy()))
         else:
-            small.append((region, _preprocess(classifier, crop, base)))
+            small.append((region, classifier.preprocess(crop, size=base)))
     if small:
         batch = torch.stack([tensor for _, tensor in small]).to(classifier.device)
         maps = runner(batch).maps.cpu().numpy()

@@ -9,19 +9,19 @@ image-sized map (the maximum where boxes overlap); threshold it for a mask.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
-import cv2
 import numpy as np
 import torch
 from PIL import Image
 
 from wsolkit.errors import InputError
+from wsolkit.maps.crops import crop_heatmaps
 from wsolkit.maps.rcam import STAGES, RCAMConfig
 from wsolkit.maps.registry import get_method
 from wsolkit.maps.targets import TargetSpec
 from wsolkit.models.classifier import Classifier, as_classifier
+from wsolkit.refine.boxes import box_rect, box_window
 
 
 def rcam_in_box(
@@ -95,31 +95,23 @@ def _box_maps(model, image, boxes, margin, config, target, stage):
     if boxes.ndim != 2 or boxes.shape[1] != 4 or not np.isfinite(boxes).all():
         raise InputError(f"boxes must be finite (K, 4) x0, y0, x1, y1, got {boxes.shape}")
     classifier = as_classifier(model)
-    regions, crops, offsets = [], [], []
-    for x0, y0, x1, y1 in boxes:
-        region = (max(0, math.floor(x0)), max(0, math.floor(y0)),
-                  min(width, math.ceil(x1)), min(height, math.ceil(y1)))
+    regions, windows = [], []
+    for box in boxes:
+        region = box_rect(box, (height, width))
         if region[2] <= region[0] or region[3] <= region[1]:
             raise InputError(
-                f"box {[float(v) for v in (x0, y0, x1, y1)]} is empty inside the "
-                f"{width}x{height} image"
+                f"box {[float(v) for v in box]} is empty inside the {width}x{height} image"
             )
-        mx, my = margin * (x1 - x0), margin * (y1 - y0)
-        crop = (max(0, math.floor(x0 - mx)), max(0, math.floor(y0 - my)),
-                min(width, math.ceil(x1 + mx)), min(height, math.ceil(y1 + my)))
         regions.append(region)
-        offsets.append(crop)
-        crops.append(Image.fromarray(rgb[crop[1]:crop[3], crop[0]:crop[2]]))
+        windows.append(box_window(box, margin, (height, width)))
     method = get_method(stage)(classifier, config=config)
-    result = method(classifier.preprocess_batch(crops), target=target, sources=crops)
     maps = []
-    for heat, crop, region in zip(result.maps.cpu().numpy(), offsets, regions, strict=True):
-        crop_w, crop_h = crop[2] - crop[0], crop[3] - crop[1]
-        resized = cv2.resize(heat, (crop_w, crop_h), interpolation=cv2.INTER_LINEAR)
-        resized = np.clip(resized, 0.0, 1.0)
-        top, left = region[1] - crop[1], region[0] - crop[0]
+    crops = [rgb[y0:y1, x0:x1] for x0, y0, x1, y1 in windows]
+    heats = crop_heatmaps(method, classifier, crops, target=target)
+    for heat, window, region in zip(heats, windows, regions, strict=True):
+        top, left = region[1] - window[1], region[0] - window[0]
         maps.append(np.ascontiguousarray(
-            resized[top:top + region[3] - region[1], left:left + region[2] - region[0]],
+            heat[top:top + region[3] - region[1], left:left + region[2] - region[0]],
             dtype=np.float32))
     return maps, regions
 

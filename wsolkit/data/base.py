@@ -14,8 +14,32 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from wsolkit.data.sample import Sample
+from wsolkit.errors import InputError
 
-__all__ = ["SampleDataset"]
+__all__ = ["SampleDataset", "text_lines"]
+
+
+def text_lines(path: Path, what: str = "") -> Iterator[tuple[int, str]]:
+    """``(line number, stripped line)`` of the non-blank lines of a UTF-8 metadata file.
+
+    Args:
+        path: the file.
+        what: what it is, for the message (``cannot read <what> (...)``).
+
+    Raises:
+        InputError: the file cannot be read or is not UTF-8 text, naming it.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read{' ' + what if what else ''} "
+                         f"({exc.strerror or exc})") from exc
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not a UTF-8 text file") from exc
+    for number, line in enumerate(text.splitlines(), start=1):
+        line = line.strip()
+        if line:
+            yield number, line
 
 
 class SampleDataset:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import math
 import warnings
 from functools import partial
@@ -35,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from wsolkit.data.base import SampleDataset
+from wsolkit.data.coco_json import bbox_edges, coco_image_dir, coco_images, read_json
 from wsolkit.data.sample import Sample
 from wsolkit.errors import InputError
 
@@ -133,17 +133,8 @@ class CocoDataset(SampleDataset):
         source = Path(annotation_json)
         self.annotation_file = source
         self.root = source.parent
-        if not source.is_file():
-            raise InputError(f"{source}: COCO annotation file not found")
-        try:
-            with open(source, encoding="utf-8") as handle:
-                data = json.load(handle)
-        except OSError as exc:
-            raise InputError(f"{source}: cannot read ({exc.strerror or exc})") from exc
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise InputError(f"{source}: not valid JSON ({exc})") from exc
-        if not isinstance(data, dict) or not isinstance(data.get("images"), list):
-            raise InputError(f"{source}: not a COCO annotation file (no 'images' list)")
+        data = read_json(source, "COCO annotation file")
+        coco_images(data, source)
         data.setdefault("annotations", [])
         data.setdefault("categories", [])
         for key in ("annotations", "categories"):
@@ -204,7 +195,8 @@ class CocoDataset(SampleDataset):
             per_image.setdefault(ann["image_id"], []).append(ann)
 
         self.coco = _make_coco(data)
-        self.image_dir = self._find_image_dir(image_dir, data["images"])
+        first = str(data["images"][0]["file_name"]) if data["images"] else None
+        self.image_dir = coco_image_dir(source, first, image_dir)
         self.coco_image_ids: list[int] = []
         self._records: list[tuple[dict[str, Any], tuple[dict[str, Any], ...]]] = []
         for image_id, image in images.items():
@@ -228,19 +220,9 @@ class CocoDataset(SampleDataset):
             found[entry["id"]] = str(entry["name"])
         return sorted(found.items())
 
-    def _find_image_dir(self, image_dir: str | Path | None, images: list[Any]) -> Path:
-        if image_dir is not None:
-            return Path(image_dir)
-        beside = self.root / "images"
-        if images and not (self.root / str(images[0]["file_name"])).exists() and beside.is_dir():
-            return beside
-        return self.root
-
     def _sample(self, i: int) -> Sample:
         image, anns = self._records[i]
-        boxes = np.array(
-            [[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in anns)], np.float64
-        ).reshape(-1, 4)
+        boxes = np.array([bbox_edges(a["bbox"]) for a in anns], np.float64).reshape(-1, 4)
         box_labels = np.array([self._index_of[a["category_id"]] for a in anns], np.int64)
         crowd = np.array([bool(a.get("iscrowd", 0)) for a in anns], bool)
         has_masks = all("segmentation" in a for a in anns)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wsolkit.data.base import SampleDataset
+from wsolkit.data.base import SampleDataset, text_lines
 from wsolkit.data.images import IMAGE_EXTENSIONS
 from wsolkit.data.mask_files import image_file_size, read_mask_file
 from wsolkit.data.sample import Sample
@@ -143,17 +143,8 @@ class MaskFolderDataset(SampleDataset):
             self._read_labels(self.root / _LABELS)
 
     def _read_labels(self, path: Path) -> None:
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from exc
-        except UnicodeDecodeError as exc:
-            raise InputError(f"{path}: not a UTF-8 text file") from exc
         names: dict[str, tuple[str, int]] = {}
-        for number, line in enumerate(text.splitlines(), start=1):
-            line = line.strip()
-            if not line:
-                continue
+        for number, line in text_lines(path):
             stem, sep, name = line.partition(",")
             stem, name = stem.strip(), name.strip()
             if not sep or not stem or not name:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wsolkit.data.base import SampleDataset
+from wsolkit.data.base import SampleDataset, text_lines
 from wsolkit.data.sample import Sample
 from wsolkit.errors import InputError
 
@@ -192,16 +192,10 @@ class VocDataset(SampleDataset):
 
     def _split_files(self, annotations: Path, split: str) -> list[Path]:
         path = self.root / "ImageSets" / "Main" / f"{split}.txt"
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise InputError(f"{path}: cannot read split file ({exc.strerror or exc})") from exc
         files: list[Path] = []
         seen: dict[str, int] = {}
-        for number, line in enumerate(text.splitlines(), start=1):
+        for number, line in text_lines(path, "split file"):
             fields = line.split()
-            if not fields:
-                continue
             image_id = fields[0]
             if image_id in seen:
                 raise InputError(

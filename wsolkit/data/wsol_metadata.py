@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wsolkit.data.base import SampleDataset
+from wsolkit.data.base import SampleDataset, text_lines
 from wsolkit.data.mask_files import read_mask_file
 from wsolkit.data.sample import Sample
 from wsolkit.errors import InputError
@@ -53,16 +53,7 @@ _CLASS_NAMES = "class_names.txt"
 
 def _records(path: Path) -> Iterator[tuple[int, str]]:
     """Yield ``(line_number, stripped_line)`` for the non-blank lines of a text file."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read metadata file ({exc.strerror or exc})") from exc
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{path}: not a UTF-8 text file") from exc
-    for number, line in enumerate(text.splitlines(), start=1):
-        line = line.strip()
-        if line:
-            yield number, line
+    return text_lines(path, "metadata file")
 
 
 def _int_fields(fields: list[str]) -> list[int] | None:

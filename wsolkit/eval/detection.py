@@ -33,36 +33,20 @@ from typing import Any
 import numpy as np
 
 from wsolkit.errors import InputError
+from wsolkit.refine.boxes import _to_numpy, check_scores
+from wsolkit.refine.boxes import check_boxes as _check_boxes
 
 __all__ = ["DetectionAP", "average_precision", "box_iou"]
 
 _VOC07_RECALLS = np.arange(0.0, 1.1, 0.1)
 
 
-def _to_numpy(value: Any) -> np.ndarray:
-    """Convert a numpy array, array-like or CPU/GPU torch tensor to a numpy array."""
-    if hasattr(value, "detach") and hasattr(value, "cpu"):
-        value = value.detach().cpu().numpy()
-    return np.asarray(value)
-
-
 def check_boxes(value: Any, name: str) -> np.ndarray:
-    """Validate ``(K, 4)`` ``x0, y0, x1, y1`` boxes (``K`` may be 0); return a float64 copy.
+    """Validate ``(K, 4)`` boxes with ``x0 <= x1`` and ``y0 <= y1``; return a float64 copy.
 
-    Raises:
-        InputError: Not ``(K, 4)``, not real, not finite, or ``x1 < x0`` / ``y1 < y0``.
+    :func:`wsolkit.refine.boxes.check_boxes` with ``ordered=True``.
     """
-    boxes = _to_numpy(value)
-    if boxes.ndim != 2 or boxes.shape[1] != 4:
-        raise InputError(f"{name} must have shape (K, 4); got {boxes.shape}")
-    if boxes.size and boxes.dtype.kind not in "fiu":
-        raise InputError(f"{name} must hold real numbers; got dtype {boxes.dtype}")
-    boxes = boxes.astype(np.float64)
-    if not np.isfinite(boxes).all():
-        raise InputError(f"{name} must be finite")
-    if (boxes[:, 2] < boxes[:, 0]).any() or (boxes[:, 3] < boxes[:, 1]).any():
-        raise InputError(f"{name} must be x0, y0, x1, y1 with x0 <= x1 and y0 <= y1")
-    return boxes
+    return _check_boxes(value, name, ordered=True)
 
 
 def check_labels(value: Any, name: str, length: int, num_classes: int) -> np.ndarray:
@@ -83,23 +67,6 @@ def check_labels(value: Any, name: str, length: int, num_classes: int) -> np.nda
             f"max {labels.max()}"
         )
     return labels
-
-
-def check_scores(value: Any, name: str, length: int) -> np.ndarray:
-    """Validate ``(length,)`` finite real scores; return a float64 copy.
-
-    Raises:
-        InputError: Wrong shape, not real, or not finite.
-    """
-    scores = _to_numpy(value)
-    if scores.shape != (length,):
-        raise InputError(f"{name} must have shape ({length},); got {scores.shape}")
-    if scores.size and scores.dtype.kind not in "fiub":
-        raise InputError(f"{name} must hold real numbers; got dtype {scores.dtype}")
-    scores = scores.astype(np.float64)
-    if not np.isfinite(scores).all():
-        raise InputError(f"{name} must be finite")
-    return scores
 
 
 def check_num_classes(num_classes: Any) -> int:

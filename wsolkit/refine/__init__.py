@@ -4,6 +4,15 @@ All functions are pure: numpy or torch in, same type out (boxes and scores are a
 The guided filter, variogram and dense CRF refiners take numpy arrays only.
 """
 
+from wsolkit.refine.boxes import (
+    box_areas,
+    box_rect,
+    box_window,
+    clip_boxes,
+    expand_box,
+    expand_boxes,
+    valid_boxes,
+)
 from wsolkit.refine.components import (
     Localization,
     box_means,
@@ -14,16 +23,11 @@ from wsolkit.refine.components import (
     localize_stack,
 )
 from wsolkit.refine.crf import CRFParams, crf_kl_divergences, dense_crf
-from wsolkit.refine.grabcut import (
-    box_prior,
-    expand_box,
-    grabcut,
-    grabcut_box,
-    stratify,
-)
+from wsolkit.refine.grabcut import box_prior, grabcut, grabcut_box
 from wsolkit.refine.guided_filter import guided_filter, guided_upsample_x2
-from wsolkit.refine.nms import box_areas, clip_boxes, expand_boxes, nms, valid_boxes
+from wsolkit.refine.nms import nms
 from wsolkit.refine.resize import resize_map, scale_boxes
+from wsolkit.refine.stratify import stratify
 from wsolkit.refine.threshold import threshold_map, threshold_value
 from wsolkit.refine.variogram import (
     VariogramFit,
@@ -41,6 +45,8 @@ __all__ = [
     "box_areas",
     "box_means",
     "box_prior",
+    "box_rect",
+    "box_window",
     "boxes_from_mask",
     "clip_boxes",
     "component_masks",

@@ -100,6 +100,16 @@ def _check_inputs(image: Any, foreground: Any) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(image), np.clip(fg, 0.0, 1.0)
 
 
+def _check_arguments(image: Any, foreground: Any, params: CRFParams | None, iterations: Any
+                     ) -> tuple[np.ndarray, np.ndarray, CRFParams, int]:
+    """The checked arguments of :func:`dense_crf` and :func:`crf_kl_divergences`."""
+    image, fg = _check_inputs(image, foreground)
+    params = CRFParams() if params is None else params
+    if not isinstance(params, CRFParams):
+        raise InputError(f"params must be a CRFParams, got {type(params).__name__}")
+    return image, fg, params, _check_iterations(iterations)
+
+
 def _check_iterations(iterations: Any) -> int:
     if isinstance(iterations, bool) or not isinstance(iterations, (int, np.integer)) \
             or iterations < 1:
@@ -153,11 +163,7 @@ def dense_crf(
             another size, NaN/inf, bad iterations or params.
         DependencyError: pydensecrf2 is not installed.
     """
-    image, fg = _check_inputs(image, foreground)
-    params = CRFParams() if params is None else params
-    if not isinstance(params, CRFParams):
-        raise InputError(f"params must be a CRFParams, got {type(params).__name__}")
-    iterations = _check_iterations(iterations)
+    image, fg, params, iterations = _check_arguments(image, foreground, params, iterations)
     if size is not None:
         if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
             raise InputError(f"size={size!r}: must be None or a positive integer")
@@ -206,11 +212,7 @@ def crf_kl_divergences(
         InputError: As :func:`dense_crf`.
         DependencyError: pydensecrf2 is not installed.
     """
-    image, fg = _check_inputs(image, foreground)
-    params = CRFParams() if params is None else params
-    if not isinstance(params, CRFParams):
-        raise InputError(f"params must be a CRFParams, got {type(params).__name__}")
-    iterations = _check_iterations(iterations)
+    image, fg, params, iterations = _check_arguments(image, foreground, params, iterations)
     crf = _build(image, fg, params)
     q, tmp1, tmp2 = crf.startInference()
     values = [float(crf.klDivergence(q))]

@@ -1,4 +1,4 @@
-"""Greedy non-maximum suppression and the box utilities proposals and cleaning need.
+"""Greedy non-maximum suppression of boxes (box geometry: :mod:`wsolkit.refine.boxes`).
 
 Boxes are ``(K, 4)`` ``x0, y0, x1, y1`` pixel-edge coordinates (``x1 = x0 + width``), numpy
 arrays or torch tensors; results are numpy. IoU is ``inter / union`` with
@@ -13,105 +13,18 @@ from typing import Any
 import numpy as np
 
 from wsolkit.errors import InputError
-from wsolkit.refine.threshold import _to_numpy
+
+# The box utilities lived here before wsolkit.refine.boxes; old imports keep working.
+from wsolkit.refine.boxes import (  # noqa: F401
+    box_areas,
+    check_boxes,
+    check_scores,
+    clip_boxes,
+    expand_boxes,
+    valid_boxes,
+)
 
 __all__ = ["box_areas", "clip_boxes", "expand_boxes", "nms", "valid_boxes"]
-
-
-def _check_boxes(boxes: Any, name: str = "boxes") -> np.ndarray:
-    """Validate finite ``(K, 4)`` boxes (``K`` may be 0); return a float64 copy."""
-    array = _to_numpy(boxes, name)
-    if array.ndim != 2 or array.shape[1] != 4:
-        raise InputError(f"{name} must have shape (K, 4), got {tuple(array.shape)}")
-    if array.size and array.dtype.kind not in "fiu":
-        raise InputError(f"{name} must hold real numbers, got dtype {array.dtype}")
-    array = array.astype(np.float64)
-    if not np.isfinite(array).all():
-        raise InputError(f"{name} contain NaN or inf")
-    return array
-
-
-def _check_size(size: Any) -> tuple[float, float]:
-    try:
-        height, width = size
-    except (TypeError, ValueError):
-        raise InputError(f"size must be a pair (H, W), got {size!r}") from None
-    for item in (height, width):
-        if isinstance(item, bool) or not isinstance(item, Real) or not item > 0:
-            raise InputError(f"size must be a pair of positive numbers (H, W), got {size!r}")
-    return float(height), float(width)
-
-
-def box_areas(boxes: Any) -> np.ndarray:
-    """Areas ``max(x1 - x0, 0) * max(y1 - y0, 0)`` of ``(K, 4)`` boxes as ``(K,)`` float64."""
-    array = _check_boxes(boxes)
-    return np.clip(array[:, 2] - array[:, 0], 0, None) * np.clip(array[:, 3] - array[:, 1], 0,
-                                                                 None)
-
-
-def clip_boxes(boxes: Any, size: tuple[int, int]) -> np.ndarray:
-    """Clip boxes to an image of ``size`` ``(H, W)``: x into ``[0, W]``, y into ``[0, H]``.
-
-    A box entirely outside the image becomes an empty box on the border (zero width or
-    height); use :func:`valid_boxes` to find those.
-
-    Returns:
-        ``(K, 4)`` float32 numpy array.
-
-    Raises:
-        InputError: Boxes not finite ``(K, 4)`` or a bad size.
-    """
-    array = _check_boxes(boxes)
-    height, width = _check_size(size)
-    array[:, 0::2] = np.clip(array[:, 0::2], 0.0, width)
-    array[:, 1::2] = np.clip(array[:, 1::2], 0.0, height)
-    return array.astype(np.float32)
-
-
-def expand_boxes(boxes: Any, margin: float, size: tuple[int, int] | None = None) -> np.ndarray:
-    """Grow (or, with a negative margin, shrink) each box by a fraction of its own size.
-
-    Each side moves outwards by ``margin * width`` (left, right) or ``margin * height``
-    (top, bottom), so ``margin=0.1`` makes a box 1.2 times as wide and high, about the same
-    centre. A shrinking margin never inverts a box (``margin >= -0.5`` keeps at least a point).
-
-    Args:
-        boxes: ``(K, 4)`` boxes, numpy or torch.
-        margin: Fraction of the box's width/height added on each side, ``>= -0.5``.
-        size: Optional ``(H, W)`` to clip the result to.
-
-    Returns:
-        ``(K, 4)`` float32 numpy array.
-
-    Raises:
-        InputError: Bad boxes, margin not a finite number ``>= -0.5``, or a bad size.
-    """
-    array = _check_boxes(boxes)
-    if isinstance(margin, bool) or not isinstance(margin, Real) or not np.isfinite(margin) \
-            or margin < -0.5:
-        raise InputError(f"margin must be a finite number >= -0.5, got {margin!r}")
-    width = array[:, 2] - array[:, 0]
-    height = array[:, 3] - array[:, 1]
-    grow = np.stack([-width, -height, width, height], axis=1) * float(margin)
-    out = array + grow
-    if size is not None:
-        return clip_boxes(out, size)
-    return out.astype(np.float32)
-
-
-def valid_boxes(boxes: Any, size: tuple[int, int] | None = None, min_size: float = 1.0
-                ) -> np.ndarray:
-    """Which boxes have width and height ``>= min_size`` (inside the image when ``size``).
-
-    With ``size``, the test applies to the part of each box inside the image.
-
-    Returns:
-        ``(K,)`` bool numpy array.
-    """
-    array = _check_boxes(boxes)
-    if size is not None:
-        array = clip_boxes(array, size).astype(np.float64)
-    return ((array[:, 2] - array[:, 0]) >= min_size) & ((array[:, 3] - array[:, 1]) >= min_size)
 
 
 def _iou_one(box: np.ndarray, others: np.ndarray) -> np.ndarray:
@@ -148,20 +61,8 @@ def nms(boxes: Any, scores: Any, iou_threshold: float = 0.5) -> np.ndarray:
     Raises:
         InputError: Bad boxes or scores, lengths differ, or a threshold outside ``[0, 1]``.
     """
-    array = _check_boxes(boxes)
-    if not isinstance(scores, np.ndarray):
-        scores = _to_numpy(scores, "scores") if hasattr(scores, "detach") else np.asarray(
-            scores)
-    values = np.asarray(scores)
-    if values.shape != (array.shape[0],):
-        raise InputError(
-            f"scores must have shape ({array.shape[0]},) to match boxes, got {values.shape}"
-        )
-    if values.size and values.dtype.kind not in "fiub":
-        raise InputError(f"scores must hold real numbers, got dtype {values.dtype}")
-    values = values.astype(np.float64)
-    if not np.isfinite(values).all():
-        raise InputError("scores contain NaN or inf")
+    array = check_boxes(boxes)
+    values = check_scores(scores, "scores", array.shape[0])
     if isinstance(iou_threshold, bool) or not isinstance(iou_threshold, Real) \
             or not 0.0 <= float(iou_threshold) <= 1.0:
         raise InputError(f"iou_threshold must lie in [0, 1], got {iou_threshold!r}")

@@ -43,6 +43,7 @@ from wsolkit.train.fcam_losses import (
     pseudo_pixels,
     size_loss,
 )
+from wsolkit.train.runs import check_checkpoint
 
 __all__ = ["FCAMSettings", "train_fcam"]
 
@@ -167,11 +168,7 @@ def train_fcam(
     work = Path(work) if work is not None else out.with_name(out.name + ".work")
     layers = settings.skip_layers or default_skip_layers(classifier.name)
     checkpoint_path = work / CHECKPOINT
-    if resume and not checkpoint_path.is_file():
-        raise InputError(f"--resume: {checkpoint_path} not found")
-    if not resume and checkpoint_path.exists():
-        raise InputError(f"{checkpoint_path} exists: pass --resume to continue it or choose "
-                         "another --work/--out")
+    check_checkpoint(checkpoint_path, resume, "--work/--out")
     make_out_dir(work, "--work")
     make_out_dir(out.parent)  # fail now, not after the first epoch
     cache = Path(cache) if cache is not None else work

@@ -26,31 +26,40 @@ inside an epoch resumes from the end of the last finished epoch.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from PIL import Image
-from torch import nn
 
 from wsolkit.data.atomic import make_out_dir, write_json_atomic, write_torch_atomic
 from wsolkit.data.images import load_image
 from wsolkit.data.sample import Sample
 from wsolkit.errors import ImageError, InputError
 from wsolkit.eval.classification import multilabel_map
-from wsolkit.models.adaptation import head_parameter_names, with_adaptation_head
+from wsolkit.models.adaptation import with_adaptation_head
 from wsolkit.models.classifier import Classifier
-from wsolkit.models.layers import get_layer
 from wsolkit.models.loading import read_torch_file, save_classifier
 from wsolkit.train.augment import Augment
-from wsolkit.train.sampling import class_balanced_epoch, repeat_factors, split_train_val
+from wsolkit.train.finetune_loop import (  # _criterion: re-exported for its tests
+    _criterion,  # noqa: F401
+    _ImageSource,
+    _optimizer,
+    _train_epoch,
+    _trainable_prefixes,
+    _validate,
+)
+from wsolkit.train.runs import (
+    check_checkpoint,
+    check_resumed_settings,
+    dataset_source,
+    image_labels,
+    percent,
+)
+from wsolkit.train.sampling import repeat_factors, split_train_val
 
 __all__ = ["FinetuneSettings", "finetune", "multilabel_map"]
 
@@ -60,8 +69,6 @@ CHECKPOINT = "checkpoint.pt"
 MODEL = "model.pt"
 METRICS = "metrics.json"
 _FORMAT = 1
-# Decoded training images are kept in memory (at the model's input size) up to this many.
-_CACHE_LIMIT = 5000
 
 
 @dataclass(frozen=True)
@@ -200,17 +207,12 @@ def finetune(
     settings.check()
     out = Path(out)
     checkpoint_path = out / CHECKPOINT
-    if resume and not checkpoint_path.is_file():
-        raise InputError(f"--resume: {checkpoint_path} not found")
-    if not resume and checkpoint_path.exists():
-        raise InputError(
-            f"{checkpoint_path} exists: pass --resume to continue it or choose another --out"
-        )
+    check_checkpoint(checkpoint_path, resume)
     make_out_dir(out)
 
-    samples, failures = _readable(list(dataset)[: settings.limit], _source(dataset))
-    class_names = _class_names(dataset, samples)
-    targets = _multi_hot(samples, len(class_names))
+    source = dataset_source(dataset)
+    samples, failures = _readable(list(dataset)[: settings.limit], source)
+    class_names, targets = image_labels(dataset, samples, source)
     train_idx, val_idx = split_train_val(len(samples), settings.val_fraction, settings.seed)
     model, head_name = with_adaptation_head(
         classifier, class_names, settings.hidden, settings.dropout, settings.seed
@@ -271,7 +273,7 @@ def finetune(
         write_json_atomic(out / METRICS, metrics)
         if log is not None:
             log(f"epoch {epoch + 1}/{settings.epochs}: loss {loss:.4f}, val mAP "
-                f"{_percent(val_map)} (before fine-tuning {_percent(before)})")
+                f"{percent(val_map)} (before fine-tuning {percent(before)})")
     if start >= settings.epochs:  # nothing left to train: still write the outputs
         save_classifier(model, out / MODEL)
         metrics = _metrics(dataset, classifier, settings, state, before, history,
@@ -296,223 +298,6 @@ def _readable(samples: list[Sample], source: str) -> tuple[list[Sample], list[st
     return kept, failures
 
 
-def _percent(value: float | None) -> str:
-    return "n/a" if value is None else f"{100 * value:.1f}%"
-
-
-def _class_names(dataset: Sequence[Sample], samples: list[Sample]) -> list[str]:
-    names = getattr(dataset, "class_names", None)
-    if names:
-        return list(names)
-    labels = [label for sample in samples for label in sample.labels]
-    if not labels:
-        raise InputError(f"{_source(dataset)}: no image-level labels to train on")
-    return [f"class {i}" for i in range(max(labels) + 1)]
-
-
-def _source(dataset: Sequence[Sample]) -> str:
-    return str(getattr(dataset, "annotation_file", None) or getattr(dataset, "root", "dataset"))
-
-
-def _multi_hot(samples: list[Sample], num_classes: int) -> np.ndarray:
-    targets = np.zeros((len(samples), num_classes), bool)
-    for row, sample in enumerate(samples):
-        for label in sample.labels:
-            if not 0 <= label < num_classes:
-                raise InputError(
-                    f"{sample.image_id}: label {label} is outside 0..{num_classes - 1}"
-                )
-            targets[row, label] = True
-    if not targets.any():
-        raise InputError("the dataset has no image-level labels to train on")
-    return targets
-
-
-def _trainable_prefixes(
-    module: nn.Module, head_name: str, settings: FinetuneSettings
-) -> tuple[str, ...]:
-    """Module-name prefixes of the trained parameters (the head always; backbone per lr)."""
-    if settings.lr == 0:
-        if settings.train_layers:
-            raise InputError("--train-layers needs --lr > 0 (lr 0 freezes the backbone)")
-        return (head_name,)
-    if not settings.train_layers:
-        return ("",)  # everything
-    for name in settings.train_layers:
-        get_layer(module, name)  # raises LayerError naming a typo
-    return (head_name, *settings.train_layers)
-
-
-def _is_trained(name: str, prefixes: tuple[str, ...]) -> bool:
-    return any(p == "" or name == p or name.startswith(f"{p}.") for p in prefixes)
-
-
-def _optimizer(
-    module: nn.Module, head_name: str, trainable: tuple[str, ...], settings: FinetuneSettings
-) -> torch.optim.Optimizer:
-    head = head_parameter_names(module, head_name)
-    groups = [
-        {"params": [p for n, p in module.named_parameters()
-                    if n not in head and _is_trained(n, trainable)], "lr": settings.lr},
-        {"params": [p for n, p in module.named_parameters() if n in head],
-         "lr": settings.head_lr},
-    ]
-    groups = [g for g in groups if g["params"]]
-    if settings.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=settings.head_lr, momentum=0.9,
-                               weight_decay=settings.weight_decay)
-    return torch.optim.AdamW(groups, lr=settings.head_lr, weight_decay=settings.weight_decay)
-
-
-@contextlib.contextmanager
-def _training_mode(
-    module: nn.Module, head_name: str, trainable: tuple[str, ...]
-) -> Iterator[None]:
-    """Train mode and gradients for the trained modules only; restored on exit."""
-    frozen = [p for n, p in module.named_parameters()
-              if not _is_trained(n, trainable) and p.requires_grad]
-    for param in frozen:
-        param.requires_grad_(False)
-    if "" in trainable:
-        module.train()
-    else:
-        module.eval()
-        for name in trainable:
-            get_layer(module, name).train()
-    try:
-        yield
-    finally:
-        module.eval()
-        for param in frozen:
-            param.requires_grad_(True)
-
-
-class _ImageSource:
-    """Decoded images at the model's input size, kept in memory for small datasets."""
-
-    def __init__(self, classifier: Classifier, samples: list[Sample]) -> None:
-        self.classifier = classifier
-        self.samples = samples
-        self.cache: dict[int, Image.Image] | None = {} if len(samples) <= _CACHE_LIMIT else None
-        self.fill = tuple(int(round(255 * m)) for m in classifier.mean)
-
-    def image(self, index: int) -> Image.Image:
-        if self.cache is not None and index in self.cache:
-            return self.cache[index]
-        height, width = self.classifier.input_size
-        image = load_image(self.samples[index].path)
-        image = image.resize((width, height), Image.Resampling.BILINEAR)
-        if self.cache is not None:
-            self.cache[index] = image
-        return image
-
-    def batch(
-        self, indices: Sequence[int], augment: Augment | None = None,
-        rng: np.random.Generator | None = None,
-    ) -> torch.Tensor:
-        tensors = []
-        for index in indices:
-            image = self.image(int(index))
-            if augment is not None:
-                image = augment.image(image, rng, self.fill)
-            tensor = self.classifier.preprocess(image)
-            if augment is not None:
-                tensor = augment.tensor(tensor, rng, self.classifier.std)
-            tensors.append(tensor)
-        return torch.stack(tensors).to(self.classifier.device)
-
-
-def _train_epoch(
-    model: Classifier, images: _ImageSource, train_idx: np.ndarray, targets: np.ndarray,
-    factors: np.ndarray, augment: Augment, optimizer: torch.optim.Optimizer, head_name: str,
-    trainable: tuple[str, ...], settings: FinetuneSettings, epoch: int, quiet: bool,
-) -> float:
-    from tqdm import tqdm
-
-    rng = np.random.default_rng([settings.seed, epoch])
-    torch_seed = int(np.random.SeedSequence([settings.seed, epoch, 1]).generate_state(1)[0])
-    order = train_idx[class_balanced_epoch(factors, rng)]
-    criterion = _criterion(settings.output)
-    schedule = _StepSchedule(optimizer, settings.lr_step)
-    total, seen = 0.0, 0
-    bar = tqdm(total=len(order), unit="img", desc=f"epoch {epoch + 1}/{settings.epochs}",
-               disable=quiet, file=sys.stderr, leave=False)
-    device = model.device
-    devices = [device.index or 0] if device.type == "cuda" else []
-    with bar, torch.random.fork_rng(devices=devices), _training_mode(
-        model.module, head_name, trainable
-    ):
-        torch.manual_seed(torch_seed)
-        for start in range(0, len(order), settings.batch_size):
-            batch = order[start:start + settings.batch_size]
-            inputs = images.batch(batch, augment, rng)
-            labels = torch.from_numpy(targets[batch].astype(np.float32)).to(inputs.device)
-            loss = criterion(model.module(inputs), labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            total += loss.item() * len(batch)
-            seen += len(batch)
-            bar.update(len(batch))
-            bar.set_postfix(loss=f"{total / seen:.4f}")
-    return total / max(seen, 1)
-
-
-def _criterion(output: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """Eq. 1, ``-1/K sum_k [p_k log q_k + (1 - p_k) log(1 - q_k)]``, mean over the batch."""
-    if output == "sigmoid":
-        return nn.BCEWithLogitsLoss()
-
-    def softmax_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        log_q = logits.log_softmax(dim=1)
-        # log(1 - q) without cancellation: log(-expm1(log q)), q < 1 kept away from 1
-        log_not_q = torch.log(-torch.expm1(log_q.clamp(max=-1e-7)))
-        return -(labels * log_q + (1 - labels) * log_not_q).mean()
-
-    return softmax_cross_entropy
-
-
-class _StepSchedule:
-    """Learning rates divided by 10 every ``step`` optimizer steps (0: constant).
-
-    The count of finished steps and the starting rate live in the optimizer's parameter
-    groups, so they are saved in the checkpoint and a resumed run continues the schedule.
-    """
-
-    def __init__(self, optimizer: torch.optim.Optimizer, step: int) -> None:
-        self.optimizer = optimizer
-        self.size = step
-        for group in optimizer.param_groups:
-            group.setdefault("initial_lr", group["lr"])
-            group.setdefault("batches", 0)
-
-    def step(self) -> None:
-        for group in self.optimizer.param_groups:
-            group["batches"] += 1
-            if self.size:
-                group["lr"] = group["initial_lr"] * 0.1 ** (group["batches"] // self.size)
-
-
-def _validate(
-    model: Classifier, images: _ImageSource, val_idx: np.ndarray, targets: np.ndarray,
-    batch_size: int = 16,
-) -> tuple[float | None, list]:
-    if len(val_idx) == 0:
-        return None, []
-    training = model.module.training
-    model.module.eval()
-    scores = []
-    try:
-        with torch.no_grad():
-            for start in range(0, len(val_idx), batch_size):
-                inputs = images.batch(val_idx[start:start + batch_size])
-                scores.append(model.probabilities(model.module(inputs)).cpu().numpy())
-    finally:
-        model.module.train(training)
-    return multilabel_map(np.concatenate(scores), targets[val_idx])
-
-
 def _load_checkpoint(path: Path, expected: dict[str, Any]) -> dict[str, Any]:
     saved = read_torch_file(path, "checkpoint (--resume)", InputError)
     if not isinstance(saved, dict) or saved.get("format") != _FORMAT:
@@ -520,13 +305,8 @@ def _load_checkpoint(path: Path, expected: dict[str, Any]) -> dict[str, Any]:
     if saved["base_model"] != expected["base_model"]:
         raise InputError(f"--resume: {path} fine-tunes {saved['base_model']!r}, "
                          f"not {expected['base_model']!r}")
-    defaults = FinetuneSettings().resume_key()
-    for key, value in expected["settings"].items():
-        # settings added since the checkpoint was written had their default value
-        if saved["settings"].get(key, defaults.get(key)) != value:
-            option = "--" + key.replace("_", "-")
-            raise InputError(f"--resume: {path} was made with {option} "
-                             f"{saved['settings'].get(key)!r}, not {value!r}")
+    check_resumed_settings(path, saved["settings"], expected["settings"],
+                           FinetuneSettings().resume_key())
     for key in ("class_names", "train_ids", "val_ids"):
         if saved[key] != expected[key]:
             raise InputError(f"--resume: the dataset's {key.replace('_', ' ')} differ from "
@@ -545,7 +325,7 @@ def _metrics(
     chance = (float(np.mean([val_targets[:, c].mean() for c in evaluated]))
               if evaluated else None)
     return {
-        "dataset": _source(dataset),
+        "dataset": dataset_source(dataset),
         "base_model": base.name,
         "classes": len(state["class_names"]),
         "train_images": len(state["train_ids"]),

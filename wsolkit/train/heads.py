@@ -41,6 +41,13 @@ from wsolkit.models.classifier import Classifier
 from wsolkit.models.layers import find_linear
 from wsolkit.models.loading import read_torch_file
 from wsolkit.models.wildcat import DROPOUTS, HeadModel, WildcatHead, head_record
+from wsolkit.train.runs import (
+    check_checkpoint,
+    check_resumed_settings,
+    dataset_source,
+    image_labels,
+    percent,
+)
 from wsolkit.train.sampling import split_train_val
 
 __all__ = ["HeadSettings", "train_head"]
@@ -164,15 +171,10 @@ def train_head(
     head_path, ckpt_path, metrics_path = paths(out)
     if not head_path.parent.is_dir():
         raise InputError(f"--out {head_path}: folder {head_path.parent} does not exist")
-    if resume and not ckpt_path.is_file():
-        raise InputError(f"--resume: {ckpt_path} not found")
-    if not resume and ckpt_path.exists():
-        raise InputError(f"{ckpt_path} exists: pass --resume to continue it or choose "
-                         "another --out")
-    source = str(getattr(dataset, "annotation_file", None) or getattr(dataset, "root", "dataset"))
+    check_checkpoint(ckpt_path, resume)
+    source = dataset_source(dataset)
     samples = list(dataset)[: settings.limit]
-    class_names = _class_names(dataset, samples, source)
-    targets = _multi_hot(samples, len(class_names))
+    class_names, targets = image_labels(dataset, samples, source)
     layer = classifier.feature_layer or classifier.cam_head(
         torch.zeros(1, 3, *classifier.input_size, device=classifier.device)).feature_layer
     features, kept, failures = cached_features(classifier, layer, samples, settings.flip, cache,
@@ -214,7 +216,7 @@ def train_head(
             {"settings": asdict(settings)}))
         if log is not None:
             log(f"epoch {epoch + 1}/{settings.epochs}: loss {loss:.4f}, val mAP "
-                f"{_percent(val_map)} (at initialization {_percent(before)})")
+                f"{percent(val_map)} (at initialization {percent(before)})")
         write_json_atomic(metrics_path, _metrics(source, classifier, layer, settings, class_names,
                                                  train_idx, val_idx, before, history, start,
                                                  head_path, failures))
@@ -239,30 +241,6 @@ def _metrics(source: str, classifier: Classifier, layer: str, settings: HeadSett
         "epochs": history, "resumed_from_epoch": start or None, "head_file": head_path.name,
         "settings": asdict(settings), "failures": failures,
     }
-
-
-def _percent(value: float | None) -> str:
-    return "n/a" if value is None else f"{100 * value:.1f}%"
-
-
-def _class_names(dataset: Sequence[Sample], samples: list[Sample], source: str) -> list[str]:
-    if not any(sample.labels for sample in samples):
-        raise InputError(f"{source}: no image-level labels to train a head on")
-    names = getattr(dataset, "class_names", None)
-    if names:
-        return list(names)
-    return [f"class {i}" for i in range(max(max(s.labels) for s in samples if s.labels) + 1)]
-
-
-def _multi_hot(samples: list[Sample], num_classes: int) -> np.ndarray:
-    targets = np.zeros((len(samples), num_classes), bool)
-    for row, sample in enumerate(samples):
-        for label in sample.labels:
-            if not 0 <= label < num_classes:
-                raise InputError(f"{sample.image_id}: label {label} is outside "
-                                 f"0..{num_classes - 1}")
-            targets[row, label] = True
-    return targets
 
 
 def cached_features(
@@ -424,11 +402,7 @@ def _load_checkpoint(path: Path, expected: dict[str, Any]) -> dict[str, Any]:
     if len(saved["class_names"]) != len(expected["class_names"]):
         raise ModelError(f"--resume: {path} has {len(saved['class_names'])} classes, the "
                          f"dataset {len(expected['class_names'])}")
-    for key, value in expected["settings"].items():
-        if saved["settings"].get(key) != value:
-            option = "--" + key.replace("_", "-")
-            raise InputError(f"--resume: {path} was made with {option} "
-                             f"{saved['settings'].get(key)!r}, not {value!r}")
+    check_resumed_settings(path, saved["settings"], expected["settings"])
     if saved["class_names"] != expected["class_names"] or \
             saved["train_ids"] != expected["train_ids"]:
         raise InputError(f"--resume: the dataset differs from the one of {path}")
