@@ -16,7 +16,7 @@ from wsolkit.models.efficientnet_lite import INPUT_SIZES, build_efficientnet_lit
 
 DEFAULT_MODEL = "efficientnet_lite0"
 
-# Chosen by `python benchmarks/objectness_layer.py` on shared/data/imagenet-dev (docs/evaluation.md).
+# Chosen by `python benchmarks/objectness_layer.py` on imagenet-dev (docs/evaluation.md).
 EFFICIENTNET_LITE0_OBJECTNESS_LAYER = "features.head"
 
 # Layers of the methods whose best layer is not features.head, chosen by MaxBoxAccV2 on
