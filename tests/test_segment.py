@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from wsolkit.apps.engine import JobOptions
 from wsolkit.apps.instances import (
     InstanceSettings,
     box_problem,
@@ -15,11 +16,10 @@ from wsolkit.apps.instances import (
     instances_from_json,
     resolve_overlaps,
 )
-from wsolkit.apps.engine import JobOptions
 from wsolkit.apps.segment import SegmentSettings, image_heatmaps, segment_heatmap
 from wsolkit.apps.segment_core import segment_files
-from wsolkit.data.shards import read_shards
 from wsolkit.cli.main import main
+from wsolkit.data.shards import read_shards
 from wsolkit.errors import InputError
 from wsolkit.maps import get_method
 from wsolkit.models import as_classifier
