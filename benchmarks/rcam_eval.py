@@ -3,7 +3,7 @@
 For each configuration (a row of ``CONFIGS``, method options as ``wsolkit evaluate --option``
 takes them) and each dataset, rCAM runs once per image with the original image (so scale 2 is
 ``I_2``, the image resized to 448, unless the row says otherwise), and its stages are scored
-with ``wsolkit evaluate``'s own scorer (``wsolkit.apps.evaluate._Scorer``, the same 224x224
+with ``wsolkit evaluate``'s own scorer (``wsolkit.eval.protocol.ProtocolScorer``, the same 224x224
 protocol): ``cam`` (the scale-1 CAM after a ReLU; the registered ``cam`` method keeps
 negative values, which scores slightly differently), ``rcam1``, ``rcam2``, ``rcam3`` (raw
 fusion) and ``rcam`` (CRF marginal times the fusion's peak), the raw maps the registered
@@ -28,9 +28,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from wsolkit.apps.evaluate import _resolve_target, _Scorer  # noqa: E402
+from wsolkit.apps.evaluate import _resolve_target  # noqa: E402
 from wsolkit.data import load_image, open_dataset  # noqa: E402
 from wsolkit.data.atomic import write_json_atomic  # noqa: E402
+from wsolkit.eval.protocol import ProtocolScorer  # noqa: E402
 from wsolkit.maps.rcam import RCAM  # noqa: E402
 from wsolkit.models import load_model  # noqa: E402
 
@@ -60,7 +61,8 @@ def run(config_name: str, dataset_name: str, model, limit: int | None) -> dict:
     target = _resolve_target("auto", dataset, model, None)
     has_boxes = any(len(s.boxes) for s in samples)
     has_masks = any(s.has_mask for s in samples)
-    scorers = {stage: _Scorer(has_boxes, has_masks, 0.01, target == "gt") for stage in STAGES}
+    scorers = {stage: ProtocolScorer(has_boxes, has_masks, 0.01, target == "gt")
+               for stage in STAGES}
     method = RCAM(model, **CONFIGS[config_name])
     start = time.perf_counter()
     for sample in samples:

@@ -180,7 +180,9 @@ class Core(Protocol):
         """The settings recorded beside the rows (a resumed run must match them)."""
 
 
-class _Files(Dataset):
+class ImageFiles(Dataset):
+    """Image files decoded by a :class:`Decoder` (in the ``DataLoader``'s workers)."""
+
     def __init__(self, paths: Sequence[Path], decoder: Decoder) -> None:
         self.paths, self.decoder = list(paths), decoder
 
@@ -191,7 +193,8 @@ class _Files(Dataset):
         return self.decoder.path(self.paths[index], index)
 
 
-def _as_list(items: list[DecodedImage]) -> list[DecodedImage]:
+def as_list(items: list[DecodedImage]) -> list[DecodedImage]:
+    """``DataLoader`` collate function: the batch as the list of decoded items."""
     return items
 
 
@@ -231,8 +234,8 @@ def run_local(
     if progress is not None and len(todo) < len(paths):
         progress(len(paths) - len(todo))
     wanted = frozenset(pos for pos, (index, _) in enumerate(todo) if index in overlay_at)
-    loader = DataLoader(_Files([p for _, p in todo], core.decoder(wanted)),
-                        batch_size=batch_size, num_workers=job.workers, collate_fn=_as_list)
+    loader = DataLoader(ImageFiles([p for _, p in todo], core.decoder(wanted)),
+                        batch_size=batch_size, num_workers=job.workers, collate_fn=as_list)
     pending: list[tuple[Callable[[], list], int]] = []
 
     def collect() -> None:

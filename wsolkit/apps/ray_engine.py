@@ -13,8 +13,8 @@ here. See docs/scale.md.
 from __future__ import annotations
 
 import copy
-import json
 import os
+import pickle
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -142,9 +142,9 @@ class CoreActor:
         self.decoder = self.core.decoder()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Decoded batch -> one JSON row per image."""
-        rows = [json.dumps(row) for row, _ in self.core(_items(batch, self.decoder))]
-        return {"row": np.array(rows, dtype=object)}
+        """Decoded batch -> one pickled row per image (rows may hold arrays)."""
+        rows = [pickle.dumps(row) for row, _ in self.core(_items(batch, self.decoder))]
+        return {"row": _objects(rows)}
 
 
 def localize_files_ray(
@@ -234,9 +234,9 @@ def run_ray(make_core: Callable[..., Any], classifier: Classifier, paths: Sequen
             # Ray gets absolute paths (its workers may run elsewhere); rows name them as given
             given = {os.path.abspath(path): path for path in todo}
             with ray_session(options):
-                for text in ray_rows(make_core, classifier, settings, list(given), batch_size,
+                for row in ray_rows(make_core, classifier, settings, list(given), batch_size,
                                      options, actor_cpus, progress):
-                    row = _as_given(json.loads(text), given)
+                    row = _as_given(row, given)
                     if row["status"] != "ok":
                         report.failures.append((row["image"], row["error"]))
                     writer.add(row)
@@ -272,7 +272,7 @@ class ray_session:  # noqa: N801  (used as a context manager, like a function)
 def ray_rows(make_core: Callable[..., Any], classifier: Classifier, settings: Any,
              paths: list[str], batch_size: int, options: RayOptions, actor_cpus: float,
              progress: Callable[[int], None] | None = None) -> Iterator[Any]:
-    """The actors' outputs (one per image, in the order batches finish) for absolute paths."""
+    """The actors' rows (one per image, in the order batches finish) for absolute paths."""
     ray = _ray()
     from ray.data import ActorPoolStrategy, DataContext
 
@@ -292,7 +292,8 @@ def ray_rows(make_core: Callable[..., Any], classifier: Classifier, settings: An
                      num_cpus=actor_cpus, num_gpus=1 if gpus else None)
     )
     for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-        yield from batch["row"]
+        for data in batch["row"]:
+            yield pickle.loads(data)
         if progress is not None:
             progress(len(batch["row"]))
 
