@@ -133,12 +133,27 @@ class SegmentCore:
         if self.jobs == 1:
             return _Deferred(_mask_task, *args)
         if self._pool is None:
-            # forkserver/spawn: no fork of a process whose torch and OpenCV threads run
-            method = "forkserver" if sys.platform.startswith("linux") else "spawn"
-            self._pool = ProcessPoolExecutor(self.jobs,
-                                             mp_context=multiprocessing.get_context(method),
-                                             initializer=_worker_start)
+            self.start()
         return self._pool.submit(_mask_task, *args)
+
+    def start(self) -> None:
+        """Start the process pool now (with ``jobs > 1``).
+
+        Its processes get ready while the model runs its first batch.
+        """
+        if self.jobs == 1 or self._pool is not None:
+            return
+        # forkserver (spawn off Linux): no fork of a process whose torch and OpenCV threads
+        # run; the server imports this module once and every worker is forked from it
+        if sys.platform.startswith("linux"):
+            context = multiprocessing.get_context("forkserver")
+            context.set_forkserver_preload([__name__])
+        else:
+            context = multiprocessing.get_context("spawn")
+        self._pool = ProcessPoolExecutor(self.jobs, mp_context=context,
+                                         initializer=_worker_start)
+        for _ in range(self.jobs):
+            self._pool.submit(int)  # each submit starts a worker process
 
     def __call__(self, items: Sequence[DecodedImage]) -> list[tuple[dict, SegmentExtras]]:
         """One ``(row, extras)`` per item, in order (failed items give failed rows)."""
@@ -277,6 +292,7 @@ def segment_files(
                 save_mask_map(maps_dir, path.stem, extras.mask)
                 saved_stems.add(path.stem)
 
+    core.start()
     try:
         return run_local(core, classifier, paths, out_dir, settings.batch_size, job,
                          write_extras, progress)
