@@ -69,15 +69,16 @@ def forward_rate(model: wsolkit.Classifier, tensors: list[torch.Tensor], batch: 
     return len(tensors) / (time.perf_counter() - start)
 
 
-def command_rate(folder: Path, count: int, args: list[str], scratch: Path) -> float:
+def command_rate(folder: Path, count: int, args: list[str], scratch: Path,
+                 command: str = "localize") -> float:
     out = Path(tempfile.mkdtemp(dir=scratch))
     shutil.rmtree(out)
     start = time.perf_counter()
     with contextlib.redirect_stderr(io.StringIO()):
-        code = wsolkit_main(["localize", str(folder), "--out", str(out), "--quiet", *args])
+        code = wsolkit_main([command, str(folder), "--out", str(out), "--quiet", *args])
     seconds = time.perf_counter() - start
     if code != 0:
-        raise SystemExit(f"wsolkit localize {' '.join(args)} exited {code}")
+        raise SystemExit(f"wsolkit {command} {' '.join(args)} exited {code}")
     rows = sum(len(p.read_text().splitlines()) for p in out.glob("rows-*.jsonl"))
     if rows != count:
         raise SystemExit(f"expected {count} rows, found {rows}")

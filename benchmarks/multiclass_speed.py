@@ -38,8 +38,8 @@ import wsolkit
 from wsolkit.apps.class_scoring import ClassScorer, classes_to_detect, every_class, maps_of_result
 from wsolkit.apps.evaluate import EvaluateSettings, evaluate
 from wsolkit.apps.mosaics import build_mosaics
-from wsolkit.apps.protocol import protocol_map, protocol_source
 from wsolkit.data import load_image, open_dataset
+from wsolkit.eval.protocol import protocol_map, protocol_source
 from wsolkit.maps import get_method
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -3,7 +3,7 @@
 For each configuration (a row of ``CONFIGS``, method options as ``wsolkit evaluate --option``
 takes them) and each dataset, rCAM runs once per image with the original image (so scale 2 is
 ``I_2``, the image resized to 448, unless the row says otherwise), and its stages are scored
-with ``wsolkit evaluate``'s own scorer (``wsolkit.apps.evaluate._Scorer``, the same 224x224
+with ``wsolkit evaluate``'s own scorer (``wsolkit.eval.protocol.ProtocolScorer``, the same 224x224
 protocol): ``cam`` (the scale-1 CAM after a ReLU; the registered ``cam`` method keeps
 negative values, which scores slightly differently), ``rcam1``, ``rcam2``, ``rcam3`` (raw
 fusion) and ``rcam`` (CRF marginal times the fusion's peak), the raw maps the registered
@@ -25,8 +25,8 @@ import time
 import torch
 from harness import add_common_arguments, rcam_passes, rcam_samples
 
-from wsolkit.apps.evaluate import _Scorer
 from wsolkit.data.atomic import write_json_atomic
+from wsolkit.eval.protocol import ProtocolScorer
 from wsolkit.maps.rcam import RCAM
 from wsolkit.models import load_model
 
@@ -53,7 +53,8 @@ def run(config_name: str, dataset_name: str, model, limit: int | None) -> dict:
     samples, target = rcam_samples(dataset_name, model, limit)
     has_boxes = any(len(s.boxes) for s in samples)
     has_masks = any(s.has_mask for s in samples)
-    scorers = {stage: _Scorer(has_boxes, has_masks, 0.01, target == "gt") for stage in STAGES}
+    scorers = {stage: ProtocolScorer(has_boxes, has_masks, 0.01, target == "gt")
+               for stage in STAGES}
     method = RCAM(model, **CONFIGS[config_name])
     start = time.perf_counter()
     for sample, image, _, result in rcam_passes(method, model, samples, target):

@@ -5,7 +5,7 @@ image's forward results (``CAM_1``, ``CAM_2`` with ``I_2`` the original image at
 ``P_2``, the PCA shape maps, the RGB input) are computed once with the default pipeline
 (``RCAM3``); every setting then recomputes the later stages with the public stage functions
 (``upsample_chain``, ``variogram_radius``, ``fuse``, ``refine_crf``) and is scored with
-``wsolkit evaluate``'s scorer (``wsolkit.apps.evaluate._Scorer``, 224x224 protocol).
+``wsolkit evaluate``'s scorer (``wsolkit.eval.protocol.ProtocolScorer``, 224x224 protocol).
 ``rcam3`` rows are before the CRF; ``crf`` rows run the CRF on the default ``rcam3``.
 imagenet-dev: ground-truth class (MaxBoxAcc, MaxBoxAccV2); davis: top-1 class (PxAP,
 F OIS / ODS, MAE). One torch thread.
@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from harness import add_common_arguments, rcam_passes, rcam_samples
 
-from wsolkit.apps.evaluate import _Scorer
 from wsolkit.data.atomic import write_json_atomic
+from wsolkit.eval.protocol import ProtocolScorer
 from wsolkit.maps.rcam import (
     RCAM3,
     RCAM_CRF,
@@ -157,7 +157,7 @@ def cache_dataset(name: str, model, limit: int | None) -> tuple[list, str]:
 
 def score(cached: list, target: str, setting: Setting | None, radius_cache: dict) -> dict:
     sample0 = cached[0]["sample"]
-    scorer = _Scorer(len(sample0.boxes) > 0, sample0.has_mask, 0.01, target == "gt")
+    scorer = ProtocolScorer(len(sample0.boxes) > 0, sample0.has_mask, 0.01, target == "gt")
     for item in cached:
         if setting is None:  # CAM_1 after a ReLU (the `cam` method keeps negatives)
             raw = item["cam1"].clip(min=0)

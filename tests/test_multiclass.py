@@ -14,9 +14,9 @@ import wsolkit
 from wsolkit.apps.class_scoring import class_maps
 from wsolkit.apps.evaluate import EvaluateSettings, evaluate
 from wsolkit.apps.mosaics import build_mosaics
-from wsolkit.apps.protocol import protocol_map, protocol_source
 from wsolkit.data import load_image, open_dataset
 from wsolkit.eval import DetectionAP, PointingAP, PointingGame, peaks
+from wsolkit.eval.protocol import protocol_map, protocol_source
 from wsolkit.maps import base, get_method
 from wsolkit.maps.targets import Targets
 from wsolkit.refine import localize, scale_boxes

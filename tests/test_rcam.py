@@ -627,8 +627,8 @@ def test_rcam_in_box_returns_a_map_the_size_of_the_box(model):
 
 def test_evaluate_gives_rcam_the_original_image_for_scale_2(embedded_model):
     from wsolkit.apps.evaluate import EvaluateSettings, evaluate
-    from wsolkit.apps.protocol import protocol_map
     from wsolkit.data import open_dataset
+    from wsolkit.eval.protocol import protocol_map
 
     davis = Path(__file__).resolve().parents[2] / "shared" / "data" / "davis"
     dataset = open_dataset(davis)

@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from wsolkit.apps.engine import JobOptions
 from wsolkit.apps.instances import (
     InstanceSettings,
     box_problem,
@@ -15,13 +16,10 @@ from wsolkit.apps.instances import (
     instances_from_json,
     resolve_overlaps,
 )
-from wsolkit.apps.segment import (
-    SegmentSettings,
-    image_heatmaps,
-    segment_files,
-    segment_heatmap,
-)
+from wsolkit.apps.segment import SegmentSettings, image_heatmaps, segment_heatmap
+from wsolkit.apps.segment_core import segment_files
 from wsolkit.cli.main import main
+from wsolkit.data.shards import read_shards
 from wsolkit.errors import InputError
 from wsolkit.maps import get_method
 from wsolkit.models import as_classifier
@@ -364,12 +362,14 @@ def test_segment_files_writes_masks(embedded_model, tmp_path):
     before = digest(inputs / "a.png")
     out = tmp_path / "out"
     report = segment_files(embedded_model, sorted(inputs.iterdir()), out,
-                           SegmentSettings(max_side=64), maps_dir=tmp_path / "maps")
-    assert len(report.records) == 1 and len(report.failures) == 1
-    mask = np.asarray(Image.open(out / report.records[0]["mask"]))
+                           SegmentSettings(max_side=64), maps_dir=tmp_path / "maps",
+                           job=JobOptions(workers=0, overlays="all", mask_files=True))
+    assert report.written == 2 and len(report.failures) == 1
+    row = next(r for r in read_shards(out) if r["status"] == "ok")
+    mask = np.asarray(Image.open(out / row["targets"][0]["mask_file"]))
     assert mask.shape == (64, 64) and set(np.unique(mask)) <= {0, 255}
     assert np.array_equal(np.load(tmp_path / "maps" / "a.npy") > 0, mask > 0)
-    assert (out / report.records[0]["overlay"]).is_file()
+    assert (out / row["overlay"]).is_file()
     assert json.loads((out / "results.json").read_text())["settings"]["rule"] == "quantile"
     assert digest(inputs / "a.png") == before
 
@@ -380,7 +380,7 @@ def test_segment_files_writes_masks(embedded_model, tmp_path):
 def test_cli_segment_and_instances(embedded_model, coco_files, capsys):
     root, annotations, detections, _, _ = coco_files
     assert main(["segment", str(root / "images"), "--out", str(root / "seg"), "--quiet",
-                 "--max-side", "64"]) == 0
+                 "--max-side", "64", "--mask-files", "--workers", "0", "--jobs", "1"]) == 0
     assert (root / "seg" / "000000000007.mask.png").is_file()
     out = root / "cli.json"
     assert main(["instances", str(annotations), "--boxes", str(detections), "--out", str(out),

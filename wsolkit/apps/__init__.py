@@ -1,5 +1,6 @@
 """Jobs over many images: localization, segmentation, evaluation, annotation tools."""
 
-from wsolkit.apps.localize import JobOptions, LocalizeReport, LocalizeSettings, localize_files
+from wsolkit.apps.engine import JobOptions, JobReport
+from wsolkit.apps.localize import LocalizeSettings, localize_files
 
-__all__ = ["JobOptions", "LocalizeReport", "LocalizeSettings", "localize_files"]
+__all__ = ["JobOptions", "JobReport", "LocalizeSettings", "localize_files"]

@@ -34,11 +34,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from wsolkit.apps.protocol import PROTOCOL_SIZE, protocol_map, protocol_source
 from wsolkit.data.sample import Sample
 from wsolkit.errors import InputError
 from wsolkit.eval import DetectionAP, PointingAP, PointingGame, peaks
 from wsolkit.eval.classification import multilabel_map
+from wsolkit.eval.protocol import PROTOCOL_SIZE, protocol_map, protocol_source
 from wsolkit.maps import HeatmapMethod, HeatmapResult
 from wsolkit.maps.hooks import eval_mode
 from wsolkit.maps.targets import Targets

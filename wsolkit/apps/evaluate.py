@@ -17,93 +17,43 @@ way:
   (:class:`~wsolkit.eval.PointingAP`), detection AP (:class:`~wsolkit.eval.DetectionAP`)
   and classification mAP. With other models the class spaces differ and only the
   class-agnostic scores above are computed.
+
+The images are decoded in ``DataLoader`` worker processes (``job.workers``) or, with
+``ray=RayOptions(...)``, the maps are made by Ray actors (:mod:`wsolkit.apps.ray_engine`) with
+the same per-batch core (:class:`EvaluateCore`); every metric accumulates on this process in
+the dataset's order (``update`` / ``compute``), so both give the same numbers. The protocol
+grid and its scorer live in :mod:`wsolkit.eval.protocol`, map files in
+:mod:`wsolkit.data.map_files`, the written report in :mod:`wsolkit.apps.report`.
 """
 
 from __future__ import annotations
 
-import io
-import os
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
-from functools import partial
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-
-import cv2
-import numpy as np
-from PIL import Image
+from typing import TYPE_CHECKING
 
 from wsolkit.apps.beam_boxes import class_thresholds
-from wsolkit.apps.class_scoring import (
-    ClassMaps,
-    ClassScorer,
-    class_maps,
-    every_class,
-    maps_of_result,
+from wsolkit.apps.class_scoring import ClassScorer
+from wsolkit.apps.engine import JobOptions
+from wsolkit.apps.evaluate_core import (
+    MULTI_LABEL_KINDS,
+    TARGETS,
+    Batch,
+    EvaluateCore,
+    EvaluateJob,
+    EvaluateSettings,
+    computed_batches,
+    loaded_batches,
 )
-from wsolkit.apps.protocol import PROTOCOL_SIZE, protocol_map, protocol_source
-from wsolkit.data.atomic import make_out_dir, write_bytes_atomic
-from wsolkit.data.images import load_image
+from wsolkit.data.map_files import load_map, save_map
 from wsolkit.data.sample import Sample
-from wsolkit.errors import ImageError, InputError, WSOLError
-from wsolkit.eval import BoxAccuracy, PixelMetrics, PointingGame
-from wsolkit.maps import HeatmapMethod, get_method
+from wsolkit.errors import InputError, WSOLError
+from wsolkit.eval.protocol import PROTOCOL_SIZE, ProtocolScorer, ScoredImage, protocol_map
 from wsolkit.models.classifier import Classifier
-from wsolkit.refine import scale_boxes
 
-TARGETS = ("auto", "gt", "top1")
-MULTI_LABEL_KINDS = ("coco", "voc")
-
-
-@dataclass
-class EvaluateSettings:
-    """How maps are made and scored.
-
-    Attributes:
-        method: registered heatmap method (ignored when maps are loaded from files).
-        target: ``gt`` (the image's label), ``top1``, or ``auto`` (``gt`` when the dataset's
-            labels are the model's classes, else ``top1``).
-        layer: layer to hook (None: the method's default).
-        batch_size: images per forward pass.
-        limit: score only the first N images.
-        cam_curve_interval: spacing of the map thresholds (0.01: 100 thresholds).
-        options: extra method options.
-        detection_threshold: multi-label scoring only (see
-            :class:`~wsolkit.apps.class_scoring.ClassScorer`): a class map's connected
-            components at ``detection_threshold`` x its maximum are its detections.
-        min_class_probability: multi-label scoring only: detections (and a box method's
-            maps, e.g. ``beam``) only for the classes of an image at least this probable,
-            plus its most probable class (0: every class); see
-            :mod:`wsolkit.apps.class_scoring`.
-        class_thresholds: multi-label scoring only: per-class thresholds of the normalized
-            maps instead of the ``detection_threshold`` rule (a ``wsolkit tune-beam`` JSON
-            file or its dict; classes it does not list take its global value, else 0.5).
-        box_score: multi-label scoring only: a detection's score, ``"blob"`` (mean heat of
-            the blob times the class probability) or ``"box"`` (mean heat inside the box,
-            Bency et al.'s rule).
-    """
-
-    method: str = "cam"
-    target: str = "auto"
-    layer: str | None = None
-    batch_size: int = 32
-    limit: int | None = None
-    cam_curve_interval: float = 0.01
-    options: dict = field(default_factory=dict)
-    detection_threshold: float = 0.5
-    min_class_probability: float = 0.001
-    class_thresholds: str | os.PathLike | dict | None = None
-    box_score: str = "blob"
-
-
-@dataclass
-class ScoredImage:
-    """What the report needs of one scored image: its 224x224 map and ground truth."""
-
-    sample: Sample
-    heatmap: np.ndarray
-    boxes: np.ndarray
-    mask: np.ndarray | None
-    predicted: int | None = None
+if TYPE_CHECKING:
+    from wsolkit.apps.ray_engine import RayOptions
 
 
 @dataclass
@@ -118,16 +68,6 @@ class Evaluation:
     failures: list[tuple[str, str]]
 
 
-@dataclass
-class _Batch:
-    samples: list[Sample]
-    maps: list[np.ndarray]
-    sizes: list[tuple[int, int]]
-    top5: list[list[int] | None]
-    layer: str | None = None
-    class_maps: list[Callable[[], ClassMaps]] = field(default_factory=list)
-
-
 def evaluate(
     dataset: Sequence[Sample],
     settings: EvaluateSettings,
@@ -135,6 +75,8 @@ def evaluate(
     maps_dir: Path | None = None,
     save_maps_dir: Path | None = None,
     progress: Callable[[int], None] | None = None,
+    job: JobOptions | None = None,
+    ray: RayOptions | None = None,
 ) -> Evaluation:
     """Compute maps (or load them from ``maps_dir``) for a dataset and score them.
 
@@ -145,6 +87,9 @@ def evaluate(
         maps_dir: folder of precomputed ``<image_id>.npy`` maps (wsolevaluation convention).
         save_maps_dir: where to save each 224x224 map as ``<image_id>.npy``.
         progress: called with the number of images done after each batch.
+        job: decoding worker processes (``workers``; default 0: decode here).
+        ray: run the maps on Ray Data actors (:class:`~wsolkit.apps.ray_engine.RayOptions`)
+            instead of this process; the metrics are the same.
 
     Returns:
         An :class:`Evaluation`; images that could not be scored are in ``failures``. For a
@@ -166,16 +111,18 @@ def evaluate(
         raise InputError(f"{source}: the dataset has neither boxes nor masks to score maps "
                          "against")
     target = _resolve_target(settings.target, dataset, classifier, maps_dir)
-    scorer = _Scorer(has_boxes, has_masks, settings.cam_curve_interval, target == "gt")
+    scorer = ProtocolScorer(has_boxes, has_masks, settings.cam_curve_interval, target == "gt")
     class_scorer = _class_scorer(dataset, classifier, maps_dir, has_boxes, settings)
     failures: list[tuple[str, str]] = []
     images: list[ScoredImage] = []
     layer = None
     batches = (
-        _loaded_batches(samples, maps_dir, settings.batch_size, failures)
+        loaded_batches(samples, maps_dir, settings.batch_size, failures)
         if maps_dir is not None
-        else _computed_batches(samples, classifier, settings, target, failures,
-                               class_scorer.num_classes if class_scorer else None)
+        else computed_batches(samples, classifier,
+                               EvaluateJob(settings, target,
+                                           class_scorer.num_classes if class_scorer else None),
+                               failures, job or JobOptions(workers=0), ray)
     )
     for batch, done in batches:
         for index, sample in enumerate(batch.samples):
@@ -185,7 +132,7 @@ def evaluate(
                 failures.append((sample.image_id, str(error)))
                 continue
             if save_maps_dir is not None:
-                _save_map(save_maps_dir, sample.image_id, images[-1].heatmap)
+                save_map(save_maps_dir, sample.image_id, images[-1].heatmap)
         layer = layer or batch.layer
         if progress is not None:
             progress(done)
@@ -204,7 +151,7 @@ def evaluate(
     )
 
 
-def _score(batch: _Batch, index: int, scorer: _Scorer,
+def _score(batch: Batch, index: int, scorer: ProtocolScorer,
            class_scorer: ClassScorer | None) -> ScoredImage:
     """Score one image of a batch; every map is made before any metric is updated."""
     sample, size = batch.samples[index], batch.sizes[index]
@@ -265,209 +212,12 @@ def _resolve_target(target: str, dataset: object, classifier: Classifier | None,
     return target
 
 
-def _computed_batches(
-    samples: list[Sample],
-    classifier: Classifier,
-    settings: EvaluateSettings,
-    target: str,
-    failures: list[tuple[str, str]],
-    class_count: int | None = None,
-) -> Iterator[tuple[_Batch, int]]:
-    if settings.batch_size < 1:
-        raise InputError(f"--batch-size {settings.batch_size}: must be at least 1")
-    method = get_method(settings.method)(classifier, layer=settings.layer, **settings.options)
-    for start in range(0, len(samples), settings.batch_size):
-        chunk = samples[start:start + settings.batch_size]
-        loaded = []
-        for sample in chunk:
-            try:
-                loaded.append((sample, load_image(sample.path)))
-            except ImageError as error:
-                failures.append((sample.image_id, str(error)))
-        batch = _Batch([], [], [], [])
-        if loaded and class_count and not method.maps_detected_classes_only:
-            _add_every_class(batch, method, loaded, classifier, target, class_count,
-                             settings.min_class_probability)
-        elif loaded:
-            pictures = [image for _, image in loaded]
-            tensor = classifier.preprocess_batch(pictures)
-            labels = [max(sample.label, 0) for sample, _ in loaded]
-            result = method(tensor, target="gt" if target == "gt" else "top1", labels=labels,
-                            sources=pictures)
-            top5 = result.logits.topk(min(5, result.logits.shape[1]), dim=1).indices.tolist()
-            for index, (sample, image) in enumerate(loaded):
-                batch.samples.append(sample)
-                batch.maps.append(protocol_source(method, result.raw[index]))
-                batch.sizes.append(image.size)
-                batch.top5.append(top5[index])
-                if class_count:
-                    batch.class_maps.append(partial(
-                        class_maps, method, tensor[index:index + 1], class_count,
-                        settings.min_class_probability, tuple(sample.labels), image))
-            batch.layer = result.layer
-        yield batch, len(chunk)
-
-
-def _add_every_class(batch: _Batch, method: HeatmapMethod, loaded: list, classifier: Classifier,
-                     target: str, class_count: int, min_probability: float) -> None:
-    """Every class's map of each image from one call; the scored single map is one of them."""
-    for sample, image in loaded:
-        result = every_class(method, classifier.preprocess_batch([image]), class_count)
-        logits = result.logits[0]
-        chosen = max(sample.label, 0) if target == "gt" else int(logits.argmax())
-        batch.samples.append(sample)
-        batch.maps.append(protocol_source(method, result.raw[chosen]))
-        batch.sizes.append(image.size)
-        batch.top5.append(logits.topk(min(5, len(logits))).indices.tolist())
-        batch.class_maps.append(partial(maps_of_result, method, result, class_count,
-                                        min_probability, tuple(sample.labels)))
-        batch.layer = result.layer
-
-
-def _loaded_batches(
-    samples: list[Sample], maps_dir: Path, batch_size: int, failures: list[tuple[str, str]]
-) -> Iterator[tuple[_Batch, int]]:
-    if not maps_dir.is_dir():
-        raise InputError(f"--maps {maps_dir}: folder not found")
-    for start in range(0, len(samples), max(batch_size, 1)):
-        chunk = samples[start:start + max(batch_size, 1)]
-        batch = _Batch([], [], [], [])
-        for sample in chunk:
-            try:
-                heatmap = load_map(maps_dir, sample.image_id)
-                size = sample.size or _image_size(sample.path)
-            except WSOLError as error:
-                failures.append((sample.image_id, str(error)))
-                continue
-            batch.samples.append(sample)
-            batch.maps.append(heatmap)
-            batch.sizes.append(size)
-            batch.top5.append(None)
-        yield batch, len(chunk)
-
-
-def load_map(maps_dir: Path, image_id: str) -> np.ndarray:
-    """Load ``<maps_dir>/<image_id>.npy``, a finite 2-D map of any size and range.
-
-    Raises:
-        InputError: missing or unreadable file, wrong shape, non-finite values.
-    """
-    path = maps_dir / f"{image_id}.npy"
-    if not path.is_file():
-        raise InputError(f"{path}: map file not found")
-    try:
-        heatmap = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as error:
-        raise InputError(f"{path}: not a readable .npy array ({error})") from None
-    heatmap = np.squeeze(heatmap)
-    if heatmap.ndim != 2 or heatmap.dtype.kind not in "fiub" or min(heatmap.shape) < 1:
-        raise InputError(f"{path}: expected a 2-D numeric map, got shape {heatmap.shape}")
-    if not np.isfinite(heatmap).all():
-        raise InputError(f"{path}: map has NaN or infinite values")
-    return heatmap.astype(np.float32)
-
-
-def _image_size(path: Path) -> tuple[int, int]:
-    try:
-        with Image.open(path) as image:
-            return image.size
-    except OSError as error:
-        raise ImageError(f"{path}: cannot read the image size ({error})") from None
-
-
-def _save_map(folder: Path, image_id: str, heatmap: np.ndarray) -> None:
-    path = folder / f"{image_id}.npy"
-    if not os.path.realpath(path).startswith(os.path.join(os.path.realpath(folder), "")):
-        raise InputError(f"--save-maps {folder}: the map of image {image_id!r} would be "
-                         "written outside it")
-    make_out_dir(path.parent, "--save-maps")
-    write_bytes_atomic(path, _npy_bytes(heatmap.astype(np.float32)))
-
-
-def _npy_bytes(array: np.ndarray) -> bytes:
-    handle = io.BytesIO()
-    np.save(handle, array, allow_pickle=False)
-    return handle.getvalue()
-
-
-class _Scorer:
-    """Feeds one image at a time to every metric that applies to the dataset."""
-
-    def __init__(self, boxes: bool, masks: bool, interval: float, classes_known: bool) -> None:
-        self.box_accuracy = BoxAccuracy(cam_curve_interval=interval) if boxes else None
-        self.pointing = PointingGame() if boxes else None
-        self.pixels = PixelMetrics(num_thresholds=round(1 / interval)) if masks else None
-        self.classes_known = classes_known
-        self.top5_hits: list[bool] = []
-        self.constant_maps = 0
-
-    def add(self, sample: Sample, heatmap: np.ndarray, size: tuple[int, int],
-            top5: list[int] | None) -> ScoredImage:
-        grid = protocol_map(heatmap)
-        mask = None
-        if self.pixels is not None and sample.has_mask:
-            mask = self._load_mask(sample, size)  # may fail: before any metric is updated
-        scored = ScoredImage(sample, grid, np.zeros((0, 4), np.float32), None,
-                             top5[0] if top5 else None)
-        if self.box_accuracy is not None:
-            scored.boxes = self._add_boxes(sample, grid, size, top5)
-        if mask is not None:
-            scored.mask = mask[0]
-            self.pixels.update(grid, *mask)
-        self.constant_maps += int(not grid.any())
-        return scored
-
-    def _add_boxes(self, sample: Sample, grid: np.ndarray, size: tuple[int, int],
-                   top5: list[int] | None) -> np.ndarray:
-        boxes = sample.boxes[~sample.box_ignore] if len(sample.box_ignore) else sample.boxes
-        if not len(boxes):
-            return np.zeros((0, 4), np.float32)
-        known = top5 is not None and self.classes_known
-        self.box_accuracy.update(grid, boxes, size,
-                                 correct_class=top5[0] == sample.label if known else None)
-        if known:
-            self.top5_hits.append(sample.label in top5)
-        scaled = scale_boxes(boxes, (size[1], size[0]), (PROTOCOL_SIZE, PROTOCOL_SIZE))
-        self.pointing.update(grid, scaled)
-        return scaled
-
-    @staticmethod
-    def _load_mask(sample: Sample,
-                   size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray | None]:
-        foreground, ignore = sample.load_mask()
-        if foreground.shape != (size[1], size[0]):
-            raise InputError(
-                f"{sample.image_id}: mask is {foreground.shape[1]}x{foreground.shape[0]} but "
-                f"the image is {size[0]}x{size[1]}"
-            )
-        return _nearest(foreground), _nearest(ignore) if ignore.any() else None
-
-    def compute(self) -> dict:
-        metrics: dict = {"constant_maps": self.constant_maps}
-        if self.box_accuracy is not None:
-            boxes = self.box_accuracy.compute()
-            metrics["boxes"] = boxes
-            metrics["pointing"] = self.pointing.compute()
-            if self.top5_hits:
-                metrics["boxes"]["top5_loc"] = self._top5_loc(boxes)
-        if self.pixels is not None:
-            metrics["pixels"] = self.pixels.compute()
-        return metrics
-
-    def _top5_loc(self, boxes: dict) -> float:
-        hits = self.box_accuracy.per_image_hits(boxes["best_threshold"])
-        return float(np.mean(hits & np.array(self.top5_hits)) * 100)
-
-
-def _nearest(mask: np.ndarray) -> np.ndarray:
-    resized = cv2.resize(mask.astype(np.uint8), (PROTOCOL_SIZE, PROTOCOL_SIZE),
-                         interpolation=cv2.INTER_NEAREST)
-    return resized.astype(bool)
-
-
 __all__ = [
+    "EvaluateCore",
+    "EvaluateJob",
     "EvaluateSettings",
     "Evaluation",
+    "PROTOCOL_SIZE",
     "ScoredImage",
     "evaluate",
     "labels_are_model_classes",

@@ -1,23 +1,22 @@
 """The per-batch core of the localization job, shared by the local and the Ray engine.
 
-Both engines decode with :func:`decode_path` / :func:`decode_bytes` and turn batches of
-decoded images into output rows with :class:`LocalizeCore`, so they give the same row for
-the same image. A row is one JSON object per image: ``status`` ``ok`` with the prediction and
-boxes, or ``failed`` with the reason.
+Both engines (:mod:`wsolkit.apps.engine`, :mod:`wsolkit.apps.ray_engine`) decode with the
+core's :class:`~wsolkit.apps.engine.Decoder` and turn batches of decoded images into output
+rows with :class:`LocalizeCore`, so they give the same row for the same image. A row is one
+JSON object per image: ``status`` ``ok`` with the prediction and boxes, or ``failed`` with the
+reason.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from PIL import Image
 
-from wsolkit.data.images import decode_image, load_image
-from wsolkit.errors import ImageError, InputError
+from wsolkit.apps.engine import DecodedImage, Decoder, failed_row, preprocessor
+from wsolkit.errors import InputError
 from wsolkit.maps import get_method
 from wsolkit.maps.base import HeatmapResult
 from wsolkit.models.classifier import Classifier
@@ -64,67 +63,6 @@ class LocalizeSettings:
 
 
 @dataclass
-class DecodedImage:
-    """One input image after decoding: the model's tensor, or why it failed.
-
-    Attributes:
-        path: the file's path (or URI) as given.
-        tensor: (3, H, W) preprocessed input, None when decoding failed.
-        width: original width in pixels (0 when failed).
-        height: original height in pixels (0 when failed).
-        error: one-line reason when decoding failed.
-        pixels: the RGB pixels (H, W, 3) uint8 when an overlay is wanted, else None.
-        source: the decoded RGB image, kept for methods that re-read it
-            (``HeatmapMethod.uses_sources``: rCAM's second scale, beam's crops), else None.
-    """
-
-    path: str
-    tensor: torch.Tensor | None = None
-    width: int = 0
-    height: int = 0
-    error: str | None = None
-    pixels: np.ndarray | None = None
-    source: Image.Image | None = None
-
-
-def preprocessor(classifier: Classifier) -> Classifier:
-    """A copy of ``classifier`` without its network, cheap to send to decoding workers."""
-    return replace(classifier, module=torch.nn.Identity(), _detected=None)
-
-
-def decode_path(path: str | Path, classifier: Classifier, keep_pixels: bool = False,
-                keep_source: bool = False) -> DecodedImage:
-    """Read and preprocess one image file; a bad file gives a failed item, never raises."""
-    try:
-        image = load_image(path)
-    except ImageError as error:
-        return DecodedImage(str(path), error=str(error))
-    return _preprocessed(str(path), image, classifier, keep_pixels, keep_source)
-
-
-def decode_bytes(data: bytes, name: str, classifier: Classifier, keep_pixels: bool = False,
-                 keep_source: bool = False) -> DecodedImage:
-    """As :func:`decode_path`, from the file's bytes (read elsewhere)."""
-    try:
-        image = decode_image(data, name)
-    except ImageError as error:
-        return DecodedImage(name, error=str(error))
-    return _preprocessed(name, image, classifier, keep_pixels, keep_source)
-
-
-def _preprocessed(name: str, image: Image.Image, classifier: Classifier, keep_pixels: bool,
-                  keep_source: bool) -> DecodedImage:
-    pixels = np.asarray(image) if keep_pixels else None
-    return DecodedImage(name, classifier.preprocess(image), image.width, image.height,
-                        pixels=pixels, source=image if keep_source else None)
-
-
-def failed_row(path: str, error: str) -> dict:
-    """The row of an image that could not be localized."""
-    return {"image": path, "status": "failed", "error": error}
-
-
-@dataclass
 class Extras:
     """What a row may come with besides itself (the local engine writes them as files).
 
@@ -158,6 +96,20 @@ class LocalizeCore:
         self.keep_maps = keep_maps
         self.uses_sources = bool(self.method.uses_sources)
         """Whether items must be decoded with ``keep_source=True``."""
+
+    def describe(self) -> dict:
+        """The settings recorded in ``results.json`` beside the rows."""
+        return {**self.settings.describe(), "box_format": BOX_FORMAT}
+
+    def decoder(self, overlay: frozenset[int] = frozenset()) -> Decoder:
+        """Decoding for this core: pixels only for the items that get an overlay."""
+        return Decoder(preprocessor(self.classifier), keep_source=self.uses_sources,
+                       overlay=overlay)
+
+    def submit(self, items: Sequence[DecodedImage]) -> Callable[[], list[tuple[dict, Extras]]]:
+        """The rows of a batch, computed now (the boxes are cheap: no process pool)."""
+        rows = self(items)
+        return lambda: rows
 
     def __call__(self, items: Sequence[DecodedImage]) -> list[tuple[dict, Extras]]:
         """One ``(row, extras)`` per item, in order; overlays only for items with pixels.

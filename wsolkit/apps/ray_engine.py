@@ -1,9 +1,10 @@
-"""The localization job on Ray Data: the same per-batch core as the local engine, on a cluster.
+"""Jobs on Ray Data: the same per-batch cores as the local engine, on a cluster.
 
 ``ray.data.read_binary_files`` reads the files in parallel read tasks, a stateless
-``map_batches`` step decodes and preprocesses them with the local engine's decoder, and a pool
-of actors (``ActorPoolStrategy``), each holding the model once, runs
-:class:`~wsolkit.apps.localize_core.LocalizeCore` on each batch. The driver streams the rows
+``map_batches`` step decodes and preprocesses them with the core's own
+:class:`~wsolkit.apps.engine.Decoder`, and a pool of actors (``ActorPoolStrategy``), each
+holding the model once, runs the core (:class:`~wsolkit.apps.localize_core.LocalizeCore`,
+:class:`~wsolkit.apps.segment_core.SegmentCore`) on each batch. The driver streams the rows
 into the same atomic JSON Lines shards as the local engine, so outputs, resume and failed
 rows are the same. Ray is an optional extra (``pip install 'wsolkit[ray]'``), imported only
 here. See docs/scale.md.
@@ -12,9 +13,9 @@ here. See docs/scale.md.
 from __future__ import annotations
 
 import copy
-import json
 import os
-from collections.abc import Callable, Sequence
+import pickle
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -23,24 +24,19 @@ import numpy as np
 import torch
 from PIL import Image
 
-from wsolkit.apps.localize import (
+from wsolkit.apps.engine import (
     ROWS_PREFIX,
+    DecodedImage,
+    Decoder,
     JobOptions,
-    LocalizeReport,
+    JobReport,
     finish_summary,
     start_summary,
 )
-from wsolkit.apps.localize_core import (
-    DecodedImage,
-    LocalizeCore,
-    LocalizeSettings,
-    decode_bytes,
-    preprocessor,
-)
+from wsolkit.apps.localize_core import LocalizeCore, LocalizeSettings
 from wsolkit.data.atomic import make_out_dir
 from wsolkit.data.shards import ShardWriter
 from wsolkit.errors import DependencyError, InputError
-from wsolkit.maps import get_method
 from wsolkit.models.classifier import Classifier
 
 
@@ -84,58 +80,71 @@ def default_actor_cpus() -> float:
     return 1.0 if (os.cpu_count() or 1) > 4 else 0.5
 
 
-def decode_batch(batch: dict[str, np.ndarray], classifier: Classifier,
-                 keep_source: bool = False) -> dict[str, np.ndarray]:
+def decode_batch(batch: dict[str, np.ndarray], decoder: Decoder) -> dict[str, np.ndarray]:
     """Ray step: file bytes to preprocessed tensors (failed files keep their reason).
 
-    With ``keep_source`` the decoded RGB pixels travel too (``source``), for methods that
-    re-read the image (``HeatmapMethod.uses_sources``).
+    The decoded RGB pixels travel too (``pixels``) when the core keeps pixels or sources;
+    full-size tensors (of different shapes) travel as an object column.
     """
-    items = [decode_bytes(bytes(data), str(path), classifier, keep_source=keep_source)
+    items = [decoder.bytes(bytes(data), str(path))
              for data, path in zip(batch["bytes"], batch["path"], strict=True)]
-    shape = (3, *classifier.input_size)
-    extra = {}
-    if keep_source:
-        sources = np.empty(len(items), dtype=object)
-        for index, item in enumerate(items):
-            sources[index] = None if item.source is None else np.asarray(item.source)
-        extra["source"] = sources
-    return {**extra,
+    shape = (3, *decoder.classifier.input_size)
+    out = {
         "path": np.array([item.path for item in items], dtype=object),
-        "tensor": np.stack([item.tensor.numpy() if item.tensor is not None
-                            else np.zeros(shape, np.float32) for item in items]),
         "width": np.array([item.width for item in items], np.int64),
         "height": np.array([item.height for item in items], np.int64),
         "error": np.array([item.error or "" for item in items], dtype=object),
     }
+    tensors = [item.tensor.numpy() if item.tensor is not None else np.zeros(shape, np.float32)
+               for item in items]
+    out["tensor"] = _objects(tensors) if decoder.full_size else np.stack(tensors)
+    if decoder.keep_pixels or decoder.keep_source:
+        out["pixels"] = _objects([item.pixels if item.pixels is not None else
+                                  None if item.source is None else np.asarray(item.source)
+                                  for item in items])
+    return out
 
 
-class LocalizeActor:
-    """Ray actor: loads the model once, runs :class:`LocalizeCore` on each batch."""
+def _objects(values: list) -> np.ndarray:
+    column = np.empty(len(values), dtype=object)
+    for index, value in enumerate(values):
+        column[index] = value
+    return column
 
-    def __init__(self, classifier: Classifier, settings: LocalizeSettings, device: str,
-                 threads: int) -> None:
+
+def _items(batch: dict[str, np.ndarray], decoder: Decoder) -> list[DecodedImage]:
+    """The decoded items of a Ray batch, as the local engine's workers give them."""
+    pixels = batch.get("pixels")
+    if pixels is None:
+        pixels = [None] * len(batch["path"])
+    items = []
+    for path, tensor, width, height, error, rgb in zip(
+            batch["path"], batch["tensor"], batch["width"], batch["height"], batch["error"],
+            pixels, strict=True):
+        if error:
+            items.append(DecodedImage(str(path), None, int(width), int(height), str(error)))
+            continue
+        items.append(DecodedImage(
+            str(path), torch.from_numpy(np.ascontiguousarray(tensor)), int(width), int(height),
+            pixels=rgb if decoder.keep_pixels else None,
+            source=Image.fromarray(rgb) if decoder.keep_source else None))
+    return items
+
+
+class CoreActor:
+    """Ray actor: builds the core (and so loads the model) once, runs it on each batch."""
+
+    def __init__(self, make_core: Callable[..., Any], classifier: Classifier, settings: Any,
+                 device: str, threads: int) -> None:
         torch.set_num_threads(threads)
         classifier.module.to(device)
-        self.core = LocalizeCore(classifier, settings)
+        self.core = make_core(classifier, settings)
+        self.decoder = self.core.decoder()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Decoded batch -> one JSON row per image."""
-        sources = batch.get("source")
-        if sources is None:
-            sources = [None] * len(batch["path"])
-        items = [
-            DecodedImage(str(path), None, int(width), int(height), str(error))
-            if error else
-            DecodedImage(str(path), torch.from_numpy(np.ascontiguousarray(tensor)), int(width),
-                         int(height),
-                         source=None if source is None else Image.fromarray(source))
-            for path, tensor, width, height, error, source in zip(
-                batch["path"], batch["tensor"], batch["width"], batch["height"], batch["error"],
-                sources, strict=True)
-        ]
-        rows = [json.dumps(row) for row, _ in self.core(items)]
-        return {"row": np.array(rows, dtype=object)}
+        """Decoded batch -> one pickled row per image (rows may hold arrays)."""
+        rows = [pickle.dumps(row) for row, _ in self.core(_items(batch, self.decoder))]
+        return {"row": _objects(rows)}
 
 
 def localize_files_ray(
@@ -146,7 +155,7 @@ def localize_files_ray(
     progress: Callable[[int], None] | None = None,
     job: JobOptions | None = None,
     ray: RayOptions | None = None,
-) -> LocalizeReport:
+) -> JobReport:
     """As :func:`wsolkit.apps.localize_files`, on Ray Data; same rows, shards and resume.
 
     Overlays are not drawn by this engine (``job.overlays`` must be ``"none"``); rows arrive
@@ -166,80 +175,131 @@ def localize_files_ray(
         DependencyError: Ray Data is not installed.
         InputError: bad options, or ``out_dir`` holds rows made with other settings.
     """
+    return run_ray(LocalizeCore, classifier, paths, out_dir, settings, settings.batch_size,
+                   progress, job, ray)
+
+
+def segment_files_ray(
+    classifier: Classifier,
+    paths: Sequence[Path],
+    out_dir: Path,
+    settings: Any,
+    progress: Callable[[int], None] | None = None,
+    job: JobOptions | None = None,
+    ray: RayOptions | None = None,
+) -> JobReport:
+    """As :func:`wsolkit.apps.segment_core.segment_files`, on Ray Data; the same rows.
+
+    Each actor runs the model and GrabCut of its batches (more actors: more GrabCut in
+    parallel); no mask files, overlays or saved maps (the actors may run elsewhere). Arguments
+    as :func:`localize_files_ray`, with ``settings`` a
+    :class:`~wsolkit.apps.segment.SegmentSettings`.
+    """
+    from wsolkit.apps.segment_core import SegmentCore
+
+    if job is not None and job.mask_files:
+        raise InputError("--engine ray writes no mask files: use the local engine for "
+                         "--mask-files")
+    return run_ray(SegmentCore, classifier, paths, out_dir, settings, settings.batch_size,
+                   progress, job, ray)
+
+
+def run_ray(make_core: Callable[..., Any], classifier: Classifier, paths: Sequence[Path],
+            out_dir: Path, settings: Any, batch_size: int,
+            progress: Callable[[int], None] | None = None, job: JobOptions | None = None,
+            ray: RayOptions | None = None) -> JobReport:
+    """Run the core ``make_core(classifier, settings)`` over files on Ray Data, into shards."""
     job, options = job or JobOptions(), ray or RayOptions()
     if job.overlays not in ("none", 0) or job.save_maps:
         raise InputError("--engine ray draws no overlays and saves no maps: use the local "
                          "engine for --overlays/--overlay-sample/--save-maps")
+    job.check()
     if options.actors < 1:
         raise InputError(f"actors {options.actors}: must be at least 1")
     actor_cpus = default_actor_cpus() if options.actor_cpus is None else options.actor_cpus
     if actor_cpus <= 0:
         raise InputError(f"actor_cpus {actor_cpus}: must be above 0")
-    LocalizeCore(classifier, settings)  # bad method/layer options fail here, not in an actor
-    ray_module = _ray()
+    core = make_core(classifier, settings)  # bad method/layer options fail here, not in an actor
+    _ray()  # missing Ray fails before anything is written
     make_out_dir(out_dir)
-    summary = start_summary(out_dir, classifier, settings)
+    summary = start_summary(out_dir, classifier, core.describe())
     writer = ShardWriter(out_dir, prefix=ROWS_PREFIX, shard_size=job.shard_size)
-    report = LocalizeReport(resumed=len(writer.done))
+    report = JobReport(resumed=len(writer.done))
     todo = [str(p) for p in paths if str(p) not in writer.done]
     if progress is not None and len(todo) < len(paths):
         progress(len(paths) - len(todo))
-    started = not ray_module.is_initialized()
-    if started:
-        ray_module.init(address=options.address, include_dashboard=False,
-                        log_to_driver=False, configure_logging=False,
-                        object_store_memory=None if options.address else
-                        options.object_store_memory)
     layer = None
     try:
         if todo:
-            layer = _run(ray_module, classifier, todo, settings, options, actor_cpus, writer,
-                         report, progress)
+            # Ray gets absolute paths (its workers may run elsewhere); rows name them as given
+            given = {os.path.abspath(path): path for path in todo}
+            with ray_session(options):
+                for row in ray_rows(make_core, classifier, settings, list(given), batch_size,
+                                     options, actor_cpus, progress):
+                    row = _as_given(row, given)
+                    if row["status"] != "ok":
+                        report.failures.append((row["image"], row["error"]))
+                    writer.add(row)
+                    report.written += 1
+            layer = settings.layer or _layer(core, classifier)
     finally:
         writer.flush()
         finish_summary(out_dir, summary, layer, writer, report, len(paths))
-        if started:
-            ray_module.shutdown()
     return report
 
 
-def _run(ray: Any, classifier: Classifier, todo: list[str], settings: LocalizeSettings,
-         options: RayOptions, actor_cpus: float, writer: ShardWriter, report: LocalizeReport,
-         progress: Callable[[int], None] | None) -> str | None:
+class ray_session:  # noqa: N801  (used as a context manager, like a function)
+    """Start Ray here (local mode, or connect to ``address``) unless it runs already."""
+
+    def __init__(self, options: RayOptions) -> None:
+        self.options, self.started = options, False
+
+    def __enter__(self) -> Any:
+        ray = _ray()
+        if not ray.is_initialized():
+            address = self.options.address
+            ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                     configure_logging=False,
+                     object_store_memory=None if address else self.options.object_store_memory)
+            self.started = True
+        return ray
+
+    def __exit__(self, *exc: object) -> None:
+        if self.started:
+            _ray().shutdown()
+
+
+def ray_rows(make_core: Callable[..., Any], classifier: Classifier, settings: Any,
+             paths: list[str], batch_size: int, options: RayOptions, actor_cpus: float,
+             progress: Callable[[int], None] | None = None) -> Iterator[Any]:
+    """The actors' rows (one per image, in the order batches finish) for absolute paths."""
+    ray = _ray()
     from ray.data import ActorPoolStrategy, DataContext
 
     DataContext.get_current().enable_progress_bars = options.progress_bars
     gpus = ray.cluster_resources().get("GPU", 0) > 0
     threads = options.actor_threads or max(1, int(actor_cpus))
-    cpu_model = preprocessor(classifier)
-    sources = get_method(settings.method).uses_sources
-    cpu_copy = _on_cpu(classifier)
-    # Ray is given absolute paths (its workers may run elsewhere); rows name the paths as given.
-    given = {os.path.abspath(path): path for path in todo}
+    decoder = make_core(classifier, settings).decoder()
     dataset = (
-        ray.data.read_binary_files(list(given), include_paths=True)
-        .map_batches(decode_batch, fn_kwargs={"classifier": cpu_model, "keep_source": sources},
-                     batch_size=settings.batch_size, batch_format="numpy")
-        .map_batches(LocalizeActor,
-                     fn_constructor_args=(cpu_copy, settings, "cuda" if gpus else "cpu",
-                                          threads),
-                     batch_size=settings.batch_size, batch_format="numpy",
+        ray.data.read_binary_files(paths, include_paths=True)
+        .map_batches(decode_batch, fn_kwargs={"decoder": decoder}, batch_size=batch_size,
+                     batch_format="numpy")
+        .map_batches(CoreActor,
+                     fn_constructor_args=(make_core, _on_cpu(classifier), settings,
+                                          "cuda" if gpus else "cpu", threads),
+                     batch_size=batch_size, batch_format="numpy",
                      compute=ActorPoolStrategy(size=options.actors),
                      num_cpus=actor_cpus, num_gpus=1 if gpus else None)
     )
     for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-        for text in batch["row"]:
-            row = _as_given(json.loads(text), given)
-            if row["status"] != "ok":
-                report.failures.append((row["image"], row["error"]))
-            writer.add(row)
-            report.written += 1
+        for data in batch["row"]:
+            yield pickle.loads(data)
         if progress is not None:
             progress(len(batch["row"]))
-    if settings.layer is not None:
-        return settings.layer
-    # the actors' hooked layer, found the same way on the driver (a one-image probe)
-    core = LocalizeCore(classifier, settings)
+
+
+def _layer(core: Any, classifier: Classifier) -> str:
+    """The actors' hooked layer, found the same way on the driver."""
     return core.method.default_layer(
         torch.zeros(1, 3, *classifier.input_size, device=classifier.device))
 

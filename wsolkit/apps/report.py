@@ -7,10 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
-from wsolkit.apps.evaluate import PROTOCOL_SIZE, Evaluation, ScoredImage
+from wsolkit.apps.evaluate import Evaluation
 from wsolkit.data.atomic import make_out_dir, write_bytes_atomic, write_json_atomic
 from wsolkit.data.images import load_image
 from wsolkit.eval.detection import box_iou
+from wsolkit.eval.protocol import PROTOCOL_SIZE, ScoredImage
 from wsolkit.refine import localize
 from wsolkit.viz import draw_boxes, overlay_heatmap
 from wsolkit.viz.plots import plot_curves, plot_examples, plot_histogram

@@ -5,29 +5,25 @@ size (or of the image at its own size) -> resized to the GrabCut working size (t
 shrunk so that its longer side is at most ``max_side``) -> optionally refined by the dense CRF
 -> optionally scaled to integer levels -> :func:`~wsolkit.refine.grabcut.stratify` ->
 :func:`~wsolkit.refine.grabcut.grabcut` -> mask resized back to the image.
-:meth:`SegmentSettings.paper` is the paper's own pipeline (docs/segmentation.md).
+:meth:`SegmentSettings.paper` is the paper's own pipeline (docs/segmentation.md). The job
+over many files (rows, shards, process pool) is :func:`wsolkit.apps.segment_core.segment_files`.
 """
 
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import cv2
 import numpy as np
 
-from wsolkit.apps.outputs import OutputNamer
-from wsolkit.data.atomic import write_bytes_atomic, write_json_atomic
-from wsolkit.data.images import load_image
-from wsolkit.errors import DependencyError, ImageError, InputError
-from wsolkit.models.classifier import Classifier
+from wsolkit.data.atomic import write_bytes_atomic
+from wsolkit.errors import DependencyError, InputError
 from wsolkit.refine.grabcut import RULES, grabcut, stratify
 from wsolkit.refine.resize import INTERPOLATIONS, resize_map
-
-RESULTS_FILE = "results.json"
 
 
 @dataclass
@@ -188,97 +184,6 @@ def segment_heatmap(
     return grow_mask(mask, image.shape[:2]), labels
 
 
-@dataclass
-class SegmentReport:
-    """What a job produced: one record per image and the items that failed."""
-
-    records: list[dict] = field(default_factory=list)
-    failures: list[tuple[str, str]] = field(default_factory=list)
-    layer: str | None = None
-
-
-def segment_files(
-    classifier: Classifier,
-    paths: Sequence[Path],
-    out_dir: Path,
-    settings: SegmentSettings,
-    progress: Callable[[int], None] | None = None,
-    maps_dir: Path | None = None,
-) -> SegmentReport:
-    """Segment the foreground of image files; write masks, overlays and ``results.json``.
-
-    For each image ``<stem>.mask.png`` (0 / 255, the image's size) and ``<stem>.segment.png``
-    (the image with the mask's outside darkened and its outline drawn). Bad images are skipped
-    and reported; nothing is written outside ``out_dir`` (and ``maps_dir``) and inputs are
-    never overwritten.
-
-    Args:
-        classifier: the model.
-        paths: image files.
-        out_dir: output folder (created if missing).
-        settings: see :class:`SegmentSettings`.
-        progress: called with the number of images finished after each batch.
-        maps_dir: if given, each mask is also saved there as ``<stem>.npy``
-            (:func:`save_mask_map`) for ``wsolkit evaluate --maps``; a stem met twice is
-            reported as a failure and its second mask is not saved there.
-
-    Returns:
-        A :class:`SegmentReport`.
-    """
-    from wsolkit.maps import get_method
-    from wsolkit.viz import save_png
-
-    settings.check()
-    options = dict(settings.options)
-    if settings.upsample != "bilinear":  # every method's own default
-        options.setdefault("upsample", settings.upsample)
-    method = get_method(settings.method)(classifier, layer=settings.layer, **options)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    namer = OutputNamer(out_dir, list(paths))
-    report = SegmentReport()
-    saved_stems: set[str] = set()
-    if maps_dir is not None:
-        maps_dir.mkdir(parents=True, exist_ok=True)
-    for batch in _batches(paths, settings.batch_size):
-        loaded = []
-        for path in batch:
-            try:
-                loaded.append((path, load_image(path)))
-            except ImageError as error:
-                report.failures.append((str(path), str(error)))
-        if loaded:
-            maps, report.layer = image_heatmaps(method, [image for _, image in loaded],
-                                                settings)
-            for (path, image), heat in zip(loaded, maps, strict=True):
-                pixels = np.asarray(image)
-                mask, _ = segment_heatmap(pixels, heat, settings)
-                mask_file = namer.name(path.stem, ".mask.png")
-                overlay_file = namer.name(path.stem, ".segment.png")
-                save_png(mask_file, mask.astype(np.uint8) * 255)
-                save_png(overlay_file, mask_overlay(pixels, mask))
-                if maps_dir is not None:
-                    if path.stem in saved_stems:
-                        report.failures.append((str(path), f"{path}: another image named "
-                                                f"{path.stem} already saved to {maps_dir}"))
-                    else:
-                        save_mask_map(maps_dir, path.stem, mask)
-                        saved_stems.add(path.stem)
-                report.records.append({
-                    "image": str(path), "width": image.width, "height": image.height,
-                    "mask": mask_file.name, "overlay": overlay_file.name,
-                    "foreground_fraction": round(float(mask.mean()), 6),
-                })
-        if progress is not None:
-            progress(len(batch))
-    summary = {
-        "model": classifier.name, "layer": report.layer, "settings": asdict(settings),
-        "images": report.records,
-        "failures": [{"path": p, "error": e} for p, e in report.failures],
-    }
-    write_json_atomic(out_dir / RESULTS_FILE, summary)
-    return report
-
-
 def image_heatmaps(method: Any, images: Sequence[Any], settings: SegmentSettings
                    ) -> tuple[list[np.ndarray], str]:
     """Heatmaps of PIL images with a built heatmap method; returns them and the layer.
@@ -307,8 +212,3 @@ def mask_overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     thickness = max(1, round(min(image.shape[:2]) / 200))
     cv2.drawContours(canvas, contours, -1, (0, 255, 0), thickness)
     return canvas
-
-
-def _batches(paths: Sequence[Path], size: int) -> Iterable[Sequence[Path]]:
-    for start in range(0, len(paths), size):
-        yield paths[start:start + size]

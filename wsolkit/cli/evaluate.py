@@ -6,27 +6,61 @@ import argparse
 import sys
 from pathlib import Path
 
-from tqdm import tqdm
-
-from wsolkit.apps.evaluate import EvaluateSettings, evaluate
-from wsolkit.apps.report import markdown_table, write_report
 from wsolkit.cli.options import check_limit, device
-from wsolkit.data import open_dataset
-from wsolkit.data.atomic import check_out_dir, make_out_dir, write_bytes_atomic, write_json_atomic
 from wsolkit.errors import InputError
-from wsolkit.maps import get_method, method_names
 
 EXIT_OK, EXIT_BAD_ITEMS = 0, 1
 
 
+def add_engine_options(run: argparse.ArgumentParser) -> None:
+    """``evaluate``'s engine options: decoding workers, Ray (docs/scale.md)."""
+    job = run.add_argument_group("large evaluations (docs/scale.md)")
+    job.add_argument("--workers", type=int, default=None,
+                     help="decoding worker processes (default: CPU cores - 1, at least 1; 0 "
+                          "decodes in the main process)")
+    job.add_argument("--engine", choices=["local", "ray"], default="local",
+                     help="local, or ray: the maps made by Ray Data actors, the metrics here "
+                          "(pip install 'wsolkit[ray]')")
+    job.add_argument("--address", default=None,
+                     help="with --engine ray: cluster address (auto: the running cluster)")
+    job.add_argument("--actors", type=int, default=1,
+                     help="with --engine ray: model actors (default 1)")
+    job.add_argument("--actor-cpus", type=float, default=None,
+                     help="with --engine ray: CPUs reserved per actor (default: 1 on machines "
+                          "with more than 4 cores, else 0.5)")
+
+
 def run_evaluate(args: argparse.Namespace, options: dict) -> int:
     """Run ``wsolkit evaluate``; returns the exit code (1 when some images failed)."""
+    from tqdm import tqdm
+
+    from wsolkit.apps.engine import JobOptions, default_workers
+    from wsolkit.apps.evaluate import EvaluateSettings, evaluate
+    from wsolkit.apps.report import markdown_table, write_report
+    from wsolkit.data import open_dataset
+    from wsolkit.data.atomic import (
+        check_out_dir,
+        make_out_dir,
+        write_bytes_atomic,
+        write_json_atomic,
+    )
+    from wsolkit.maps import get_method, method_names
+
     methods = method_names() if args.method == "all" else args.method.split(",")
     for name in methods:
         get_method(name)
     if args.maps is not None and len(methods) > 1:
         raise InputError("--maps scores one set of maps; give a single --method")
     check_limit(args.limit)
+    for flag, value, least in (("--workers", args.workers, 0), ("--actors", args.actors, 1)):
+        if value is not None and value < least:
+            raise InputError(f"{flag} {value}: must be at least {least}")
+    job = JobOptions(workers=default_workers() if args.workers is None else args.workers)
+    ray = None
+    if args.engine == "ray" and args.maps is None:
+        from wsolkit.apps.ray_engine import RayOptions
+
+        ray = RayOptions(address=args.address, actors=args.actors, actor_cpus=args.actor_cpus)
     check_out_dir(args.out)
     if args.save_maps is not None:
         check_out_dir(args.save_maps, "--save-maps")
@@ -52,7 +86,7 @@ def run_evaluate(args: argparse.Namespace, options: dict) -> int:
                   file=sys.stderr) as bar:
             evaluation = evaluate(dataset, settings, model, maps_dir=args.maps,
                                   save_maps_dir=_maps_folder(args.save_maps, method, methods),
-                                  progress=bar.update)
+                                  progress=bar.update, job=job, ray=ray)
         out_dir = args.out / method if len(methods) > 1 else args.out
         numbers = write_report(evaluation, out_dir, name)
         rows.append((evaluation.method, numbers))
@@ -70,6 +104,8 @@ def run_evaluate(args: argparse.Namespace, options: dict) -> int:
 
 
 def _options_for(method: str, options: dict, strict: bool) -> dict:
+    from wsolkit.maps import get_method
+
     if strict:
         return options
     accepted = get_method(method).option_defaults()

@@ -14,6 +14,7 @@ from wsolkit.cli.annotations import (
     run_proposals,
 )
 from wsolkit.cli.beam import add_tune_beam_parser, run_tune_beam
+from wsolkit.cli.evaluate import add_engine_options
 from wsolkit.cli.fcam import add_train_fcam_parser, run_train_fcam
 from wsolkit.cli.finetune import add_finetune_parser, run_finetune
 from wsolkit.cli.heads import add_train_head_parser, run_train_head
@@ -124,6 +125,7 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
                      help="method option (repeatable); with --method all, given to the "
                           "methods that take it")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_engine_options(run)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

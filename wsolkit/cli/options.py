@@ -48,8 +48,11 @@ def device(args: argparse.Namespace) -> torch.device:
     return resolve_device(args.device, "--device")
 
 
-def add_job_options(parser: argparse.ArgumentParser) -> None:
-    """Options of jobs over many files: workers, shards, overlays, engine (docs/scale.md)."""
+def add_job_options(parser: argparse.ArgumentParser, save_maps: bool = True) -> None:
+    """Options of jobs over many files: workers, shards, overlays, engine (docs/scale.md).
+
+    ``save_maps=False`` leaves ``--save-maps`` to the command (``segment``'s takes a folder).
+    """
     job = parser.add_argument_group("large jobs (docs/scale.md)")
     job.add_argument("--workers", type=int, default=None,
                      help="decoding worker processes (default: CPU cores - 1, at least 1; "
@@ -61,9 +64,10 @@ def add_job_options(parser: argparse.ArgumentParser) -> None:
                        help="draw an overlay PNG for every image (off by default)")
     shown.add_argument("--overlay-sample", type=int, default=None, metavar="N",
                        help="draw overlays for N images spread evenly over the inputs")
-    job.add_argument("--save-maps", action="store_true",
-                     help="write each image's heatmap (model input size, float16) as "
-                          "<stem>.<method>.npy, named in its row")
+    if save_maps:
+        job.add_argument("--save-maps", action="store_true",
+                         help="write each image's heatmap (model input size, float16) as "
+                              "<stem>.<method>.npy, named in its row")
     job.add_argument("--engine", choices=["local", "ray"], default="local",
                      help="local (this machine) or ray (Ray Data; pip install 'wsolkit[ray]')")
     job.add_argument("--address", default=None,

@@ -7,7 +7,14 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from wsolkit.cli.options import add_device_option, device, parse_options, parse_target
+from wsolkit.cli.options import (
+    add_device_option,
+    add_job_options,
+    device,
+    overlays,
+    parse_options,
+    parse_target,
+)
 from wsolkit.errors import InputError
 
 if TYPE_CHECKING:
@@ -94,8 +101,13 @@ def add_segment_parser(commands: argparse._SubParsersAction) -> None:
         "segment", help="foreground masks of whole images (heatmap-seeded GrabCut)"
     )
     add_device_option(run)
-    run.add_argument("paths", nargs="+", help="image files, folders or glob patterns")
-    run.add_argument("--out", required=True, type=Path, help="output folder")
+    run.add_argument("paths", nargs="*", help="image files, folders or glob patterns")
+    run.add_argument("--manifest", type=Path, default=None,
+                     help="file listing image paths, one per line or JSON lines with "
+                          "\"image\" (instead of or beside PATHS)")
+    run.add_argument("--out", required=True, type=Path,
+                     help="output folder: rows-NNNNNN.jsonl (one row per image, masks as COCO "
+                          "RLE) and results.json")
     run.add_argument("--target", default="top1",
                      help="class explained by class-specific methods: top1 or a class index")
     run.add_argument("--border", type=float, default=None,
@@ -112,6 +124,13 @@ def add_segment_parser(commands: argparse._SubParsersAction) -> None:
                           "full-size GrabCut to convergence); options given explicitly "
                           "override either (docs/segmentation.md)")
     _add_common(run, "quantile")
+    add_job_options(run, save_maps=False)
+    run.add_argument("--jobs", type=int, default=None,
+                     help="processes for the CRF and GrabCut (default: CPU cores - 1, at least "
+                          "1; 1 runs them in the main process)")
+    run.add_argument("--mask-files", action="store_true",
+                     help="also write each mask as <stem>.mask.png (0/255), named in its row; "
+                          "--overlays adds <stem>.segment.png")
 
 
 def add_instances_parser(commands: argparse._SubParsersAction) -> None:
@@ -212,15 +231,25 @@ def run_segment(args: argparse.Namespace, options: dict | None = None) -> int:
     """Run ``wsolkit segment``; returns the exit code (1 when some images failed)."""
     from tqdm import tqdm
 
-    from wsolkit.apps.segment import segment_files
-    from wsolkit.data.images import expand_paths
+    from wsolkit.apps.engine import JobOptions, default_workers
+    from wsolkit.data.atomic import check_out_dir
+    from wsolkit.data.manifest import job_inputs
     from wsolkit.maps import get_method
     from wsolkit.models import load_model
 
     get_method(args.method)
+    check_out_dir(args.out)
     options = parse_options(args.option) if options is None else options
     settings = segment_settings(args, options)
-    files, problems = expand_paths(args.paths, recursive=args.recursive)
+    for flag, value, least in (("--workers", args.workers, 0), ("--jobs", args.jobs, 1),
+                               ("--shard-size", args.shard_size, 1), ("--actors", args.actors, 1)):
+        if value is not None and value < least:
+            raise InputError(f"{flag} {value}: must be at least {least}")
+    job = JobOptions(workers=default_workers() if args.workers is None else args.workers,
+                     shard_size=args.shard_size, overlays=overlays(args),
+                     jobs=default_workers() if args.jobs is None else args.jobs,
+                     mask_files=args.mask_files)
+    files, problems = job_inputs(args.paths, args.manifest, args.recursive)
     if not files:
         for item, reason in problems:
             print(f"wsolkit: {item}: {reason}", file=sys.stderr)
@@ -228,12 +257,27 @@ def run_segment(args: argparse.Namespace, options: dict | None = None) -> int:
     model = load_model(args.model, weights=args.weights, device=device(args))
     settings.target = parse_target(args.target, model.class_names)
     with tqdm(total=len(files), unit="img", disable=args.quiet, file=sys.stderr) as bar:
-        report = segment_files(model, files, args.out, settings, progress=bar.update,
-                               maps_dir=args.save_maps)
+        if args.engine == "ray":
+            from wsolkit.apps.ray_engine import RayOptions, segment_files_ray
+
+            if args.save_maps is not None:
+                raise InputError("--engine ray saves no maps: use the local engine for "
+                                 "--save-maps")
+            report = segment_files_ray(model, files, args.out, settings, progress=bar.update,
+                                       job=job, ray=RayOptions(address=args.address,
+                                                               actors=args.actors,
+                                                               actor_cpus=args.actor_cpus))
+        else:
+            from wsolkit.apps.segment_core import segment_files
+
+            report = segment_files(model, files, args.out, settings, progress=bar.update,
+                                   maps_dir=args.save_maps, job=job)
     failures = [f"{item}: {reason}" for item, reason in problems]
     failures += [message for _, message in report.failures]
-    print(f"wsolkit: {len(report.records)} image(s) segmented ({args.method}, rule "
-          f"{settings.rule}); masks and results.json in {args.out}", file=sys.stderr)
+    resumed = f" ({report.resumed} already done)" if report.resumed else ""
+    print(f"wsolkit: {report.written - len(report.failures)} image(s) segmented "
+          f"({args.method}, rule {settings.rule}){resumed}; rows in {args.out}/rows-*.jsonl, "
+          f"summary in {args.out / 'results.json'}", file=sys.stderr)
     if failures:
         print(f"wsolkit: {len(failures)} item(s) failed:", file=sys.stderr)
         for message in failures:

@@ -46,3 +46,25 @@ def read_manifest(path: str | os.PathLike[str]) -> list[Path]:
     if not found:
         raise InputError(f"--manifest {manifest}: lists no image files")
     return list(found.values())
+
+
+def job_inputs(paths: list[str], manifest: str | os.PathLike[str] | None, recursive: bool = False
+               ) -> tuple[list[Path], list[tuple[str, str]]]:
+    """The image files of a job: expanded ``paths``, then the manifest's files not among them.
+
+    Returns:
+        ``(files, problems)``: problems are ``(item, reason)`` of paths that matched nothing.
+
+    Raises:
+        InputError: neither paths nor a manifest, or no file at all (problems printed first
+            by the caller).
+    """
+    from wsolkit.data.images import expand_paths
+
+    if not paths and manifest is None:
+        raise InputError("give image PATHS or --manifest FILE")
+    files, problems = expand_paths(paths, recursive=recursive) if paths else ([], [])
+    if manifest is not None:
+        seen = {str(p) for p in files}
+        files += [p for p in read_manifest(manifest) if str(p) not in seen]
+    return files, problems
