@@ -49,6 +49,7 @@ from wsolkit.apps.annotation_io import (
     check_output,
     write_annotations,
 )
+from wsolkit.checks import normalize_minmax
 from wsolkit.data.atomic import make_out_dir, write_bytes_atomic, write_json_atomic
 from wsolkit.data.images import load_image
 from wsolkit.errors import ImageError, InputError
@@ -189,11 +190,6 @@ def _resize(heat: np.ndarray, width: int, height: int) -> np.ndarray:
     return np.clip(out, 0.0, 1.0)
 
 
-def _normalize(heat: np.ndarray) -> np.ndarray:
-    low, high = float(heat.min()), float(heat.max())
-    return (heat - low) / (high - low) if high > low else np.zeros_like(heat)
-
-
 @dataclass
 class _Scored:
     score: float
@@ -238,7 +234,7 @@ def score_boxes(
         full = _resize(runner(tensor).maps[0].cpu().numpy(), size[0], size[1])
         for box, window in zip(clipped, windows, strict=True):
             x0, y0, x1, y1 = window
-            judged = _judge_window(_normalize(full[y0:y1, x0:x1]), window, box,
+            judged = _judge_window(normalize_minmax(full[y0:y1, x0:x1]), window, box,
                                    settings.fraction)
             out.append((judged.score, judged.tight))
         return out

@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from wsolkit.checks import check_boxes as _check_boxes
+from wsolkit.checks import to_numpy
 from wsolkit.errors import InputError
 
 __all__ = ["DetectionAP", "average_precision", "box_iou"]
@@ -39,30 +41,13 @@ __all__ = ["DetectionAP", "average_precision", "box_iou"]
 _VOC07_RECALLS = np.arange(0.0, 1.1, 0.1)
 
 
-def _to_numpy(value: Any) -> np.ndarray:
-    """Convert a numpy array, array-like or CPU/GPU torch tensor to a numpy array."""
-    if hasattr(value, "detach") and hasattr(value, "cpu"):
-        value = value.detach().cpu().numpy()
-    return np.asarray(value)
-
-
 def check_boxes(value: Any, name: str) -> np.ndarray:
-    """Validate ``(K, 4)`` ``x0, y0, x1, y1`` boxes (``K`` may be 0); return a float64 copy.
+    """Validate ``(K, 4)`` ``x0, y0, x1, y1`` boxes with ``x0 <= x1``, ``y0 <= y1``; float64 copy.
 
     Raises:
         InputError: Not ``(K, 4)``, not real, not finite, or ``x1 < x0`` / ``y1 < y0``.
     """
-    boxes = _to_numpy(value)
-    if boxes.ndim != 2 or boxes.shape[1] != 4:
-        raise InputError(f"{name} must have shape (K, 4); got {boxes.shape}")
-    if boxes.size and boxes.dtype.kind not in "fiu":
-        raise InputError(f"{name} must hold real numbers; got dtype {boxes.dtype}")
-    boxes = boxes.astype(np.float64)
-    if not np.isfinite(boxes).all():
-        raise InputError(f"{name} must be finite")
-    if (boxes[:, 2] < boxes[:, 0]).any() or (boxes[:, 3] < boxes[:, 1]).any():
-        raise InputError(f"{name} must be x0, y0, x1, y1 with x0 <= x1 and y0 <= y1")
-    return boxes
+    return _check_boxes(value, name, array_like=True, ordered=True)
 
 
 def check_labels(value: Any, name: str, length: int, num_classes: int) -> np.ndarray:
@@ -71,7 +56,7 @@ def check_labels(value: Any, name: str, length: int, num_classes: int) -> np.nda
     Raises:
         InputError: Wrong shape, not integers, or out of range.
     """
-    labels = _to_numpy(value)
+    labels = to_numpy(value, name, array_like=True)
     if labels.shape != (length,):
         raise InputError(f"{name} must have shape ({length},); got {labels.shape}")
     if labels.size and labels.dtype.kind not in "iu":
@@ -91,7 +76,7 @@ def check_scores(value: Any, name: str, length: int) -> np.ndarray:
     Raises:
         InputError: Wrong shape, not real, or not finite.
     """
-    scores = _to_numpy(value)
+    scores = to_numpy(value, name, array_like=True)
     if scores.shape != (length,):
         raise InputError(f"{name} must have shape ({length},); got {scores.shape}")
     if scores.size and scores.dtype.kind not in "fiub":
@@ -247,7 +232,7 @@ class DetectionAP:
         if gt_ignore is None:
             ignore = np.zeros(len(gt), bool)
         else:
-            ignore = _to_numpy(gt_ignore)
+            ignore = to_numpy(gt_ignore, "gt_ignore", array_like=True)
             if ignore.shape != (len(gt),):
                 raise InputError(f"gt_ignore must have shape ({len(gt)},); got {ignore.shape}")
             valid = ignore.dtype.kind in "biu" and np.isin(ignore, (0, 1)).all()

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from wsolkit.checks import check_heatmap, to_numpy
 from wsolkit.errors import InputError
 from wsolkit.eval.detection import (
     average_precision,
@@ -50,24 +51,10 @@ REGIONS = ("box", "disk")
 """Names accepted by the ``region`` argument."""
 
 
-def _to_numpy(value: Any) -> np.ndarray:
-    """Convert a numpy array, array-like or CPU/GPU torch tensor to a numpy array."""
-    if hasattr(value, "detach") and hasattr(value, "cpu"):
-        value = value.detach().cpu().numpy()
-    return np.asarray(value)
-
-
 def _check_maps(heatmaps: Any, name: str, ndim: int) -> np.ndarray:
-    """Validate a non-empty real map stack of ``ndim`` dimensions without NaN."""
-    maps = _to_numpy(heatmaps)
-    shape = "(H, W)" if ndim == 2 else "(C, H, W)"
-    if maps.ndim != ndim or 0 in maps.shape:
-        raise InputError(f"{name} must be a non-empty {shape} array; got shape {maps.shape}")
-    if maps.dtype.kind not in "fiub":
-        raise InputError(f"{name} must be a real-valued array; got dtype {maps.dtype}")
-    if maps.dtype.kind == "f" and np.isnan(maps).any():
-        raise InputError(f"{name} contains NaN")
-    return maps
+    """Validate a non-empty real map stack of ``ndim`` dimensions without NaN (inf is fine)."""
+    return check_heatmap(heatmaps, name, ndim=ndim, array_like=True, allow_inf=True,
+                         unit_range=False)
 
 
 def _check_tolerance(tolerance: Any, region: str) -> float:
@@ -137,7 +124,7 @@ def point_hits(points: Any, boxes: Any, tolerance: float, region: str = "box") -
         InputError: A shape or value is invalid.
     """
     tol = _check_tolerance(tolerance, region)
-    pts = _to_numpy(points)
+    pts = to_numpy(points, "points", array_like=True)
     if pts.ndim != 2 or pts.shape[1] != 2 or (pts.size and pts.dtype.kind not in "fiu"):
         raise InputError(f"points must be a real (N, 2) array of x, y; got shape {pts.shape}")
     pts = pts.astype(np.float64)
@@ -285,7 +272,7 @@ class PointingAP:
         """
         c = self.num_classes
         scores = check_scores(class_scores, "class_scores", c)
-        pts = _to_numpy(points)
+        pts = to_numpy(points, "points", array_like=True)
         if pts.shape != (c, 2):
             raise InputError(f"points must have shape ({c}, 2); got {pts.shape}")
         boxes = check_boxes(gt_boxes, "gt_boxes")

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from wsolkit.checks import normalize_minmax
 from wsolkit.errors import InputError, LayerError, ModelError
 from wsolkit.maps.fusion import check_fusion, check_layers, fuse_layers
 from wsolkit.maps.hooks import capture_layer, eval_mode
@@ -501,10 +502,7 @@ class HeatmapMethod:
         maps = raw.clamp(min=0) if self.relu else raw
         maps = F.interpolate(maps[:, None], size=tuple(size), mode=self.upsample,
                              align_corners=False)[:, 0]
-        low = maps.amin(dim=(1, 2), keepdim=True)
-        span = maps.amax(dim=(1, 2), keepdim=True) - low
-        safe = torch.where(span > 0, span, torch.ones_like(span))
-        return torch.where(span > 0, (maps - low) / safe, torch.zeros_like(maps)).float()
+        return normalize_minmax(maps).float()
 
 
 def check_images(images: object) -> torch.Tensor:

@@ -18,9 +18,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from wsolkit.checks import RANGE_TOLERANCE, check_unit_range
 from wsolkit.errors import DependencyError, InputError
-
-_RANGE_TOLERANCE = 1e-6
 
 
 @dataclass(frozen=True)
@@ -92,11 +91,7 @@ def _check_inputs(image: Any, foreground: Any) -> tuple[np.ndarray, np.ndarray]:
     fg = foreground.astype(np.float64)
     if not np.isfinite(fg).all():
         raise InputError("foreground contains NaN or inf")
-    low, high = float(fg.min()), float(fg.max())
-    if low < -_RANGE_TOLERANCE or high > 1.0 + _RANGE_TOLERANCE:
-        raise InputError(
-            f"foreground values must lie in [0, 1], got min {low:.6g} and max {high:.6g}"
-        )
+    check_unit_range(fg, "foreground", RANGE_TOLERANCE)
     return np.ascontiguousarray(image), np.clip(fg, 0.0, 1.0)
 
 

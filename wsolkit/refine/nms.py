@@ -12,23 +12,10 @@ from typing import Any
 
 import numpy as np
 
+from wsolkit.checks import check_boxes, to_numpy
 from wsolkit.errors import InputError
-from wsolkit.refine.threshold import _to_numpy
 
 __all__ = ["box_areas", "clip_boxes", "expand_boxes", "nms", "valid_boxes"]
-
-
-def _check_boxes(boxes: Any, name: str = "boxes") -> np.ndarray:
-    """Validate finite ``(K, 4)`` boxes (``K`` may be 0); return a float64 copy."""
-    array = _to_numpy(boxes, name)
-    if array.ndim != 2 or array.shape[1] != 4:
-        raise InputError(f"{name} must have shape (K, 4), got {tuple(array.shape)}")
-    if array.size and array.dtype.kind not in "fiu":
-        raise InputError(f"{name} must hold real numbers, got dtype {array.dtype}")
-    array = array.astype(np.float64)
-    if not np.isfinite(array).all():
-        raise InputError(f"{name} contain NaN or inf")
-    return array
 
 
 def _check_size(size: Any) -> tuple[float, float]:
@@ -44,7 +31,7 @@ def _check_size(size: Any) -> tuple[float, float]:
 
 def box_areas(boxes: Any) -> np.ndarray:
     """Areas ``max(x1 - x0, 0) * max(y1 - y0, 0)`` of ``(K, 4)`` boxes as ``(K,)`` float64."""
-    array = _check_boxes(boxes)
+    array = check_boxes(boxes)
     return np.clip(array[:, 2] - array[:, 0], 0, None) * np.clip(array[:, 3] - array[:, 1], 0,
                                                                  None)
 
@@ -61,7 +48,7 @@ def clip_boxes(boxes: Any, size: tuple[int, int]) -> np.ndarray:
     Raises:
         InputError: Boxes not finite ``(K, 4)`` or a bad size.
     """
-    array = _check_boxes(boxes)
+    array = check_boxes(boxes)
     height, width = _check_size(size)
     array[:, 0::2] = np.clip(array[:, 0::2], 0.0, width)
     array[:, 1::2] = np.clip(array[:, 1::2], 0.0, height)
@@ -86,7 +73,7 @@ def expand_boxes(boxes: Any, margin: float, size: tuple[int, int] | None = None)
     Raises:
         InputError: Bad boxes, margin not a finite number ``>= -0.5``, or a bad size.
     """
-    array = _check_boxes(boxes)
+    array = check_boxes(boxes)
     if isinstance(margin, bool) or not isinstance(margin, Real) or not np.isfinite(margin) \
             or margin < -0.5:
         raise InputError(f"margin must be a finite number >= -0.5, got {margin!r}")
@@ -108,7 +95,7 @@ def valid_boxes(boxes: Any, size: tuple[int, int] | None = None, min_size: float
     Returns:
         ``(K,)`` bool numpy array.
     """
-    array = _check_boxes(boxes)
+    array = check_boxes(boxes)
     if size is not None:
         array = clip_boxes(array, size).astype(np.float64)
     return ((array[:, 2] - array[:, 0]) >= min_size) & ((array[:, 3] - array[:, 1]) >= min_size)
@@ -148,10 +135,9 @@ def nms(boxes: Any, scores: Any, iou_threshold: float = 0.5) -> np.ndarray:
     Raises:
         InputError: Bad boxes or scores, lengths differ, or a threshold outside ``[0, 1]``.
     """
-    array = _check_boxes(boxes)
+    array = check_boxes(boxes)
     if not isinstance(scores, np.ndarray):
-        scores = _to_numpy(scores, "scores") if hasattr(scores, "detach") else np.asarray(
-            scores)
+        scores = to_numpy(scores, "scores", array_like=True)
     values = np.asarray(scores)
     if values.shape != (array.shape[0],):
         raise InputError(
