@@ -33,13 +33,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from wsolkit.apps.evaluate import _resolve_target, _Scorer  # noqa: E402
+from wsolkit.checks import normalize_minmax  # noqa: E402
 from wsolkit.data import load_image, open_dataset  # noqa: E402
 from wsolkit.data.atomic import write_json_atomic  # noqa: E402
 from wsolkit.maps.rcam import (  # noqa: E402
     RCAM3,
     RCAM_CRF,
     fuse,
-    minmax,
     refine_crf,
     to_rgb_uint8,
     upsample_chain,  # noqa: E402
@@ -138,10 +138,10 @@ def rcam3_of(cached: dict, setting: Setting, radius_cache: dict) -> tuple[np.nda
                              radii(chain))
         maps.append(cv2.resize(out, (size, size), interpolation=cv2.INTER_LINEAR))
     if setting.fuse_inputs == "minmax":
-        maps = [minmax(m) for m in maps]
+        maps = [normalize_minmax(np.asarray(m, np.float32)) for m in maps]
     p1, p2 = (0.5, 0.5) if setting.equal_weights else (cached["p1"], cached["p2"])
     fused = fuse(maps[0], p1, maps[1], p2, normalize=False)
-    return minmax(fused), float(fused.max())
+    return normalize_minmax(fused), float(fused.max())
 
 
 def cache_dataset(name: str, model, limit: int | None) -> tuple[list, str]:

@@ -8,10 +8,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
+import wsolkit
 from wsolkit.cli.main import main
 from wsolkit.errors import InputError
-from wsolkit.maps import get_method
+from wsolkit.maps import get_method, make_method
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -86,10 +88,18 @@ def test_bad_method_options_and_weights_are_one_line(image, tmp_path, capsys, ar
 
 def test_method_option_check_is_shared_by_every_method(embedded_model):
     with pytest.raises(InputError, match="option 'max_channels' is unknown to cam"):
-        get_method("cam")(embedded_model, max_channels=3)
+        make_method("cam", embedded_model, max_channels=3)
     with pytest.raises(InputError, match="noise='a' of smoothgradcampp: expected a number"):
-        get_method("smoothgradcampp")(embedded_model, noise="a")
-    assert get_method("scorecam")(embedded_model, max_channels=3, upsample="bicubic")
+        make_method("smoothgradcampp", embedded_model, noise="a")
+    assert make_method("scorecam", embedded_model, max_channels=3, upsample="bicubic")
+    with pytest.raises(InputError, match="option 'max_channels' is unknown to cam"):
+        wsolkit.heatmaps(embedded_model, torch.zeros(1, 3, 32, 32), "cam", max_channels=3)
+
+
+def test_method_constructors_are_plain_python(embedded_model):
+    """Options are checked at the registry's boundary; a constructor is an ordinary call."""
+    with pytest.raises(TypeError, match="max_channels"):
+        get_method("cam")(embedded_model, max_channels=3)
 
 
 def _empty_coco(tmp_path: Path) -> Path:

@@ -45,7 +45,7 @@ from wsolkit.data.images import load_image
 from wsolkit.data.sample import Sample
 from wsolkit.errors import ImageError, InputError, WSOLError
 from wsolkit.eval import BoxAccuracy, PixelMetrics, PointingGame
-from wsolkit.maps import HeatmapMethod, get_method
+from wsolkit.maps import HeatmapMethod, make_method
 from wsolkit.models.classifier import Classifier
 from wsolkit.refine import scale_boxes
 
@@ -263,7 +263,7 @@ def _computed_batches(
 ) -> Iterator[tuple[_Batch, int]]:
     if settings.batch_size < 1:
         raise InputError(f"--batch-size {settings.batch_size}: must be at least 1")
-    method = get_method(settings.method)(classifier, layer=settings.layer, **settings.options)
+    method = make_method(settings.method, classifier, layer=settings.layer, **settings.options)
     for start in range(0, len(samples), settings.batch_size):
         chunk = samples[start:start + settings.batch_size]
         loaded = []

@@ -134,12 +134,12 @@ class CropHeatmaps:
     """Heatmaps of image crops with a registered method (one batched forward per call)."""
 
     def __init__(self, classifier: Classifier, settings: InstanceSettings) -> None:
-        from wsolkit.maps import get_method
+        from wsolkit.maps import make_method
 
         self.classifier = classifier
         self.target = settings.target
-        self.method = get_method(settings.method)(
-            classifier, layer=settings.layer, **settings.options
+        self.method = make_method(
+            settings.method, classifier, layer=settings.layer, **settings.options
         )
 
     def __call__(self, crops: Sequence[np.ndarray]) -> list[np.ndarray]:

@@ -18,7 +18,7 @@ from PIL import Image
 
 from wsolkit.data.images import decode_image, load_image
 from wsolkit.errors import ImageError, InputError
-from wsolkit.maps import get_method
+from wsolkit.maps import make_method
 from wsolkit.maps.base import HeatmapResult
 from wsolkit.models.classifier import Classifier
 from wsolkit.refine import localize, resize_map
@@ -152,8 +152,8 @@ class LocalizeCore:
         if settings.batch_size < 1:
             raise InputError(f"batch_size {settings.batch_size}: must be at least 1")
         self.classifier, self.settings = classifier, settings
-        self.method = get_method(settings.method)(classifier, layer=settings.layer,
-                                                  **settings.options)
+        self.method = make_method(settings.method, classifier, layer=settings.layer,
+                                  **settings.options)
         self.layer: str | None = None
         self.keep_maps = keep_maps
         self.uses_sources = bool(self.method.uses_sources)

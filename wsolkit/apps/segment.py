@@ -225,14 +225,14 @@ def segment_files(
     Returns:
         A :class:`SegmentReport`.
     """
-    from wsolkit.maps import get_method
+    from wsolkit.maps import make_method
     from wsolkit.viz import save_png
 
     settings.check()
     options = dict(settings.options)
     if settings.upsample != "bilinear":  # every method's own default
         options.setdefault("upsample", settings.upsample)
-    method = get_method(settings.method)(classifier, layer=settings.layer, **options)
+    method = make_method(settings.method, classifier, layer=settings.layer, **options)
     out_dir.mkdir(parents=True, exist_ok=True)
     namer = OutputNamer(out_dir, list(paths))
     report = SegmentReport()

@@ -15,6 +15,7 @@ from wsolkit.data import open_dataset
 from wsolkit.data.atomic import check_out_dir, make_out_dir, write_bytes_atomic, write_json_atomic
 from wsolkit.errors import InputError
 from wsolkit.maps import get_method, method_names
+from wsolkit.maps.options import option_defaults
 
 EXIT_OK, EXIT_BAD_ITEMS = 0, 1
 
@@ -71,7 +72,7 @@ def run_evaluate(args: argparse.Namespace, options: dict) -> int:
 def _options_for(method: str, options: dict, strict: bool) -> dict:
     if strict:
         return options
-    accepted = get_method(method).option_defaults()
+    accepted = option_defaults(get_method(method))
     return {key: value for key, value in options.items() if key in accepted}
 
 

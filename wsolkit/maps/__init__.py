@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from wsolkit.maps.base import ForwardPass, HeatmapMethod, HeatmapResult
-from wsolkit.maps.registry import METHODS, get_method, method_names, register
+from wsolkit.maps.registry import METHODS, get_method, make_method, method_names, register
 from wsolkit.maps.targets import Targets, TargetSpec, resolve_targets
 from wsolkit.models.classifier import Classifier, as_classifier
 
@@ -47,7 +47,7 @@ def heatmaps(
     if isinstance(images, (list, tuple)):
         sources = _load(images)
         images = classifier.preprocess_batch(sources)
-    runner = get_method(method)(classifier, layer=layer, **options)
+    runner = make_method(method, classifier, layer=layer, **options)
     return runner(images, target=target, labels=labels, sources=sources)
 
 
@@ -66,6 +66,7 @@ __all__ = [
     "Targets",
     "get_method",
     "heatmaps",
+    "make_method",
     "method_names",
     "register",
     "resolve_targets",

@@ -7,7 +7,8 @@ import torch.nn.functional as F
 
 from wsolkit.checks import normalize_minmax
 from wsolkit.errors import InputError
-from wsolkit.maps.base import ForwardPass, HeatmapMethod, weighted_sum
+from wsolkit.maps.base import ForwardPass, HeatmapMethod
+from wsolkit.maps.forward import weighted_sum
 
 
 def normalized_masks(activations: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
