@@ -164,7 +164,7 @@ def test_training_without_resume_refuses_an_existing_checkpoint(tmp_path):
     data = open_dataset(write_dataset(tmp_path / "data"))
     settings = replace(SETTINGS, epochs=1, crf=0.0, size=0.0)
     train_fcam(tiny_classifier(), data, tmp_path / "d.pt", settings)
-    with pytest.raises(InputError, match="checkpoint.pt exists: pass --resume"):
+    with pytest.raises(InputError, match="checkpoint.pt exists: pass resume=True"):
         train_fcam(tiny_classifier(), data, tmp_path / "d.pt", settings)
     with pytest.raises(InputError, match="made with other settings"):
         train_fcam(tiny_classifier(), data, tmp_path / "d.pt", replace(settings, lr=0.1,

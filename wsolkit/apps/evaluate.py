@@ -224,10 +224,10 @@ def _class_scorer(dataset: object, classifier: Classifier | None, maps_dir: Path
     """A scorer of every class's maps when the dataset is multi-label and the classes match."""
     threshold = settings.detection_threshold
     if not (isinstance(threshold, int | float) and 0 < threshold <= 1):
-        raise InputError(f"--detection-threshold {threshold!r}: must be in (0, 1]")
+        raise InputError(f"detection_threshold={threshold!r}: must be in (0, 1]")
     low = settings.min_class_probability
     if not (isinstance(low, int | float) and 0 <= low <= 1):
-        raise InputError(f"--min-class-probability {low!r}: must be in [0, 1]")
+        raise InputError(f"min_class_probability={low!r}: must be in [0, 1]")
     if (maps_dir is not None or classifier is None or not has_boxes
             or getattr(dataset, "kind", None) not in MULTI_LABEL_KINDS
             or not labels_are_model_classes(dataset, classifier)):
@@ -238,15 +238,15 @@ def _class_scorer(dataset: object, classifier: Classifier | None, maps_dir: Path
 def _resolve_target(target: str, dataset: object, classifier: Classifier | None,
                     maps_dir: Path | None) -> str:
     if target not in TARGETS:
-        raise InputError(f"--target {target!r}: use one of {', '.join(TARGETS)}")
+        raise InputError(f"target={target!r}: use one of {', '.join(TARGETS)}")
     if maps_dir is not None:
         return "maps"
     if classifier is None:
-        raise InputError("a model is needed to compute maps (or give --maps DIR)")
+        raise InputError("a model is needed to compute maps (or give maps_dir=DIR)")
     matches = labels_are_model_classes(dataset, classifier)
     if target == "gt" and not matches:
         raise InputError(
-            "--target gt: the dataset's labels are not the model's classes; use --target top1"
+            "target='gt': the dataset's labels are not the model's classes; use target='top1'"
         )
     if target == "auto":
         return "gt" if matches else "top1"
@@ -262,7 +262,7 @@ def _computed_batches(
     class_count: int | None = None,
 ) -> Iterator[tuple[_Batch, int]]:
     if settings.batch_size < 1:
-        raise InputError(f"--batch-size {settings.batch_size}: must be at least 1")
+        raise InputError(f"batch_size={settings.batch_size}: must be at least 1")
     method = make_method(settings.method, classifier, layer=settings.layer, **settings.options)
     for start in range(0, len(samples), settings.batch_size):
         chunk = samples[start:start + settings.batch_size]
@@ -316,7 +316,7 @@ def _loaded_batches(
     samples: list[Sample], maps_dir: Path, batch_size: int, failures: list[tuple[str, str]]
 ) -> Iterator[tuple[_Batch, int]]:
     if not maps_dir.is_dir():
-        raise InputError(f"--maps {maps_dir}: folder not found")
+        raise InputError(f"maps_dir={maps_dir}: folder not found")
     for start in range(0, len(samples), max(batch_size, 1)):
         chunk = samples[start:start + max(batch_size, 1)]
         batch = _Batch([], [], [], [])
@@ -366,9 +366,9 @@ def _image_size(path: Path) -> tuple[int, int]:
 def _save_map(folder: Path, image_id: str, heatmap: np.ndarray) -> None:
     path = folder / f"{image_id}.npy"
     if not os.path.realpath(path).startswith(os.path.join(os.path.realpath(folder), "")):
-        raise InputError(f"--save-maps {folder}: the map of image {image_id!r} would be "
+        raise InputError(f"save_maps_dir={folder}: the map of image {image_id!r} would be "
                          "written outside it")
-    make_out_dir(path.parent, "--save-maps")
+    make_out_dir(path.parent, "save_maps_dir")
     write_bytes_atomic(path, _npy_bytes(heatmap.astype(np.float32)))
 
 

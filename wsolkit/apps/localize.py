@@ -127,7 +127,7 @@ def localize_files(
     """
     job = job or JobOptions()
     if job.workers < 0:
-        raise InputError(f"workers {job.workers}: must be at least 0")
+        raise InputError(f"workers={job.workers}: must be at least 0")
     core = LocalizeCore(classifier, settings, keep_maps=job.save_maps)
     make_out_dir(out_dir)
     summary = start_summary(out_dir, classifier, settings)
@@ -209,7 +209,7 @@ def start_summary(out_dir: Path, classifier: Classifier, settings: LocalizeSetti
         changed = [k for k in keys if before.get(k) != summary[k]]
         if "rows" in before and changed:
             raise InputError(
-                f"--out {out_dir}: holds rows made with other settings "
+                f"out={out_dir}: holds rows made with other settings "
                 f"({', '.join(f'{k}={before.get(k)!r}' for k in changed)}); "
                 "use another folder to start afresh"
             )

@@ -150,7 +150,7 @@ class LocalizeCore:
     def __init__(self, classifier: Classifier, settings: LocalizeSettings,
                  keep_maps: bool = False) -> None:
         if settings.batch_size < 1:
-            raise InputError(f"batch_size {settings.batch_size}: must be at least 1")
+            raise InputError(f"batch_size={settings.batch_size}: must be at least 1")
         self.classifier, self.settings = classifier, settings
         self.method = make_method(settings.method, classifier, layer=settings.layer,
                                   **settings.options)

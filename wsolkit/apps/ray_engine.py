@@ -73,7 +73,7 @@ def _ray() -> Any:
         import ray.data  # noqa: F401  (the Data library comes with the [data] extra)
     except ImportError as error:
         raise DependencyError(
-            f"--engine ray needs Ray Data ({error.name or 'ray'} is missing): "
+            f"engine='ray' needs Ray Data ({error.name or 'ray'} is missing): "
             "pip install 'wsolkit[ray]'"
         ) from None
     return ray
@@ -168,13 +168,13 @@ def localize_files_ray(
     """
     job, options = job or JobOptions(), ray or RayOptions()
     if job.overlays not in ("none", 0) or job.save_maps:
-        raise InputError("--engine ray draws no overlays and saves no maps: use the local "
-                         "engine for --overlays/--overlay-sample/--save-maps")
+        raise InputError("engine='ray' draws no overlays and saves no maps: use the local "
+                         "engine for overlays and saved maps")
     if options.actors < 1:
-        raise InputError(f"actors {options.actors}: must be at least 1")
+        raise InputError(f"actors={options.actors}: must be at least 1")
     actor_cpus = default_actor_cpus() if options.actor_cpus is None else options.actor_cpus
     if actor_cpus <= 0:
-        raise InputError(f"actor_cpus {actor_cpus}: must be above 0")
+        raise InputError(f"actor_cpus={actor_cpus}: must be above 0")
     LocalizeCore(classifier, settings)  # bad method/layer options fail here, not in an actor
     ray_module = _ray()
     make_out_dir(out_dir)

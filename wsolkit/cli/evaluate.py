@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 from wsolkit.apps.evaluate import EvaluateSettings, evaluate
 from wsolkit.apps.report import markdown_table, write_report
-from wsolkit.cli.options import check_limit, device
+from wsolkit.cli.options import add_command, add_common, check_limit, device, parse_options
 from wsolkit.data import open_dataset
 from wsolkit.data.atomic import check_out_dir, make_out_dir, write_bytes_atomic, write_json_atomic
 from wsolkit.errors import InputError
@@ -20,8 +20,9 @@ from wsolkit.maps.options import option_defaults
 EXIT_OK, EXIT_BAD_ITEMS = 0, 1
 
 
-def run_evaluate(args: argparse.Namespace, options: dict) -> int:
+def run_evaluate(args: argparse.Namespace, options: dict | None = None) -> int:
     """Run ``wsolkit evaluate``; returns the exit code (1 when some images failed)."""
+    options = parse_options(args.option) if options is None else options
     methods = method_names() if args.method == "all" else args.method.split(",")
     for name in methods:
         get_method(name)
@@ -30,7 +31,7 @@ def run_evaluate(args: argparse.Namespace, options: dict) -> int:
     check_limit(args.limit)
     check_out_dir(args.out)
     if args.save_maps is not None:
-        check_out_dir(args.save_maps, "--save-maps")
+        check_out_dir(args.save_maps, "save_maps")
     dataset = open_dataset(args.dataset)
     model = None
     if args.maps is None:
@@ -88,3 +89,40 @@ def _print_failures(failures: list[tuple[str, str]]) -> None:
     print(f"wsolkit: {len(failures)} image(s) could not be scored:", file=sys.stderr)
     for _image_id, message in failures:
         print(f"  {message}", file=sys.stderr)
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    """Register ``wsolkit evaluate``."""
+    run = add_command(
+        commands, "evaluate", run_evaluate,
+        renamed={"maps_dir": "--maps", "save_maps_dir": "--save-maps"},
+        help="score a method on a dataset (WSOL protocol: boxes, masks)",
+    )
+    run.add_argument("dataset", type=Path,
+                     help="wsolevaluation metadata folder, images+masks folder, COCO JSON or "
+                          "VOC folder (format detected)")
+    run.add_argument("--target", default="auto", choices=["auto", "gt", "top1"],
+                     help="class explained: gt label, top1 prediction, or auto (gt when the "
+                          "dataset's labels are the model's classes)")
+    run.add_argument("--limit", type=int, default=None, help="score only the first N images")
+    run.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+    run.add_argument("--cam-curve-interval", type=float, default=0.01,
+                     help="spacing of the map thresholds (default 0.01)")
+    run.add_argument("--detection-threshold", type=float, default=0.5,
+                     help="COCO/VOC with a model of the dataset's classes: each class map's "
+                          "connected components at this fraction of its max are detections "
+                          "(default 0.5)")
+    run.add_argument("--min-class-probability", type=float, default=0.001,
+                     help="COCO/VOC/mosaics with a model of the dataset's classes: detections "
+                          "(and beam's searches) only for the classes of an image at least "
+                          "this probable, plus its top class; 0: every class (default 0.001)")
+    run.add_argument("--maps", type=Path, default=None,
+                     help="score precomputed <image_id>.npy maps from this folder")
+    run.add_argument("--save-maps", type=Path, default=None,
+                     help="save each 224x224 map as <image_id>.npy in this folder")
+    run.add_argument("--out", type=Path, default=Path("out/evaluate"),
+                     help="report folder (default out/evaluate)")
+    add_common(run, method="cam", layer=True,
+               method_help="heatmap method, a comma-separated list, or 'all' (default cam)",
+               option="method option (repeatable); with --method all, given to the methods "
+                      "that take it")

@@ -7,14 +7,21 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from wsolkit.cli.options import add_device_option, device, parse_options, parse_target
+from wsolkit.cli.options import (
+    add_command,
+    add_common,
+    device,
+    image_files,
+    parse_options,
+    parse_target,
+    report_failures,
+)
 from wsolkit.errors import InputError
 
 if TYPE_CHECKING:
     from wsolkit.apps.instances import InstanceSettings
     from wsolkit.apps.segment import SegmentSettings
 
-EXIT_OK, EXIT_BAD_ITEMS = 0, 1
 _UNSET = "unset"
 
 
@@ -60,12 +67,8 @@ def _max_side(text: str) -> int | None | str:
 
 def _add_common(run: argparse.ArgumentParser, rule_default: str) -> None:
     """Options shared by ``segment`` and ``instances``."""
-    run.add_argument("--method", default="objectness",
-                     help="heatmap method (see 'wsolkit methods'; default objectness)")
-    run.add_argument("--model", default="efficientnet_lite0",
-                     help="efficientnet_lite0 (embedded), torchvision:ARCH, timm:NAME or .pt file")
-    run.add_argument("--weights", default=None, help="state dict for torchvision:/timm: models")
-    run.add_argument("--layer", default=None, help="layer to hook, by module name")
+    add_common(run, method="objectness", layer=True,
+               option="heatmap method option (repeatable)")
     run.add_argument("--rule", default=_UNSET, choices=["paper", "quantile", "otsu"],
                      help=f"how the heatmap is stratified into GrabCut seeds (default "
                           f"{rule_default}; 'paper' is MASON's rule)")
@@ -80,20 +83,23 @@ def _add_common(run: argparse.ArgumentParser, rule_default: str) -> None:
     run.add_argument("--max-side", type=_max_side, default=_UNSET,
                      help="GrabCut working size: longer side in pixels, or 'none' for full size "
                           "(default: the command's measured size)")
-    run.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                     help="heatmap method option (repeatable)")
-    run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.add_argument("--save-maps", type=Path, default=None, metavar="DIR",
                      help="also save masks as DIR/<image stem>.npy, to be scored by "
                           "'wsolkit evaluate DATASET --maps DIR'")
 
 
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    """Register ``wsolkit segment`` and ``wsolkit instances`` (they share the GrabCut options)."""
+    add_segment_parser(commands)
+    add_instances_parser(commands)
+
+
 def add_segment_parser(commands: argparse._SubParsersAction) -> None:
     """Register ``wsolkit segment``."""
-    run = commands.add_parser(
-        "segment", help="foreground masks of whole images (heatmap-seeded GrabCut)"
+    run = add_command(
+        commands, "segment", run_segment,
+        help="foreground masks of whole images (heatmap-seeded GrabCut)",
     )
-    add_device_option(run)
     run.add_argument("paths", nargs="+", help="image files, folders or glob patterns")
     run.add_argument("--out", required=True, type=Path, help="output folder")
     run.add_argument("--target", default="top1",
@@ -116,10 +122,10 @@ def add_segment_parser(commands: argparse._SubParsersAction) -> None:
 
 def add_instances_parser(commands: argparse._SubParsersAction) -> None:
     """Register ``wsolkit instances``."""
-    run = commands.add_parser(
-        "instances", help="instance masks from boxes (COCO JSON in, COCO JSON with RLE out)"
+    run = add_command(
+        commands, "instances", run_instances,
+        help="instance masks from boxes (COCO JSON in, COCO JSON with RLE out)",
     )
-    add_device_option(run)
     run.add_argument("images", type=Path,
                      help="folder of images, or a COCO annotation file (its 'images' name the "
                           "files; without --boxes its annotations are the boxes)")
@@ -213,18 +219,13 @@ def run_segment(args: argparse.Namespace, options: dict | None = None) -> int:
     from tqdm import tqdm
 
     from wsolkit.apps.segment import segment_files
-    from wsolkit.data.images import expand_paths
     from wsolkit.maps import get_method
     from wsolkit.models import load_model
 
     get_method(args.method)
     options = parse_options(args.option) if options is None else options
     settings = segment_settings(args, options)
-    files, problems = expand_paths(args.paths, recursive=args.recursive)
-    if not files:
-        for item, reason in problems:
-            print(f"wsolkit: {item}: {reason}", file=sys.stderr)
-        raise InputError("no image files found in " + " ".join(args.paths))
+    files, problems = image_files(args.paths, args.recursive)
     model = load_model(args.model, weights=args.weights, device=device(args))
     settings.target = parse_target(args.target, model.class_names)
     with tqdm(total=len(files), unit="img", disable=args.quiet, file=sys.stderr) as bar:
@@ -234,12 +235,7 @@ def run_segment(args: argparse.Namespace, options: dict | None = None) -> int:
     failures += [message for _, message in report.failures]
     print(f"wsolkit: {len(report.records)} image(s) segmented ({args.method}, rule "
           f"{settings.rule}); masks and results.json in {args.out}", file=sys.stderr)
-    if failures:
-        print(f"wsolkit: {len(failures)} item(s) failed:", file=sys.stderr)
-        for message in failures:
-            print(f"  {message}", file=sys.stderr)
-        return EXIT_BAD_ITEMS
-    return EXIT_OK
+    return report_failures(failures)
 
 
 def run_instances(args: argparse.Namespace, options: dict | None = None) -> int:
@@ -266,9 +262,4 @@ def run_instances(args: argparse.Namespace, options: dict | None = None) -> int:
           f"{report.crowd} crowd annotation(s) skipped; wrote {args.out}", file=sys.stderr)
     for entry, reason in report.skipped:
         print(f"wsolkit: skipped {entry}: {reason}", file=sys.stderr)
-    if report.failures:
-        print(f"wsolkit: {len(report.failures)} image(s) failed:", file=sys.stderr)
-        for _, message in report.failures:
-            print(f"  {message}", file=sys.stderr)
-        return EXIT_BAD_ITEMS
-    return EXIT_OK
+    return report_failures([message for _, message in report.failures], "image(s) failed")
