@@ -242,6 +242,17 @@ class BoxAccuracy:
         iou_thresholds: IoU thresholds in percent for MaxBoxAccV2.
         multi_contour_v2: Use every contour for V2 (the wsolevaluation V2 protocol). V1
             always uses the largest contour only.
+
+    Example (an 8 x 8 map whose blob covers the GT box):
+
+    >>> import numpy as np
+    >>> heat = np.zeros((8, 8))
+    >>> heat[2:6, 2:6] = 1.0
+    >>> metric = BoxAccuracy()
+    >>> metric.update(heat, np.array([[2, 2, 6, 6]]), (8, 8))
+    >>> result = metric.compute()
+    >>> result["MaxBoxAcc"], result["max_box_acc_v2"]
+    (100.0, {30: 100.0, 50: 100.0, 70: 0.0})
     """
 
     def __init__(

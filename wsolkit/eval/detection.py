@@ -181,6 +181,15 @@ class DetectionAP:
         num_classes: Number of classes; labels are indices in ``[0, num_classes)``.
         iou_threshold: A detection can match a GT box with ``IoU >= iou_threshold``.
         use_07_metric: Use the VOC2007 11-point AP instead of the all-points area.
+
+    Example (one right detection of class 0, one false one of class 1 without GT):
+
+    >>> import numpy as np
+    >>> metric = DetectionAP(num_classes=2)
+    >>> metric.update(np.array([[0, 0, 4, 4], [5, 5, 8, 8]]), np.array([0.9, 0.8]),
+    ...               np.array([0, 1]), np.array([[0, 0, 4, 4]]), np.array([0]))
+    >>> metric.compute()
+    {'mAP': 100.0, 'AP': {0: 100.0}, 'count': 1}
     """
 
     def __init__(

@@ -123,6 +123,17 @@ class PixelMetrics:
         fmeasure_levels: Quantization levels of the F-measure family (256 = uint8, matching
             pysodmetrics).
         beta2: The F-measure's ``beta^2`` (0.3, the salient-object-detection convention).
+
+    Example (a map that is 1 exactly on the foreground):
+
+    >>> import numpy as np
+    >>> heat = np.zeros((8, 8))
+    >>> heat[2:6, 2:6] = 1.0
+    >>> metric = PixelMetrics()
+    >>> metric.update(heat, heat > 0)
+    >>> result = metric.compute()
+    >>> result["PxAP"], result["IoU"], result["MAE"], result["counts"]["foreground"]
+    (100.0, 100.0, 0.0, 16)
     """
 
     def __init__(

@@ -150,6 +150,21 @@ class PointingGame:
     Args:
         tolerance: Margin in pixels of the heatmap (15 in Zhang et al.).
         region: ``"box"`` (box grown by ``tolerance``) or ``"disk"`` (TorchRay's rule).
+
+    Example (the peak lies in the box; another map peaks 20 pixels away from it):
+
+    >>> import numpy as np
+    >>> game = PointingGame()
+    >>> heat = np.zeros((64, 64))
+    >>> heat[4, 4] = 1.0
+    >>> game.update(heat, np.array([[2, 2, 6, 6]]))  # a hit
+    True
+    >>> heat = np.zeros((64, 64))
+    >>> heat[4, 30] = 1.0
+    >>> game.update(heat, np.array([[2, 2, 6, 6]]))
+    False
+    >>> game.compute()
+    {'accuracy': 50.0, 'hits': 1, 'count': 2}
     """
 
     def __init__(self, tolerance: float = 15, region: str = "box") -> None:

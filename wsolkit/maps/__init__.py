@@ -41,6 +41,20 @@ def heatmaps(
 
     Returns:
         A :class:`HeatmapResult`; ``maps`` is (N, H, W) float32 in [0, 1].
+
+    Example (any classifier module; ``wsolkit.load_model()`` gives the embedded one):
+
+    >>> import torch
+    >>> from torch import nn
+    >>> net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+    ...                     nn.Flatten(), nn.Linear(4, 3))
+    >>> result = heatmaps(net, torch.rand(2, 3, 16, 16), method="gradcam", layer="1")
+    >>> result.maps.shape, result.layer
+    (torch.Size([2, 16, 16]), '1')
+    >>> bool(result.maps.min() >= 0) and bool(result.maps.max() <= 1)
+    True
+    >>> heatmaps(net, torch.rand(2, 3, 16, 16), method="cam", target="top2").image_index
+    tensor([0, 0, 1, 1])
     """
     classifier = as_classifier(model)
     sources = None

@@ -206,6 +206,16 @@ def localize(
     Raises:
         InputError: As :func:`threshold_map` and :func:`boxes_from_mask`, or a negative
             or non-integer ``min_area``.
+
+    Example (a 3 x 4 blob of heat 1 and a faint pixel below half the maximum):
+
+    >>> import numpy as np
+    >>> heat = np.zeros((6, 8))
+    >>> heat[1:4, 2:6] = 1.0
+    >>> heat[5, 0] = 0.3
+    >>> found = localize(heat, method="fraction", value=0.5)
+    >>> found.boxes, found.scores, int(found.mask.sum())
+    (array([[2., 1., 6., 4.]], dtype=float32), array([1.], dtype=float32), 12)
     """
     _check_mode(mode)
     if isinstance(min_area, bool) or not isinstance(min_area, (int, np.integer)) or min_area < 0:
