@@ -10,6 +10,8 @@ from wsolkit.checks import (
     RANGE_TOLERANCE,
     check_boxes,
     check_heatmap,
+    check_labels,
+    check_scores,
     check_unit_range,
     normalize_minmax,
     to_numpy,
@@ -120,3 +122,31 @@ def test_normalize_minmax_torch_matches_numpy_by_hand():
     assert out.tolist() == [[[0.0, 1.0], [0.5, 0.25]], [[0.0, 0.0], [0.0, 0.0]]]
     nan = normalize_minmax(torch.tensor([[float("nan"), 1.0]]))
     assert nan.tolist() == [[0.0, 0.0]]
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: check_scores([0.5], "s", 2), "s must have shape (2,), got (1,)"),
+        (lambda: check_scores(np.array(["a", "b"]), "s", 2),
+         "s must hold real numbers, got dtype <U1"),
+        (lambda: check_scores([0.5, np.nan], "s", 2), "s must be finite"),
+        (lambda: check_labels([0.0, 1.0], "y", 2, 3),
+         "y must hold integer class indices, got dtype float64"),
+        (lambda: check_labels([0, 3], "y", 2, 3), "y must be class indices in [0, 3), got min 0, "
+                                                  "max 3"),
+        (lambda: check_labels([-1, 2], "y", 2, 3), "y must be class indices in [0, 3), got min -1,"
+                                                   " max 2"),
+    ],
+)
+def test_vector_check_messages(call, message):
+    with pytest.raises(InputError, match="^" + re.escape(message) + "$"):
+        call()
+
+
+def test_vector_checks_return_typed_copies():
+    scores = check_scores(torch.tensor([True, False]), "s", 2)
+    assert scores.dtype == np.float64 and scores.tolist() == [1.0, 0.0]
+    labels = check_labels(np.array([2, 0], np.uint8), "y", 2, 3)
+    assert labels.dtype == np.int64 and labels.tolist() == [2, 0]
+    assert check_labels([], "y", 0, 3).shape == (0,)  # empty needs no dtype

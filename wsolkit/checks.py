@@ -25,8 +25,8 @@ import torch
 
 from wsolkit.errors import InputError
 
-__all__ = ["RANGE_TOLERANCE", "check_boxes", "check_heatmap", "check_unit_range",
-           "normalize_minmax", "to_numpy"]
+__all__ = ["RANGE_TOLERANCE", "check_boxes", "check_heatmap", "check_labels", "check_scores",
+           "check_unit_range", "normalize_minmax", "to_numpy"]
 
 RANGE_TOLERANCE = 1e-6
 """Slack of the [0, 1] check for maps that went through float32 arithmetic (refine, viz); the
@@ -149,6 +149,42 @@ def check_boxes(value: Any, name: str = "boxes", *, array_like: bool = False,
     if ordered and ((boxes[:, 2] < boxes[:, 0]).any() or (boxes[:, 3] < boxes[:, 1]).any()):
         raise InputError(f"{name} must be x0, y0, x1, y1 with x0 <= x1 and y0 <= y1")
     return boxes
+
+
+def _check_vector(value: Any, name: str, length: int, kinds: str, what: str) -> np.ndarray:
+    """A ``(length,)`` array of dtype kind in ``kinds`` (``what`` names them)."""
+    array = to_numpy(value, name, array_like=True)
+    if array.shape != (length,):
+        raise InputError(f"{name} must have shape ({length},), got {array.shape}")
+    if array.size and array.dtype.kind not in kinds:
+        raise InputError(f"{name} must hold {what}, got dtype {array.dtype}")
+    return array
+
+
+def check_scores(value: Any, name: str, length: int) -> np.ndarray:
+    """Validate ``(length,)`` finite real scores (numpy, torch or a sequence); float64 copy.
+
+    Raises:
+        InputError: wrong shape, not real, or not finite.
+    """
+    scores = _check_vector(value, name, length, "fiub", "real numbers").astype(np.float64)
+    if not np.isfinite(scores).all():
+        raise InputError(f"{name} must be finite")
+    return scores
+
+
+def check_labels(value: Any, name: str, length: int, num_classes: int) -> np.ndarray:
+    """Validate ``(length,)`` integer class indices in ``[0, num_classes)``; int64 copy.
+
+    Raises:
+        InputError: wrong shape, not integers, or out of range.
+    """
+    labels = _check_vector(value, name, length, "iu", "integer class indices")
+    labels = labels.astype(np.int64)
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise InputError(f"{name} must be class indices in [0, {num_classes}), got min "
+                         f"{labels.min()}, max {labels.max()}")
+    return labels
 
 
 def normalize_minmax(maps: Any) -> Any:

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from wsolkit.checks import check_boxes as _check_boxes
-from wsolkit.checks import to_numpy
+from wsolkit.checks import check_labels, check_scores, to_numpy
 from wsolkit.errors import InputError
 
 __all__ = ["DetectionAP", "average_precision", "box_iou"]
@@ -48,43 +48,6 @@ def check_boxes(value: Any, name: str) -> np.ndarray:
         InputError: Not ``(K, 4)``, not real, not finite, or ``x1 < x0`` / ``y1 < y0``.
     """
     return _check_boxes(value, name, array_like=True, ordered=True)
-
-
-def check_labels(value: Any, name: str, length: int, num_classes: int) -> np.ndarray:
-    """Validate ``(length,)`` integer class indices in ``[0, num_classes)``; return int64.
-
-    Raises:
-        InputError: Wrong shape, not integers, or out of range.
-    """
-    labels = to_numpy(value, name, array_like=True)
-    if labels.shape != (length,):
-        raise InputError(f"{name} must have shape ({length},); got {labels.shape}")
-    if labels.size and labels.dtype.kind not in "iu":
-        raise InputError(f"{name} must hold integer class indices; got dtype {labels.dtype}")
-    labels = labels.astype(np.int64)
-    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        raise InputError(
-            f"{name} must be class indices in [0, {num_classes}); got min {labels.min()}, "
-            f"max {labels.max()}"
-        )
-    return labels
-
-
-def check_scores(value: Any, name: str, length: int) -> np.ndarray:
-    """Validate ``(length,)`` finite real scores; return a float64 copy.
-
-    Raises:
-        InputError: Wrong shape, not real, or not finite.
-    """
-    scores = to_numpy(value, name, array_like=True)
-    if scores.shape != (length,):
-        raise InputError(f"{name} must have shape ({length},); got {scores.shape}")
-    if scores.size and scores.dtype.kind not in "fiub":
-        raise InputError(f"{name} must hold real numbers; got dtype {scores.dtype}")
-    scores = scores.astype(np.float64)
-    if not np.isfinite(scores).all():
-        raise InputError(f"{name} must be finite")
-    return scores
 
 
 def check_num_classes(num_classes: Any) -> int:

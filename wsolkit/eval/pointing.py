@@ -35,15 +35,9 @@ from typing import Any
 
 import numpy as np
 
-from wsolkit.checks import check_heatmap, to_numpy
+from wsolkit.checks import check_heatmap, check_labels, check_scores, to_numpy
 from wsolkit.errors import InputError
-from wsolkit.eval.detection import (
-    average_precision,
-    check_boxes,
-    check_labels,
-    check_num_classes,
-    check_scores,
-)
+from wsolkit.eval.detection import average_precision, check_boxes, check_num_classes
 
 __all__ = ["PointingAP", "PointingGame", "peak", "peaks", "point_hits"]
 

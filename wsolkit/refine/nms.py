@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from wsolkit.checks import check_boxes, to_numpy
+from wsolkit.checks import check_boxes, check_scores
 from wsolkit.errors import InputError
 
 __all__ = ["box_areas", "clip_boxes", "expand_boxes", "nms", "valid_boxes"]
@@ -136,18 +136,7 @@ def nms(boxes: Any, scores: Any, iou_threshold: float = 0.5) -> np.ndarray:
         InputError: Bad boxes or scores, lengths differ, or a threshold outside ``[0, 1]``.
     """
     array = check_boxes(boxes)
-    if not isinstance(scores, np.ndarray):
-        scores = to_numpy(scores, "scores", array_like=True)
-    values = np.asarray(scores)
-    if values.shape != (array.shape[0],):
-        raise InputError(
-            f"scores must have shape ({array.shape[0]},) to match boxes, got {values.shape}"
-        )
-    if values.size and values.dtype.kind not in "fiub":
-        raise InputError(f"scores must hold real numbers, got dtype {values.dtype}")
-    values = values.astype(np.float64)
-    if not np.isfinite(values).all():
-        raise InputError("scores contain NaN or inf")
+    values = check_scores(scores, "scores", array.shape[0])  # one per box
     if isinstance(iou_threshold, bool) or not isinstance(iou_threshold, Real) \
             or not 0.0 <= float(iou_threshold) <= 1.0:
         raise InputError(f"iou_threshold must lie in [0, 1], got {iou_threshold!r}")
