@@ -10,6 +10,7 @@ from wsolkit.checks import (
     RANGE_TOLERANCE,
     check_boxes,
     check_heatmap,
+    check_integer,
     check_labels,
     check_scores,
     check_unit_range,
@@ -150,3 +151,13 @@ def test_vector_checks_return_typed_copies():
     labels = check_labels(np.array([2, 0], np.uint8), "y", 2, 3)
     assert labels.dtype == np.int64 and labels.tolist() == [2, 0]
     assert check_labels([], "y", 0, 3).shape == (0,)  # empty needs no dtype
+
+
+def test_check_integer_by_hand():
+    assert check_integer(np.int64(3), "iterations", 1) == 3
+    assert type(check_integer(np.int64(3), "iterations", 1)) is int
+    assert check_integer(0, "min_area", 0) == 0
+    for bad in (0, True, 2.0, "3", None):
+        with pytest.raises(InputError, match=re.escape(f"iterations must be an integer >= 1, "
+                                                       f"got {bad!r}") + "$"):
+            check_integer(bad, "iterations", 1)

@@ -25,8 +25,8 @@ import torch
 
 from wsolkit.errors import InputError
 
-__all__ = ["RANGE_TOLERANCE", "check_boxes", "check_heatmap", "check_labels", "check_scores",
-           "check_unit_range", "normalize_minmax", "to_numpy"]
+__all__ = ["RANGE_TOLERANCE", "check_boxes", "check_heatmap", "check_integer", "check_labels",
+           "check_scores", "check_unit_range", "normalize_minmax", "to_numpy"]
 
 RANGE_TOLERANCE = 1e-6
 """Slack of the [0, 1] check for maps that went through float32 arithmetic (refine, viz); the
@@ -123,6 +123,17 @@ def check_heatmap(
     if unit_range:
         check_unit_range(values, name, tolerance)
     return values
+
+
+def check_integer(value: Any, name: str, minimum: int) -> int:
+    """Validate an integer (Python or numpy, not bool) ``>= minimum``; return it as ``int``.
+
+    Raises:
+        InputError: ``{name} must be an integer >= {minimum}, got {value!r}``.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise InputError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
 
 
 def check_boxes(value: Any, name: str = "boxes", *, array_like: bool = False,

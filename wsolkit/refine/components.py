@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import torch
 
-from wsolkit.checks import RANGE_TOLERANCE, check_heatmap, to_numpy
+from wsolkit.checks import RANGE_TOLERANCE, check_heatmap, check_integer, to_numpy
 from wsolkit.errors import InputError
 from wsolkit.refine.threshold import threshold_map
 
@@ -218,11 +218,10 @@ def localize(
     (array([[2., 1., 6., 4.]], dtype=float32), array([1.], dtype=float32), 12)
     """
     _check_mode(mode)
-    if isinstance(min_area, bool) or not isinstance(min_area, (int, np.integer)) or min_area < 0:
-        raise InputError(f"min_area must be an integer >= 0, got {min_area!r}")
+    min_area = check_integer(min_area, "min_area", 0)
     heat = check_heatmap(heatmap, tolerance=RANGE_TOLERANCE)
     binary = _check_mask(threshold_map(heat, method, value))
-    found = _components(binary, heat, mode, int(min_area))
+    found = _components(binary, heat, mode, min_area)
     union = np.isin(found.labels, found.ids)
     return Localization(found.boxes, found.scores, _like(union, heatmap))
 

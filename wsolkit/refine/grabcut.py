@@ -39,7 +39,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from wsolkit.checks import RANGE_TOLERANCE, check_heatmap
+from wsolkit.checks import RANGE_TOLERANCE, check_heatmap, check_integer
 from wsolkit.errors import InputError
 from wsolkit.refine.threshold import threshold_value
 
@@ -248,13 +248,6 @@ def _check_image(image: Any) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
-def _check_iterations(iterations: Any) -> int:
-    if isinstance(iterations, bool) or not isinstance(iterations, (int, np.integer)) \
-            or iterations < 1:
-        raise InputError(f"iterations must be an integer >= 1, got {iterations!r}")
-    return int(iterations)
-
-
 def box_rect(box: Sequence[float] | np.ndarray, shape: tuple[int, int]) -> tuple[int, ...]:
     """Pixel rectangle ``(x0, y0, x1, y1)`` covered by an edge-coordinate box, clipped.
 
@@ -367,7 +360,7 @@ def grabcut(
             box not four finite numbers, bad iterations.
     """
     image = _check_image(image)
-    iterations = _check_iterations(iterations)
+    iterations = check_integer(iterations, "iterations", 1)
     shape = image.shape[:2]
     labels = _as_labels(labels_or_rect, shape)
     foreground = (labels == FGD) | (labels == PR_FGD)
