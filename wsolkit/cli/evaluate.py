@@ -10,14 +10,20 @@ from tqdm import tqdm
 
 from wsolkit.apps.evaluate import EvaluateSettings, evaluate
 from wsolkit.apps.report import markdown_table, write_report
-from wsolkit.cli.options import add_command, add_common, check_limit, device, parse_options
+from wsolkit.cli.options import (
+    EXIT_BAD_ITEMS,
+    EXIT_OK,
+    add_command,
+    add_common,
+    check_limit,
+    device,
+    parse_options,
+)
 from wsolkit.data import open_dataset
 from wsolkit.data.atomic import check_out_dir, make_out_dir, write_bytes_atomic, write_json_atomic
 from wsolkit.errors import InputError
 from wsolkit.maps import get_method, method_names
 from wsolkit.maps.options import option_defaults
-
-EXIT_OK, EXIT_BAD_ITEMS = 0, 1
 
 
 def run_evaluate(args: argparse.Namespace, options: dict | None = None) -> int:
