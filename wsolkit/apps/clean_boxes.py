@@ -435,7 +435,7 @@ def clean_annotations(
     if settings.threshold == "auto":
         threshold, rule = calibrate(scores)
     else:
-        threshold, rule = float(settings.threshold), "given with --threshold"
+        threshold, rule = float(settings.threshold), "given"
     _decide(annotations, tights, threshold, settings)
     result = CleanResult(annotations, float(threshold), rule, settings, failures=failures)
     if out_dir is not None:
