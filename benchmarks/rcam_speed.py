@@ -41,7 +41,7 @@ TIMED = {
     "pca shape maps": ("pca_shape_maps_batch",),
     "variogram fits": ("variogram_radius",),
     "guided filters": ("upsample_chain",),  # the x2 steps (bilinear x2 + guided filter)
-    "fusion": ("fuse", "minmax"),
+    "fusion": ("fuse", "normalize_minmax"),
     "dense CRF": ("dense_crf",),
 }
 
@@ -83,7 +83,7 @@ class StageClock:
 
     def _wrap(self, stage: str, function):
         def timed(*args, **kwargs):
-            if stage in self._active:  # nested call of the same stage (fuse -> minmax)
+            if stage in self._active:  # nested call of the same stage (fuse -> normalize_minmax)
                 return function(*args, **kwargs)
             self._active.add(stage)
             start = time.perf_counter()

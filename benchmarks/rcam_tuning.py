@@ -29,13 +29,13 @@ import numpy as np
 import torch
 from harness import add_common_arguments, rcam_passes, rcam_samples
 
+from wsolkit.checks import normalize_minmax
 from wsolkit.data.atomic import write_json_atomic
 from wsolkit.eval.protocol import ProtocolScorer
 from wsolkit.maps.rcam import (
     RCAM3,
     RCAM_CRF,
     fuse,
-    minmax,
     refine_crf,
     to_rgb_uint8,
     upsample_chain,
@@ -133,10 +133,10 @@ def rcam3_of(cached: dict, setting: Setting, radius_cache: dict) -> tuple[np.nda
                              radii(chain))
         maps.append(cv2.resize(out, (size, size), interpolation=cv2.INTER_LINEAR))
     if setting.fuse_inputs == "minmax":
-        maps = [minmax(m) for m in maps]
+        maps = [normalize_minmax(np.asarray(m, np.float32)) for m in maps]
     p1, p2 = (0.5, 0.5) if setting.equal_weights else (cached["p1"], cached["p2"])
     fused = fuse(maps[0], p1, maps[1], p2, normalize=False)
-    return minmax(fused), float(fused.max())
+    return normalize_minmax(fused), float(fused.max())
 
 
 def cache_dataset(name: str, model, limit: int | None) -> tuple[list, str]:

@@ -35,7 +35,7 @@ from wsolkit.data.images import load_image
 from wsolkit.data.sample import Sample
 from wsolkit.errors import InputError, LayerError
 from wsolkit.eval import DetectionAP, multilabel_map
-from wsolkit.maps import METHODS, get_method
+from wsolkit.maps import METHODS, get_method, make_method
 from wsolkit.maps.beam import (
     BeamSearch,
     crop_images,
@@ -345,12 +345,19 @@ def test_embedded_model_uses_its_own_head(embedded_model):
 @pytest.mark.parametrize("options, message", [
     ({"beam_width": 0}, "beam_width"), ({"levels": 1.5}, "levels"),
     ({"batch_size": True}, "batch_size"), ({"score": "rank"}, "score='rank'"),
-    ({"thresholds": {"global": 0.5}}, "thresholds"),  # box state of the beam_boxes app
     ({"precision": "int8"}, "precision='int8'"),
 ])
 def test_bad_options(tiny_model, options, message):
     with pytest.raises(InputError, match=message):
         BeamSearch(tiny_model, **options)
+
+
+def test_box_thresholds_are_not_a_beam_option(tiny_model):
+    # per-class thresholds and box scores belong to the box apps (beam_boxes, evaluate)
+    with pytest.raises(InputError, match="option 'thresholds' is unknown to beam"):
+        make_method("beam", tiny_model, thresholds={"global": 0.5})
+    with pytest.raises(InputError, match="option 'box_score' is unknown to beam"):
+        make_method("beam", tiny_model, box_score="box")
 
 
 @pytest.mark.parametrize("precision, expected", [("float32", torch.float32),

@@ -8,10 +8,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
+import wsolkit
 from wsolkit.cli.main import main
 from wsolkit.errors import InputError
-from wsolkit.maps import get_method
+from wsolkit.maps import get_method, make_method
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -86,10 +88,18 @@ def test_bad_method_options_and_weights_are_one_line(image, tmp_path, capsys, ar
 
 def test_method_option_check_is_shared_by_every_method(embedded_model):
     with pytest.raises(InputError, match="option 'max_channels' is unknown to cam"):
-        get_method("cam")(embedded_model, max_channels=3)
+        make_method("cam", embedded_model, max_channels=3)
     with pytest.raises(InputError, match="noise='a' of smoothgradcampp: expected a number"):
-        get_method("smoothgradcampp")(embedded_model, noise="a")
-    assert get_method("scorecam")(embedded_model, max_channels=3, upsample="bicubic")
+        make_method("smoothgradcampp", embedded_model, noise="a")
+    assert make_method("scorecam", embedded_model, max_channels=3, upsample="bicubic")
+    with pytest.raises(InputError, match="option 'max_channels' is unknown to cam"):
+        wsolkit.heatmaps(embedded_model, torch.zeros(1, 3, 32, 32), "cam", max_channels=3)
+
+
+def test_method_constructors_are_plain_python(embedded_model):
+    """Options are checked at the registry's boundary; a constructor is an ordinary call."""
+    with pytest.raises(TypeError, match="max_channels"):
+        get_method("cam")(embedded_model, max_channels=3)
 
 
 def _empty_coco(tmp_path: Path) -> Path:
@@ -151,3 +161,60 @@ def test_clean_boxes_refuses_an_annotation_file_named_like_its_changes_file(tmp_
     assert main(["clean-boxes", str(source), "--out", str(root), "--quiet"]) == 2
     one_line_error(capsys, f"would overwrite the input {source}")
     assert snapshot(root) == before
+
+
+def test_library_names_parameters_and_the_cli_names_flags(tmp_path, capsys):
+    """The same bad setting: the library's message says batch_size=, the CLI's --batch-size."""
+    from wsolkit.apps.clean_boxes import CleanSettings
+    from wsolkit.train.heads import HeadSettings
+
+    with pytest.raises(InputError, match=r"^batch_size=0: must be a positive integer$"):
+        CleanSettings(batch_size=0).check()
+    with pytest.raises(InputError, match=r"^fraction=1\.5: must lie in \(0, 1\]$"):
+        CleanSettings(fraction=1.5).check()
+    with pytest.raises(InputError, match=r"^val_fraction must be in \[0, 1\); got 2\.0$"):
+        HeadSettings(val_fraction=2.0).check()
+
+    coco = tmp_path / "a.json"
+    coco.write_text('{"images": [], "annotations": [], "categories": []}')
+    for args, flag_text in (
+        (["clean-boxes", str(coco), "--batch-size", "0"], "--batch-size 0: must be a positive"),
+        (["clean-boxes", str(coco), "--tighten-fraction", "1.5"],
+         "--tighten-fraction 1.5: must lie in (0, 1]"),
+        (["train-head", str(coco), "--val-fraction", "2"], "--val-fraction must be in [0, 1)"),
+    ):
+        out = ["--out", str(tmp_path / ("o.pt" if args[0] == "train-head" else "o"))]
+        assert main([*args, *out]) == 2
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert line == f"wsolkit: error: {flag_text}" or line.startswith(
+            f"wsolkit: error: {flag_text}"), line
+        assert "=" not in line.split(": ")[2]  # no library keyword left in the flag part
+
+
+def test_flag_message_by_hand():
+    import argparse
+
+    from wsolkit.cli.options import flag_message
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out")
+    parser.add_argument("--save-maps")
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--crf", action=argparse.BooleanOptionalAction)
+    cases = {
+        "save_maps=/a b: cannot be a folder": "--save-maps /a b: cannot be a folder",
+        "out=/x: exists and is not a folder": "OUT /x: exists and is not a folder",
+        "resume=True: c.pt was made with lr=0.1, not 0.2": "--resume: c.pt was made with lr=0.1,"
+                                                           " not 0.2",
+        "segment without it (crf=False)": "segment without it (--no-crf)",
+        "crf=True": "--crf",
+        "option crf=1 of x; --option 'out=3': use --out": "option crf=1 of x; --option 'out=3': "
+                                                          "use --out",
+        "save_maps must be a folder": "--save-maps must be a folder",
+        "out must be a folder": "out must be a folder",  # positionals only as name=value
+        "mode='fast': unknown": "mode='fast': unknown",  # not an argument of this command
+    }
+    for library, cli in cases.items():
+        assert flag_message(library, parser) == cli
+    assert flag_message("fraction=2: bad", parser, {"fraction": "--tighten-fraction"}) == \
+        "--tighten-fraction 2: bad"

@@ -14,7 +14,7 @@ from conftest import TinyCNN, seeded
 from test_maps import assert_no_hooks, features_at, short
 
 from wsolkit.errors import InputError
-from wsolkit.maps import METHODS
+from wsolkit.maps import METHODS, make_method
 
 # ------------------------------------------------------------------------------- Eigen-CAM
 
@@ -56,7 +56,7 @@ def test_eigencam_ignores_target(tiny_model, tiny_images):
 
 def test_eigencam_bad_option(tiny_model):
     with pytest.raises(InputError, match="center=1 of eigencam: expected true or false"):
-        METHODS["eigencam"](tiny_model, center=1)
+        make_method("eigencam", tiny_model, center=1)
 
 
 # -------------------------------------------------------------------------------- BagCAMs

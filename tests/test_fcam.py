@@ -17,7 +17,7 @@ from wsolkit.cli.main import main
 from wsolkit.data import open_dataset
 from wsolkit.errors import InputError, LayerError, ModelError
 from wsolkit.maps.fcam import FCAM
-from wsolkit.maps.registry import get_method
+from wsolkit.maps.registry import get_method, make_method
 from wsolkit.models.classifier import Classifier
 from wsolkit.models.fcam import DecoderSpec, FCAMDecoder, load_decoder, save_decoder
 from wsolkit.train.fcam import FCAMSettings, make_optimizer, train_fcam
@@ -68,7 +68,7 @@ def test_fcam_map_is_the_decoders_foreground_probability_at_full_size(decoder_fi
 def test_fcam_is_registered_and_takes_a_decoder_option(decoder_file):
     assert get_method("fcam") is FCAM
     with pytest.raises(InputError, match="option 'decodr' is unknown to fcam"):
-        FCAM(seeded(TinyCNN), decodr=str(decoder_file))
+        make_method("fcam", seeded(TinyCNN), decodr=str(decoder_file))
 
 
 def test_decoder_file_round_trip_keeps_fp16_weights(tmp_path):
@@ -164,7 +164,7 @@ def test_training_without_resume_refuses_an_existing_checkpoint(tmp_path):
     data = open_dataset(write_dataset(tmp_path / "data"))
     settings = replace(SETTINGS, epochs=1, crf=0.0, size=0.0)
     train_fcam(tiny_classifier(), data, tmp_path / "d.pt", settings)
-    with pytest.raises(InputError, match="checkpoint.pt exists: pass --resume"):
+    with pytest.raises(InputError, match="checkpoint.pt exists: pass resume=True"):
         train_fcam(tiny_classifier(), data, tmp_path / "d.pt", settings)
     with pytest.raises(InputError, match="made with other settings"):
         train_fcam(tiny_classifier(), data, tmp_path / "d.pt", replace(settings, lr=0.1,

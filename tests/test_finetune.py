@@ -215,7 +215,7 @@ def test_split_is_seeded_and_disjoint():
     assert np.array_equal(again[0], train) and np.array_equal(again[1], val)
     assert not np.array_equal(split_train_val(20, 0.25, seed=5)[1], val)
     assert len(split_train_val(20, 0.0, seed=0)[1]) == 0
-    with pytest.raises(InputError, match="val-fraction"):
+    with pytest.raises(InputError, match="val_fraction must be in"):
         split_train_val(20, 1.0, seed=0)
 
 
@@ -329,7 +329,8 @@ def test_cli_trains_and_resumes(color_coco, tiny_model_file, tmp_path, capsys):
         (["--limit", "0"], "--limit must be >= 1"),
         (["--threads", "0"], "--threads must be >= 1"),
         (["--resume"], "checkpoint.pt not found"),
-        (["--lr", "0", "--train-layers", "features.conv2"], "--train-layers needs --lr > 0"),
+        (["--lr", "0", "--train-layers", "features.conv2"],
+         "--train-layers needs a positive --lr (--lr 0 freezes"),
         (["--train-layers", "features.nope"], "layer 'features.nope' not found"),
     ],
 )

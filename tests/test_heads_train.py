@@ -98,7 +98,7 @@ def test_initial_head_ranks_like_the_linear_classifier(tmp_path: Path) -> None:
 def test_existing_checkpoint_without_resume_is_an_error(tmp_path: Path) -> None:
     samples = _samples(tmp_path)
     train_head(_classifier(), samples, tmp_path / "h.pt", HeadSettings(**SETTINGS))
-    with pytest.raises(InputError, match="exists: pass --resume"):
+    with pytest.raises(InputError, match="exists: pass resume=True"):
         train_head(_classifier(), samples, tmp_path / "h.pt", HeadSettings(**SETTINGS))
 
 

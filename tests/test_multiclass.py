@@ -17,7 +17,7 @@ from wsolkit.apps.mosaics import build_mosaics
 from wsolkit.data import load_image, open_dataset
 from wsolkit.eval import DetectionAP, PointingAP, PointingGame, peaks
 from wsolkit.eval.protocol import protocol_map, protocol_source
-from wsolkit.maps import base, get_method
+from wsolkit.maps import forward, get_method
 from wsolkit.maps.targets import Targets
 from wsolkit.refine import localize, scale_boxes
 
@@ -182,20 +182,20 @@ def test_gradient_fallback_without_vmap_gives_the_same(monkeypatch):
     def no_vmap(*args, **kwargs):
         raise RuntimeError("no batching rule")
 
-    monkeypatch.setattr(base, "_batched_gradients", no_vmap)
-    monkeypatch.setattr(base, "linear_head_gradients", lambda *args: None)  # the generic path
+    monkeypatch.setattr(forward, "_batched_gradients", no_vmap)
+    monkeypatch.setattr(forward, "linear_head_gradients", lambda *args: None)  # the generic path
     looped = method(images, target="top4").raw
     torch.testing.assert_close(batched, looped, atol=1e-6, rtol=1e-5)
 
 
 def test_row_gradients_in_chunks_match_autograd_one_by_one(monkeypatch):
-    monkeypatch.setattr(base, "GRADIENT_CHUNK_ELEMENTS", 1)  # one row per chunk
+    monkeypatch.setattr(forward, "GRADIENT_CHUNK_ELEMENTS", 1)  # one row per chunk
     leaf = torch.randn(3, 2, 4, 4, requires_grad=True)
     weights = torch.randn(5, 2)
     logits = torch.einsum("ck,ukhw->uc", weights, leaf.pow(2))  # (3 images, 5 classes)
     index = torch.tensor([2, 0, 2, 1])
     classes = torch.tensor([4, 1, 0, 3])
-    grads = base.row_gradients(logits.reshape(-1), leaf, index, index * 5 + classes)
+    grads = forward.row_gradients(logits.reshape(-1), leaf, index, index * 5 + classes)
     for row in range(4):
         # d/dA of sum_k w_ck A_k^2 is 2 w_ck A_k on the row's own image
         expected = 2 * weights[classes[row], :, None, None] * leaf[index[row]].detach()
@@ -214,7 +214,7 @@ def _tiny_head_pass(pool: torch.nn.Module):
 def test_linear_head_gradients_match_autograd_class_by_class():
     model, leaf, logits = _tiny_head_pass(torch.nn.AdaptiveAvgPool2d(1))
     classes = torch.tensor([4, 0, 2, 2, 1])
-    grads = base.linear_head_gradients(model.fc, logits, leaf, classes)
+    grads = forward.linear_head_gradients(model.fc, logits, leaf, classes)
     assert grads is not None and grads.shape == (5, *leaf.shape[1:])
     assert grads.stride(2) == grads.stride(3) == 0  # a view: nothing per location stored
     for row, c in enumerate(classes.tolist()):
@@ -225,10 +225,10 @@ def test_linear_head_gradients_match_autograd_class_by_class():
 
 def test_linear_head_gradients_refuse_a_head_that_is_not_average_pooled():
     model, leaf, logits = _tiny_head_pass(torch.nn.AdaptiveMaxPool2d(1))
-    assert base.linear_head_gradients(model.fc, logits, leaf, torch.tensor([0, 1])) is None
+    assert forward.linear_head_gradients(model.fc, logits, leaf, torch.tensor([0, 1])) is None
     model, leaf, _ = _tiny_head_pass(torch.nn.AdaptiveAvgPool2d(1))
     squared = model.fc(leaf.pow(2).mean(dim=(2, 3)))  # the same fc, but not linear in leaf
-    assert base.linear_head_gradients(model.fc, squared, leaf, torch.tensor([0, 1])) is None
+    assert forward.linear_head_gradients(model.fc, squared, leaf, torch.tensor([0, 1])) is None
 
 
 class MaxPooledTinyCNN(TinyCNN):

@@ -187,10 +187,10 @@ def test_peaks_feed_pointing_ap():
 @pytest.mark.parametrize(
     "heatmap, boxes, match",
     [
-        (np.zeros((2, 3, 4)), BOX, r"heatmap must be a non-empty \(H, W\) array"),
-        (np.zeros((0, 4)), BOX, r"heatmap must be a non-empty \(H, W\) array"),
+        (np.zeros((2, 3, 4)), BOX, r"heatmap must be 2-D \(H, W\), got shape \(2, 3, 4\)"),
+        (np.zeros((0, 4)), BOX, r"heatmap must not be empty, got shape \(0, 4\)"),
         (np.full((3, 4), np.nan), BOX, "heatmap contains NaN"),
-        (np.array([["a", "b"]]), BOX, "heatmap must be a real-valued array"),
+        (np.array([["a", "b"]]), BOX, "heatmap must hold real numbers"),
         (np.zeros((3, 4)), np.zeros((1, 3)), r"gt_boxes must have shape \(K, 4\)"),
         (np.zeros((3, 4)), np.array([[0, 0, np.inf, 1]]), "gt_boxes must be finite"),
     ],

@@ -17,6 +17,7 @@ from PIL import Image
 from torch import nn
 
 from wsolkit.apps.rcam_box import rcam_boxes, rcam_in_box
+from wsolkit.checks import normalize_minmax
 from wsolkit.data.images import load_image
 from wsolkit.errors import InputError, LayerError, TargetError
 from wsolkit.maps import METHODS, get_method, method_names
@@ -29,7 +30,6 @@ from wsolkit.maps.rcam import (
     RCAMConfig,
     _chunked_forward,
     fuse,
-    minmax,
     refine_crf,
     select_shape_layers,
     to_rgb_uint8,
@@ -219,7 +219,7 @@ def test_crf_at_a_moderate_size_is_the_crf_of_the_resized_inputs_resized_back():
     rng = np.random.default_rng(8)
     rgb = cv2.GaussianBlur(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8), (0, 0), 2)
     prior = cv2.GaussianBlur(rng.random((48, 64)).astype(np.float32), (0, 0), 4)
-    prior = minmax(prior)
+    prior = normalize_minmax(prior)
     params = CRFParams(gaussian_sxy=4.0, bilateral_sxy=20.0)
     np.testing.assert_array_equal(refine_crf(rgb, prior, params, 3),
                                   dense_crf(rgb, prior, params, 3))
@@ -426,7 +426,7 @@ def test_stages_follow_the_paper_and_agree_across_methods(model, images):
     for name, field in (("rcam1", "rcam1"), ("rcam2", "rcam2"), ("rcam3", "rcam3"),
                         ("rcam", "rcam")):
         maps = STAGE_METHODS[name](model, config=TINY)(images).maps.numpy()
-        np.testing.assert_allclose(maps, minmax(getattr(stages, field)), atol=1e-5)
+        np.testing.assert_allclose(maps, normalize_minmax(getattr(stages, field)), atol=1e-5)
     raw = RCAM(model, config=TINY)(images).raw.numpy()  # marginal scaled by the fusion's peak
     np.testing.assert_allclose(raw, stages.rcam * stages.fused.max(axis=(1, 2), keepdims=True),
                                rtol=1e-5, atol=1e-6)

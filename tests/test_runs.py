@@ -39,10 +39,10 @@ def test_checkpoint_and_settings_checks(tmp_path):
         check_checkpoint(path, resume=True)
     check_checkpoint(path, resume=False)
     path.write_bytes(b"")
-    with pytest.raises(InputError, match="exists: pass --resume"):
+    with pytest.raises(InputError, match="exists: pass resume=True"):
         check_checkpoint(path, resume=False)
     check_checkpoint(path, resume=True)
     check_resumed_settings(path, {"lr": 0.1}, {"lr": 0.1, "new": 2}, defaults={"new": 2})
-    with pytest.raises(InputError, match="made with --batch-size 8, not 16"):
+    with pytest.raises(InputError, match="made with batch_size=8, not 16"):
         check_resumed_settings(path, {"batch_size": 8}, {"batch_size": 16})
     assert percent(None) == "n/a" and percent(0.1234) == "12.3%"

@@ -115,7 +115,7 @@ def test_resume_refuses_other_settings(folder, tmp_path, capsys):
     assert main([*args, "--method", "gradcam"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith(f"wsolkit: error: --out {out}: holds rows made with other")
-    assert "method='cam'" in err[-1]
+    assert "(--method cam)" in err[-1]
 
 
 def test_malformed_shard_line_names_file_and_line(folder, tmp_path, capsys):
@@ -129,9 +129,9 @@ def test_malformed_shard_line_names_file_and_line(folder, tmp_path, capsys):
 
 
 @pytest.mark.parametrize(("value", "message"), [
-    ("cuda:7", "--device 'cuda:7'"),
-    ("tpu", "--device 'tpu'"),
-    ("nonsense", "--device 'nonsense': not a device"),
+    ("cuda:7", "--device cuda:7:"),
+    ("tpu", "--device tpu:"),
+    ("nonsense", "--device nonsense: not a device"),
 ])
 def test_device_errors_are_one_line(folder, tmp_path, capsys, value, message):
     if value.startswith("cuda") and torch.cuda.device_count() > 7:
@@ -146,7 +146,7 @@ def test_device_auto_is_cuda_when_available_else_cpu():
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert resolve_device(None).type == expected and resolve_device("auto").type == expected
     assert resolve_device("cpu") == torch.device("cpu")
-    with pytest.raises(InputError, match="^device 'gpu'"):
+    with pytest.raises(InputError, match="^device='gpu': not a device"):
         resolve_device("gpu")
 
 

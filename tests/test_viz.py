@@ -120,7 +120,7 @@ def test_draw_boxes_errors():
         draw_boxes(image, boxes, color=(0, 300, 0))
     with pytest.raises(InputError, match=r"^thickness must be a positive integer"):
         draw_boxes(image, boxes, thickness=0)
-    with pytest.raises(InputError, match=r"^boxes contain NaN or inf"):
+    with pytest.raises(InputError, match=r"^boxes must be finite"):
         draw_boxes(image, np.array([[1, 1, np.nan, 5]]))
 
 

@@ -364,14 +364,14 @@ def check_output(annotations: AnnotationSet, out_dir: Path) -> Path:
     target = output_path(annotations, out_dir)
     if annotations.kind == "coco":
         if _same_file(target, annotations.source):
-            raise InputError(f"--out {out_dir}: would overwrite the input {annotations.source}")
+            raise InputError(f"out={out_dir}: would overwrite the input {annotations.source}")
         return target
     inputs = (annotations.source, _voc_files(annotations.source)[0])
     if any(_same_file(out_dir, folder) for folder in inputs):
-        raise InputError(f"--out {out_dir}: is the input folder; choose a new folder")
+        raise InputError(f"out={out_dir}: is the input folder; choose a new folder")
     for folder in (*inputs, annotations.image_dir):
         if _within(folder, target):
-            raise InputError(f"--out {out_dir}: writing {target} would replace the input "
+            raise InputError(f"out={out_dir}: writing {target} would replace the input "
                              f"{folder}; choose a new folder")
     return target
 

@@ -222,13 +222,13 @@ def clean_annotations(
         target = check_output(annotations, out_dir)  # before the slow scoring
         if target.name == CHANGES_FILE:
             raise InputError(f"{annotations.source}: an annotation file named {CHANGES_FILE} "
-                             f"would clash with the {CHANGES_FILE} written to --out; rename it")
+                             f"would clash with the {CHANGES_FILE} written to out=DIR; rename it")
     tights, failures = _score_all(classifier, annotations, settings, progress)
     scores = np.array([b.score for b in annotations.boxes if not math.isnan(b.score)])
     if settings.threshold == "auto":
         threshold, rule = calibrate(scores)
     else:
-        threshold, rule = float(settings.threshold), "given with --threshold"
+        threshold, rule = float(settings.threshold), "given"
     _decide(annotations, tights, threshold, settings)
     result = CleanResult(annotations, float(threshold), rule, settings, failures=failures)
     if out_dir is not None:

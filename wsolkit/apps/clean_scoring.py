@@ -67,16 +67,16 @@ class CleanSettings:
         if not _number(self.context) or not 0.0 < self.context <= 4.0:
             raise InputError(f"context must lie in (0, 4], got {self.context!r}")
         if not _number(self.fraction) or not 0.0 < self.fraction <= 1.0:
-            raise InputError(f"--tighten-fraction {self.fraction!r}: must lie in (0, 1]")
+            raise InputError(f"fraction={self.fraction!r}: must lie in (0, 1]")
         if self.threshold != "auto" and not _number(self.threshold):
-            raise InputError(f"--threshold {self.threshold!r}: expected 'auto' or a number")
+            raise InputError(f"threshold={self.threshold!r}: expected 'auto' or a number")
         if not _number(self.margin) or not -0.5 <= self.margin <= 4.0:
-            raise InputError(f"--margin {self.margin!r}: must lie in [-0.5, 4]")
+            raise InputError(f"margin={self.margin!r}: must lie in [-0.5, 4]")
         if not _number(self.min_side) or self.min_side < 1:
             raise InputError(f"min_side must be >= 1, got {self.min_side!r}")
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) \
                 or self.batch_size < 1:
-            raise InputError(f"--batch-size {self.batch_size!r}: must be a positive integer")
+            raise InputError(f"batch_size={self.batch_size!r}: must be a positive integer")
 
 
 def _number(value: object) -> bool:

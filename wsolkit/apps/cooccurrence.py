@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from wsolkit.checks import check_integer
 from wsolkit.errors import InputError
 from wsolkit.eval.classification import multilabel_map
 
@@ -25,8 +26,7 @@ def cooccurrence_counts(label_sets: Iterable[Iterable[int]], num_classes: int) -
     Raises:
         InputError: a class index outside ``0 .. C - 1``.
     """
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise InputError(f"num_classes must be an integer >= 1, got {num_classes!r}")
+    num_classes = check_integer(num_classes, "num_classes", 1)
     counts = np.zeros((num_classes, num_classes), np.int64)
     for labels in label_sets:
         present = np.unique(np.asarray(list(labels), dtype=np.int64))

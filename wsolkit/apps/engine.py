@@ -284,7 +284,7 @@ def start_summary(out_dir: Path, classifier: Classifier, settings: dict) -> dict
         changed = [k for k in keys if before.get(k) != summary[k]]
         if "rows" in before and changed:
             raise InputError(
-                f"--out {out_dir}: holds rows made with other settings "
+                f"out={out_dir}: holds rows made with other settings "
                 f"({', '.join(f'{k}={before.get(k)!r}' for k in changed)}); "
                 "use another folder to start afresh"
             )

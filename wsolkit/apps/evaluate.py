@@ -180,10 +180,10 @@ def _class_scorer(dataset: object, classifier: Classifier | None, maps_dir: Path
     """A scorer of every class's maps when the dataset is multi-label and the classes match."""
     threshold = settings.detection_threshold
     if not (isinstance(threshold, int | float) and 0 < threshold <= 1):
-        raise InputError(f"--detection-threshold {threshold!r}: must be in (0, 1]")
+        raise InputError(f"detection_threshold={threshold!r}: must be in (0, 1]")
     low = settings.min_class_probability
     if not (isinstance(low, int | float) and 0 <= low <= 1):
-        raise InputError(f"--min-class-probability {low!r}: must be in [0, 1]")
+        raise InputError(f"min_class_probability={low!r}: must be in [0, 1]")
     if (maps_dir is not None or classifier is None or not has_boxes
             or getattr(dataset, "kind", None) not in MULTI_LABEL_KINDS
             or not labels_are_model_classes(dataset, classifier)):
@@ -197,15 +197,15 @@ def _class_scorer(dataset: object, classifier: Classifier | None, maps_dir: Path
 def _resolve_target(target: str, dataset: object, classifier: Classifier | None,
                     maps_dir: Path | None) -> str:
     if target not in TARGETS:
-        raise InputError(f"--target {target!r}: use one of {', '.join(TARGETS)}")
+        raise InputError(f"target={target!r}: use one of {', '.join(TARGETS)}")
     if maps_dir is not None:
         return "maps"
     if classifier is None:
-        raise InputError("a model is needed to compute maps (or give --maps DIR)")
+        raise InputError("a model is needed to compute maps (or give maps_dir=DIR)")
     matches = labels_are_model_classes(dataset, classifier)
     if target == "gt" and not matches:
         raise InputError(
-            "--target gt: the dataset's labels are not the model's classes; use --target top1"
+            "target='gt': the dataset's labels are not the model's classes; use target='top1'"
         )
     if target == "auto":
         return "gt" if matches else "top1"

@@ -34,7 +34,7 @@ from wsolkit.data.mask_files import image_file_size
 from wsolkit.data.sample import Sample
 from wsolkit.errors import InputError, WSOLError
 from wsolkit.eval.protocol import protocol_source
-from wsolkit.maps import get_method
+from wsolkit.maps import make_method
 from wsolkit.models.classifier import Classifier
 
 if TYPE_CHECKING:
@@ -128,10 +128,10 @@ class EvaluateCore:
     def __init__(self, classifier: Classifier, job: EvaluateJob) -> None:
         settings = job.settings
         if settings.batch_size < 1:
-            raise InputError(f"--batch-size {settings.batch_size}: must be at least 1")
+            raise InputError(f"batch_size={settings.batch_size}: must be at least 1")
         self.classifier, self.job = classifier, job
-        self.method = get_method(settings.method)(classifier, layer=settings.layer,
-                                                  **settings.options)
+        self.method = make_method(settings.method, classifier, layer=settings.layer,
+                                  **settings.options)
 
     def decoder(self, overlay: frozenset[int] = frozenset()) -> Decoder:
         """Decoding for this core: the PIL image travels too (methods that crop it)."""
@@ -240,13 +240,13 @@ def _ray_batches(samples: list[Sample], classifier: Classifier, job: EvaluateJob
     from wsolkit.apps.ray_engine import default_actor_cpus, ray_rows, ray_session
 
     if options.actors < 1:
-        raise InputError(f"actors {options.actors}: must be at least 1")
+        raise InputError(f"actors={options.actors}: must be at least 1")
     cpus = default_actor_cpus() if options.actor_cpus is None else options.actor_cpus
     if cpus <= 0:
         raise InputError(f"actor_cpus {cpus}: must be above 0")
     where = {os.path.abspath(sample.path): index for index, sample in enumerate(samples)}
     if len(where) < len(samples):
-        raise InputError("--engine ray: the dataset lists an image file twice")
+        raise InputError("engine='ray': the dataset lists an image file twice")
     labels = {path: tuple(samples[index].labels) for path, index in where.items()}
     remote = EvaluateJob(job.settings, job.target, job.class_count, labels, eager=True)
     size, arrived, ready, done = job.settings.batch_size, {}, [], 0
@@ -269,7 +269,7 @@ def loaded_batches(
 ) -> Iterator[tuple[Batch, int]]:
     """Batches of maps read from ``<maps_dir>/<image_id>.npy`` files."""
     if not maps_dir.is_dir():
-        raise InputError(f"--maps {maps_dir}: folder not found")
+        raise InputError(f"maps_dir={maps_dir}: folder not found")
     for start in range(0, len(samples), max(batch_size, 1)):
         chunk = samples[start:start + max(batch_size, 1)]
         batch = Batch([], [], [], [])

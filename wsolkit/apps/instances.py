@@ -96,25 +96,25 @@ class InstanceSettings:
     def check(self) -> None:
         """Raise :class:`InputError` for values that cannot work."""
         if self.rule not in RULES:
-            raise InputError(f"--rule {self.rule!r}: use one of {', '.join(RULES)}")
+            raise InputError(f"rule={self.rule!r}: use one of {', '.join(RULES)}")
         for name in ("context", "margin"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise InputError(f"--{name} {value!r}: must be a number >= 0")
+                raise InputError(f"{name}={value!r}: must be a number >= 0")
         if self.prior_sigma is not None and not (
             isinstance(self.prior_sigma, (int, float)) and self.prior_sigma > 0
         ):
-            raise InputError(f"--prior-sigma {self.prior_sigma!r}: must be a number > 0")
+            raise InputError(f"prior_sigma={self.prior_sigma!r}: must be a number > 0")
         if not (isinstance(self.heat_power, (int, float)) and 0 <= self.heat_power < math.inf):
-            raise InputError(f"--heat-power {self.heat_power!r}: must be a number >= 0")
+            raise InputError(f"heat_power={self.heat_power!r}: must be a number >= 0")
         if self.context < self.margin:
-            raise InputError(f"--context {self.context} must be >= --margin {self.margin}")
+            raise InputError(f"context={self.context} must be >= margin={self.margin}")
         if self.max_side is not None and self.max_side < 8:
             raise InputError(f"max_side={self.max_side}: must be at least 8 (or None)")
         if self.iterations < 1:
-            raise InputError(f"--iterations {self.iterations}: must be at least 1")
+            raise InputError(f"iterations={self.iterations}: must be at least 1")
         if self.overlap not in ("smaller_on_top", "none"):
-            raise InputError(f"--overlap {self.overlap!r}: use smaller_on_top or none")
+            raise InputError(f"overlap={self.overlap!r}: use smaller_on_top or none")
 
 
 def box_problem(box: Sequence[float], shape: tuple[int, int]) -> str | None:
@@ -135,12 +135,12 @@ class CropHeatmaps:
     """Heatmaps of image crops with a registered method (one batched forward per call)."""
 
     def __init__(self, classifier: Classifier, settings: InstanceSettings) -> None:
-        from wsolkit.maps import get_method
+        from wsolkit.maps import make_method
 
         self.classifier = classifier
         self.target = settings.target
-        self.method = get_method(settings.method)(
-            classifier, layer=settings.layer, **settings.options
+        self.method = make_method(
+            settings.method, classifier, layer=settings.layer, **settings.options
         )
 
     def __call__(self, crops: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -320,10 +320,10 @@ def instances_from_json(
     settings.check()
     inputs = [p for p in (images, boxes_json) if p is not None]
     if any(os.path.realpath(out_json) == os.path.realpath(p) for p in inputs):
-        raise InputError(f"--out {out_json}: would overwrite an input file")
+        raise InputError(f"out={out_json}: would overwrite an input file")
     if boxes_json is None:
         if images.is_dir():
-            raise InputError(f"{images}: a folder of images needs --boxes")
+            raise InputError(f"{images}: a folder of images needs boxes=FILE")
         boxes_path = images
     else:
         boxes_path = boxes_json
@@ -411,9 +411,9 @@ def check_inputs(images: Path, boxes_json: Path | None, out_json: Path) -> int:
     """
     inputs = [p for p in (images, boxes_json) if p is not None]
     if any(os.path.realpath(out_json) == os.path.realpath(p) for p in inputs):
-        raise InputError(f"--out {out_json}: would overwrite an input file")
+        raise InputError(f"out={out_json}: would overwrite an input file")
     if boxes_json is None and images.is_dir():
-        raise InputError(f"{images}: a folder of images needs --boxes")
+        raise InputError(f"{images}: a folder of images needs boxes=FILE")
     path = boxes_json or images
     data = read_json(path, "boxes file")
     entries = box_entries(data, path)

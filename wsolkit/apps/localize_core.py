@@ -17,7 +17,7 @@ import torch
 
 from wsolkit.apps.engine import DecodedImage, Decoder, failed_row, preprocessor
 from wsolkit.errors import InputError
-from wsolkit.maps import get_method
+from wsolkit.maps import make_method
 from wsolkit.maps.base import HeatmapResult
 from wsolkit.models.classifier import Classifier
 from wsolkit.refine import localize, resize_map
@@ -88,10 +88,10 @@ class LocalizeCore:
     def __init__(self, classifier: Classifier, settings: LocalizeSettings,
                  keep_maps: bool = False) -> None:
         if settings.batch_size < 1:
-            raise InputError(f"batch_size {settings.batch_size}: must be at least 1")
+            raise InputError(f"batch_size={settings.batch_size}: must be at least 1")
         self.classifier, self.settings = classifier, settings
-        self.method = get_method(settings.method)(classifier, layer=settings.layer,
-                                                  **settings.options)
+        self.method = make_method(settings.method, classifier, layer=settings.layer,
+                                  **settings.options)
         self.layer: str | None = None
         self.keep_maps = keep_maps
         self.uses_sources = bool(self.method.uses_sources)

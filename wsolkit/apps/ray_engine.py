@@ -69,7 +69,7 @@ def _ray() -> Any:
         import ray.data  # noqa: F401  (the Data library comes with the [data] extra)
     except ImportError as error:
         raise DependencyError(
-            f"--engine ray needs Ray Data ({error.name or 'ray'} is missing): "
+            f"engine='ray' needs Ray Data ({error.name or 'ray'} is missing): "
             "pip install 'wsolkit[ray]'"
         ) from None
     return ray
@@ -198,8 +198,8 @@ def segment_files_ray(
     from wsolkit.apps.segment_core import SegmentCore
 
     if job is not None and job.mask_files:
-        raise InputError("--engine ray writes no mask files: use the local engine for "
-                         "--mask-files")
+        raise InputError("engine='ray' writes no mask files: use the local engine for "
+                         "mask files")
     return run_ray(SegmentCore, classifier, paths, out_dir, settings, settings.batch_size,
                    progress, job, ray)
 
@@ -211,14 +211,14 @@ def run_ray(make_core: Callable[..., Any], classifier: Classifier, paths: Sequen
     """Run the core ``make_core(classifier, settings)`` over files on Ray Data, into shards."""
     job, options = job or JobOptions(), ray or RayOptions()
     if job.overlays not in ("none", 0) or job.save_maps:
-        raise InputError("--engine ray draws no overlays and saves no maps: use the local "
-                         "engine for --overlays/--overlay-sample/--save-maps")
+        raise InputError("engine='ray' draws no overlays and saves no maps: use the local "
+                         "engine for overlays and saved maps")
     job.check()
     if options.actors < 1:
-        raise InputError(f"actors {options.actors}: must be at least 1")
+        raise InputError(f"actors={options.actors}: must be at least 1")
     actor_cpus = default_actor_cpus() if options.actor_cpus is None else options.actor_cpus
     if actor_cpus <= 0:
-        raise InputError(f"actor_cpus {actor_cpus}: must be above 0")
+        raise InputError(f"actor_cpus={actor_cpus}: must be above 0")
     core = make_core(classifier, settings)  # bad method/layer options fail here, not in an actor
     _ray()  # missing Ray fails before anything is written
     make_out_dir(out_dir)

@@ -104,13 +104,13 @@ class SegmentSettings:
         if self.mean not in ("all", "nonzero"):
             raise InputError(f"mean={self.mean!r}: use 'all' or 'nonzero'")
         if self.rule not in RULES:
-            raise InputError(f"--rule {self.rule!r}: use one of {', '.join(RULES)}")
+            raise InputError(f"rule={self.rule!r}: use one of {', '.join(RULES)}")
         if self.max_side is not None and self.max_side < 8:
             raise InputError(f"max_side={self.max_side}: must be at least 8 (or None)")
         if self.batch_size < 1:
-            raise InputError(f"--batch-size {self.batch_size}: must be at least 1")
+            raise InputError(f"batch_size={self.batch_size}: must be at least 1")
         if self.iterations < 1:
-            raise InputError(f"--iterations {self.iterations}: must be at least 1")
+            raise InputError(f"iterations={self.iterations}: must be at least 1")
 
 
 def shrink(image: np.ndarray, max_side: int | None) -> np.ndarray:
@@ -176,7 +176,7 @@ def segment_heatmap(
         try:  # pydensecrf refuses read-only buffers (e.g. np.asarray of a PIL image)
             heat = dense_crf(work if work.flags.writeable else work.copy(), heat)
         except DependencyError as error:
-            raise DependencyError(f"{error}; or segment without it (--no-crf)") from None
+            raise DependencyError(f"{error}; or segment without it (crf=False)") from None
     if settings.levels is not None:  # v -> round(levels v): the smallest values become 0
         heat = np.round(heat * settings.levels) / settings.levels
     labels = stratify(heat, settings.rule, border=settings.border, **stratify_options(settings))

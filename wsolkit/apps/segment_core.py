@@ -35,7 +35,7 @@ from wsolkit.apps.segment import SegmentSettings, mask_overlay, save_mask_map, s
 from wsolkit.data.atomic import make_out_dir
 from wsolkit.data.rle import encode_rle
 from wsolkit.errors import InputError
-from wsolkit.maps import get_method
+from wsolkit.maps import make_method
 from wsolkit.models.classifier import Classifier
 
 BOX_FORMAT = "x0,y0,x1,y1 pixel edges of the original image (x1 = x0 + width)"
@@ -105,7 +105,7 @@ class SegmentCore:
         if settings.upsample != "bilinear":  # every method's own default
             options.setdefault("upsample", settings.upsample)
         self.classifier, self.settings, self.keep_masks = classifier, settings, keep_masks
-        self.method = get_method(settings.method)(classifier, layer=settings.layer, **options)
+        self.method = make_method(settings.method, classifier, layer=settings.layer, **options)
         self.uses_sources = bool(self.method.uses_sources)
         self.layer: str | None = None
         self.jobs = jobs
@@ -271,7 +271,7 @@ def segment_files(
     namer = OutputNamer(out_dir, list(paths))
     saved_stems: set[str] = set()
     if maps_dir is not None:
-        make_out_dir(maps_dir, "--save-maps")
+        make_out_dir(maps_dir, "maps_dir")
 
     def write_extras(row: dict, extras: SegmentExtras, report: JobReport) -> None:
         path = Path(row["image"])

@@ -7,14 +7,21 @@ import json
 import sys
 from pathlib import Path
 
-from wsolkit.cli.options import add_device_option, check_limit, device, set_threads
+from wsolkit.cli.options import (
+    EXIT_OK,
+    add_command,
+    add_common,
+    check_limit,
+    device,
+    set_threads,
+)
 from wsolkit.errors import InputError
 
 
-def add_tune_beam_parser(commands: argparse._SubParsersAction) -> None:
+def add_parser(commands: argparse._SubParsersAction) -> None:
     """Add the ``tune-beam`` subcommand to the ``wsolkit`` parser."""
-    run = commands.add_parser(
-        "tune-beam",
+    run = add_command(
+        commands, "tune-beam", run_tune_beam,
         help="tune the beam method's per-class heatmap thresholds on a validation split",
         description="Run the beam search for every (image, class) with GT boxes, threshold the "
                     "heatmap at 0.05..0.95 and keep, per class (fallback: global), the value "
@@ -22,13 +29,11 @@ def add_tune_beam_parser(commands: argparse._SubParsersAction) -> None:
                     "JSON file for `wsolkit evaluate --class-thresholds FILE` / "
                     "beam_boxes(thresholds=FILE).",
     )
-    add_device_option(run)
     run.add_argument("dataset", type=Path,
                      help="validation split: wsolevaluation metadata folder, COCO JSON or VOC "
                           "folder (format detected)")
     run.add_argument("--out", required=True, type=Path, help="thresholds JSON file to write")
-    run.add_argument("--model", default="efficientnet_lite0", help="as for 'localize'")
-    run.add_argument("--weights", default=None, help="state dict for torchvision:/timm: models")
+    add_common(run)
     run.add_argument("--limit", type=int, default=None, help="use only the first N images")
     run.add_argument("--beam-width", type=int, default=8, help="M, beams per level (default 8)")
     run.add_argument("--levels", type=int, default=10, help="H, levels (default 10)")
@@ -38,7 +43,6 @@ def add_tune_beam_parser(commands: argparse._SubParsersAction) -> None:
                      help="training split (multi-label, the model's classes): count label "
                           "co-occurrences there and choose the rescoring alpha here")
     run.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
-    run.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run_tune_beam(args: argparse.Namespace) -> int:
@@ -67,4 +71,4 @@ def run_tune_beam(args: argparse.Namespace) -> int:
     print(f"wsolkit: global threshold {result['global']:.2f} (mean F1 "
           f"{result['global_f1']:.3f}), {len(result['per_class'])} per-class thresholds from "
           f"{result['images']} images; written to {args.out}", file=sys.stderr)
-    return 0
+    return EXIT_OK

@@ -6,10 +6,25 @@ import argparse
 import sys
 from pathlib import Path
 
-from wsolkit.cli.options import check_limit, device
-from wsolkit.errors import InputError
+from tqdm import tqdm
 
-EXIT_OK, EXIT_BAD_ITEMS = 0, 1
+from wsolkit.apps.engine import JobOptions, default_workers
+from wsolkit.apps.evaluate import EvaluateSettings, evaluate
+from wsolkit.apps.report import markdown_table, write_report
+from wsolkit.cli.options import (
+    EXIT_BAD_ITEMS,
+    EXIT_OK,
+    add_command,
+    add_common,
+    check_limit,
+    device,
+    parse_options,
+)
+from wsolkit.data import open_dataset
+from wsolkit.data.atomic import check_out_dir, make_out_dir, write_bytes_atomic, write_json_atomic
+from wsolkit.errors import InputError
+from wsolkit.maps import get_method, method_names
+from wsolkit.maps.options import option_defaults
 
 
 def add_engine_options(run: argparse.ArgumentParser) -> None:
@@ -30,22 +45,9 @@ def add_engine_options(run: argparse.ArgumentParser) -> None:
                           "with more than 4 cores, else 0.5)")
 
 
-def run_evaluate(args: argparse.Namespace, options: dict) -> int:
+def run_evaluate(args: argparse.Namespace, options: dict | None = None) -> int:
     """Run ``wsolkit evaluate``; returns the exit code (1 when some images failed)."""
-    from tqdm import tqdm
-
-    from wsolkit.apps.engine import JobOptions, default_workers
-    from wsolkit.apps.evaluate import EvaluateSettings, evaluate
-    from wsolkit.apps.report import markdown_table, write_report
-    from wsolkit.data import open_dataset
-    from wsolkit.data.atomic import (
-        check_out_dir,
-        make_out_dir,
-        write_bytes_atomic,
-        write_json_atomic,
-    )
-    from wsolkit.maps import get_method, method_names
-
+    options = parse_options(args.option) if options is None else options
     methods = method_names() if args.method == "all" else args.method.split(",")
     for name in methods:
         get_method(name)
@@ -63,7 +65,7 @@ def run_evaluate(args: argparse.Namespace, options: dict) -> int:
         ray = RayOptions(address=args.address, actors=args.actors, actor_cpus=args.actor_cpus)
     check_out_dir(args.out)
     if args.save_maps is not None:
-        check_out_dir(args.save_maps, "--save-maps")
+        check_out_dir(args.save_maps, "save_maps")
     dataset = open_dataset(args.dataset)
     model = None
     if args.maps is None:
@@ -108,7 +110,7 @@ def _options_for(method: str, options: dict, strict: bool) -> dict:
 
     if strict:
         return options
-    accepted = get_method(method).option_defaults()
+    accepted = option_defaults(get_method(method))
     return {key: value for key, value in options.items() if key in accepted}
 
 
@@ -124,3 +126,48 @@ def _print_failures(failures: list[tuple[str, str]]) -> None:
     print(f"wsolkit: {len(failures)} image(s) could not be scored:", file=sys.stderr)
     for _image_id, message in failures:
         print(f"  {message}", file=sys.stderr)
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    """Register ``wsolkit evaluate``."""
+    run = add_command(
+        commands, "evaluate", run_evaluate,
+        renamed={"maps_dir": "--maps", "save_maps_dir": "--save-maps"},
+        help="score a method on a dataset (WSOL protocol: boxes, masks)",
+    )
+    run.add_argument("dataset", type=Path,
+                     help="wsolevaluation metadata folder, images+masks folder, COCO JSON or "
+                          "VOC folder (format detected)")
+    run.add_argument("--target", default="auto", choices=["auto", "gt", "top1"],
+                     help="class explained: gt label, top1 prediction, or auto (gt when the "
+                          "dataset's labels are the model's classes)")
+    run.add_argument("--limit", type=int, default=None, help="score only the first N images")
+    run.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+    run.add_argument("--cam-curve-interval", type=float, default=0.01,
+                     help="spacing of the map thresholds (default 0.01)")
+    run.add_argument("--detection-threshold", type=float, default=0.5,
+                     help="COCO/VOC with a model of the dataset's classes: each class map's "
+                          "connected components at this fraction of its max are detections "
+                          "(default 0.5)")
+    run.add_argument("--min-class-probability", type=float, default=0.001,
+                     help="COCO/VOC/mosaics with a model of the dataset's classes: detections "
+                          "(and beam's searches) only for the classes of an image at least "
+                          "this probable, plus its top class; 0: every class (default 0.001)")
+    run.add_argument("--class-thresholds", type=Path, default=None, metavar="FILE",
+                     help="COCO/VOC with a model of the dataset's classes: per-class map "
+                          "thresholds (a `wsolkit tune-beam` file) instead of "
+                          "--detection-threshold")
+    run.add_argument("--box-score", default="blob", choices=["blob", "box"],
+                     help="COCO/VOC detections: score = blob's mean heat x class probability "
+                          "(blob, default) or mean heat inside the box (box, Bency et al.)")
+    run.add_argument("--maps", type=Path, default=None,
+                     help="score precomputed <image_id>.npy maps from this folder")
+    run.add_argument("--save-maps", type=Path, default=None,
+                     help="save each 224x224 map as <image_id>.npy in this folder")
+    run.add_argument("--out", type=Path, default=Path("out/evaluate"),
+                     help="report folder (default out/evaluate)")
+    add_common(run, method="cam", layer=True,
+               method_help="heatmap method, a comma-separated list, or 'all' (default cam)",
+               option="method option (repeatable); with --method all, given to the methods "
+                      "that take it")
+    add_engine_options(run)

@@ -6,23 +6,30 @@ import argparse
 import sys
 from pathlib import Path
 
-from wsolkit.cli.options import add_device_option, device, names, set_threads
+from wsolkit.cli.options import (
+    add_command,
+    add_common,
+    add_training,
+    device,
+    names,
+    report_failures,
+    set_threads,
+)
 
 
-def add_train_fcam_parser(commands: argparse._SubParsersAction) -> None:
+def add_parser(commands: argparse._SubParsersAction) -> None:
     """Add the ``train-fcam`` subcommand to the ``wsolkit`` parser."""
     from wsolkit.train.fcam import FCAMSettings
 
     ours, paper = FCAMSettings(), FCAMSettings.paper()
-    run = commands.add_parser(
-        "train-fcam",
+    run = add_command(
+        commands, "train-fcam", run_train_fcam,
         help="train an F-CAM decoder (full-resolution CAMs) on a frozen classifier",
         description="Train the F-CAM decoder (Belharbi et al., WACV 2022) over the frozen "
                     "classifier's skip layers from pseudo-pixels of a seed CAM, the dense-CRF "
                     "loss and the ELB size constraint; keep the best epoch on --val. Use the "
                     "result with --method fcam --option decoder=OUT. See docs/fcam.md.",
     )
-    add_device_option(run)
     run.add_argument("dataset", type=Path,
                      help="training images with image-level labels (model class indices), "
                           "e.g. a wsolevaluation metadata folder")
@@ -36,9 +43,7 @@ def add_train_fcam_parser(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--preset", choices=["ours", "paper"], default="ours",
                      help="starting settings: ours (measured, docs/fcam.md) or the paper's; "
                           "the options below override them")
-    run.add_argument("--model", default="efficientnet_lite0",
-                     help="efficientnet_lite0 (embedded), torchvision:ARCH, timm:NAME or .pt file")
-    run.add_argument("--weights", default=None, help="state dict for torchvision:/timm: models")
+    add_common(run)
     run.add_argument("--skip-layers", default=None, metavar="NAMES",
                      help="comma-separated skip layers, shallow to deep (known for the "
                           "embedded model)")
@@ -68,18 +73,14 @@ def add_train_fcam_parser(commands: argparse._SubParsersAction) -> None:
                      help="decoder block widths, deep to shallow (one per skip layer)")
     run.add_argument("--reduce", type=int, default=None,
                      help="1x1 projection width of the deepest skip (0: none)")
-    run.add_argument("--seed", type=int, default=None, help="seed of everything random")
-    run.add_argument("--limit", type=int, default=None, help="use only the first N images")
     run.add_argument("--work", type=Path, default=None,
                      help="folder of the checkpoint and metrics.json (default OUT.work)")
     run.add_argument("--cache", type=Path, default=None,
                      help="folder of the feature caches, shareable between runs (default: "
                           "--work)")
-    run.add_argument("--resume", action="store_true",
-                     help="continue from the checkpoint in --work (same settings; --epochs may "
-                          "grow)")
-    run.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
-    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_training(run, seed=None, seed_help="seed of everything random",
+                 resume_help="continue from the checkpoint in --work (same settings; --epochs "
+                             "may grow)")
 
 
 _OVERRIDES = ("cam", "epochs", "batch_size", "lr", "optimizer", "n_fg", "n_bg", "k",
@@ -128,9 +129,4 @@ def run_train_fcam(args: argparse.Namespace) -> int:
             f" (val {metrics['val_metric']} {metrics['best_val']:.2f})")
     print(f"wsolkit: decoder of epoch {metrics['best_epoch']}{best} in {args.out}; "
           f"{metrics['seconds_per_epoch']} s per epoch", file=sys.stderr)
-    if metrics["failures"]:
-        print(f"wsolkit: {len(metrics['failures'])} image(s) were left out:", file=sys.stderr)
-        for message in metrics["failures"]:
-            print(f"  {message}", file=sys.stderr)
-        return 1
-    return 0
+    return report_failures(metrics["failures"], "image(s) were left out")

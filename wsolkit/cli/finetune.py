@@ -6,13 +6,21 @@ import argparse
 import sys
 from pathlib import Path
 
-from wsolkit.cli.options import add_device_option, device, names, set_threads
+from wsolkit.cli.options import (
+    add_command,
+    add_common,
+    add_training,
+    device,
+    names,
+    report_failures,
+    set_threads,
+)
 
 
-def add_finetune_parser(commands: argparse._SubParsersAction) -> None:
+def add_parser(commands: argparse._SubParsersAction) -> None:
     """Add the ``finetune`` subcommand to the ``wsolkit`` parser."""
-    run = commands.add_parser(
-        "finetune",
+    run = add_command(
+        commands, "finetune", run_finetune,
         help="fine-tune the classifier on a dataset's labels with two adaptation layers",
         description="Replace the classifier's last layer with two adaptation layers and train "
                     "them (multi-label BCE by default, or --preset paper: Bency et al.'s SGD, "
@@ -20,15 +28,12 @@ def add_finetune_parser(commands: argparse._SubParsersAction) -> None:
                     "noise/rotation/flip augmentation). Writes model.pt (for --model), "
                     "checkpoint.pt and metrics.json (validation mAP before and after) to --out.",
     )
-    add_device_option(run)
     run.add_argument("dataset", type=Path,
                      help="wsolevaluation metadata folder, images+masks folder with labels.csv, "
                           "COCO JSON or VOC folder (format detected)")
     run.add_argument("--out", required=True, type=Path, help="output folder")
-    run.add_argument("--model", default="efficientnet_lite0",
-                     help="classifier to start from: efficientnet_lite0 (embedded), "
-                          "torchvision:ARCH, timm:NAME or .pt file")
-    run.add_argument("--weights", default=None, help="state dict for torchvision:/timm: models")
+    add_common(run, model_help="classifier to start from: efficientnet_lite0 (embedded), "
+                               "torchvision:ARCH, timm:NAME or .pt file")
     run.add_argument("--epochs", type=int, default=10, help="passes over the training images "
                      "(total, also with --resume; default 10)")
     run.add_argument("--preset", choices=["default", "paper"], default="default",
@@ -65,13 +70,9 @@ def add_finetune_parser(commands: argparse._SubParsersAction) -> None:
                           "(default 0.5)")
     run.add_argument("--max-repeat", type=float, default=3.0,
                      help="largest oversampling factor of an image (default 3)")
-    run.add_argument("--seed", type=int, default=0,
-                     help="seed of the split, initialization, sampling and augmentation")
-    run.add_argument("--limit", type=int, default=None, help="use only the first N images")
-    run.add_argument("--resume", action="store_true",
-                     help="continue from OUT/checkpoint.pt (same settings; --epochs may grow)")
-    run.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
-    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_training(run, seed=0,
+                 seed_help="seed of the split, initialization, sampling and augmentation",
+                 resume_help="continue from OUT/checkpoint.pt (same settings; --epochs may grow)")
 
 
 def run_finetune(args: argparse.Namespace) -> int:
@@ -109,10 +110,4 @@ def run_finetune(args: argparse.Namespace) -> int:
     print(f"wsolkit: fine-tuned on {metrics['train_images']} images ({summary}); model in "
           f"{args.out / metrics['model_file']}, metrics in {args.out / 'metrics.json'}",
           file=sys.stderr)
-    if metrics["failures"]:
-        print(f"wsolkit: {len(metrics['failures'])} image(s) could not be read and were left "
-              "out:", file=sys.stderr)
-        for message in metrics["failures"]:
-            print(f"  {message}", file=sys.stderr)
-        return 1
-    return 0
+    return report_failures(metrics["failures"], "image(s) could not be read and were left out")

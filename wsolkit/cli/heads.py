@@ -6,20 +6,26 @@ import argparse
 import sys
 from pathlib import Path
 
-from wsolkit.cli.options import add_device_option, device, set_threads
+from wsolkit.cli.options import (
+    add_command,
+    add_common,
+    add_training,
+    device,
+    report_failures,
+    set_threads,
+)
 
 
-def add_train_head_parser(commands: argparse._SubParsersAction) -> None:
+def add_parser(commands: argparse._SubParsersAction) -> None:
     """Add the ``train-head`` subcommand to the ``wsolkit`` parser."""
-    run = commands.add_parser(
-        "train-head",
+    run = add_command(
+        commands, "train-head", run_train_head,
         help="train a WILDCAT or ex-CAM head on a frozen backbone (for --method wildcat/excam)",
         description="Train a multi-map WILDCAT head (ex-CAM: with intra-class sequential "
                     "dropout) on the frozen backbone's cached features with multi-label BCE. "
                     "Writes the head to --out (use it as --option head=FILE), a checkpoint "
                     "(OUT stem + .ckpt.pt) and metrics (OUT stem + .json) beside it.",
     )
-    add_device_option(run)
     run.add_argument("dataset", type=Path,
                      help="dataset with image-level labels: COCO JSON (e.g. mosaics' "
                           "instances.json), VOC folder, wsolevaluation folder (format detected)")
@@ -29,10 +35,8 @@ def add_train_head_parser(commands: argparse._SubParsersAction) -> None:
                      help="ex-CAM dropout: the described intent (default) or the thesis's "
                           "literal formulas")
     run.add_argument("--out", required=True, type=Path, help="head file to write (e.g. head.pt)")
-    run.add_argument("--model", default="efficientnet_lite0",
-                     help="backbone: efficientnet_lite0 (embedded), torchvision:ARCH, timm:NAME "
-                          "or .pt file")
-    run.add_argument("--weights", default=None, help="state dict for torchvision:/timm: models")
+    add_common(run, model_help="backbone: efficientnet_lite0 (embedded), torchvision:ARCH, "
+                               "timm:NAME or .pt file")
     run.add_argument("--epochs", type=int, default=6, help="passes over the training images "
                      "(total, also with --resume; default 6)")
     run.add_argument("--batch-size", type=int, default=32, help="images per step (default 32)")
@@ -55,12 +59,8 @@ def add_train_head_parser(commands: argparse._SubParsersAction) -> None:
                      help="cache features of the images only, not of their flips")
     run.add_argument("--cache", type=Path, default=None,
                      help="file to store the backbone features in and reuse them from")
-    run.add_argument("--seed", type=int, default=0, help="seed of split, init and order")
-    run.add_argument("--limit", type=int, default=None, help="use only the first N images")
-    run.add_argument("--resume", action="store_true",
-                     help="continue from the checkpoint beside --out (--epochs may grow)")
-    run.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
-    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_training(run, seed=0, seed_help="seed of split, init and order",
+                 resume_help="continue from the checkpoint beside --out (--epochs may grow)")
 
 
 def run_train_head(args: argparse.Namespace) -> int:
@@ -89,6 +89,4 @@ def run_train_head(args: argparse.Namespace) -> int:
     summary = "no validation images" if value is None else f"val mAP {100 * value:.1f}%"
     print(f"wsolkit: {args.head} head trained on {metrics['train_images']} images ({summary}); "
           f"head in {args.out}", file=sys.stderr)
-    for message in metrics["failures"]:
-        print(f"  {message}", file=sys.stderr)
-    return 1 if metrics["failures"] else 0
+    return report_failures(metrics["failures"], "image(s) could not be read")

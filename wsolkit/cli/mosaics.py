@@ -6,15 +6,14 @@ import argparse
 import sys
 from pathlib import Path
 
+from wsolkit.cli.options import add_command, report_failures
 from wsolkit.errors import InputError
 
-EXIT_OK, EXIT_BAD_ITEMS = 0, 1
 
-
-def add_mosaics_parser(commands: argparse._SubParsersAction) -> None:
+def add_parser(commands: argparse._SubParsersAction) -> None:
     """Add the ``mosaics`` subcommand to the ``wsolkit`` parser."""
-    run = commands.add_parser(
-        "mosaics",
+    run = add_command(
+        commands, "mosaics", run_mosaics,
         help="tile images of distinct classes into grid mosaics with a COCO file",
         description="Tile images of distinct classes of a wsolevaluation-format set into "
                     "GRIDxGRID mosaics; writes OUT/images/*.jpg and OUT/instances.json (every "
@@ -53,9 +52,5 @@ def run_mosaics(args: argparse.Namespace) -> int:
     print(f"wsolkit: {report.images} mosaic(s), {report.annotations} annotation(s), "
           f"{report.unused} source image(s) unused; written to {report.annotation_file}",
           file=sys.stderr)
-    if report.failures:
-        print(f"wsolkit: {len(report.failures)} mosaic(s) skipped:", file=sys.stderr)
-        for _item, message in report.failures:
-            print(f"  {message}", file=sys.stderr)
-        return EXIT_BAD_ITEMS
-    return EXIT_OK
+    return report_failures([message for _item, message in report.failures],
+                           "mosaic(s) skipped")

@@ -1,15 +1,30 @@
-"""Checks of command-line options that several commands share."""
+"""What the ``wsolkit`` commands share: exit codes, common arguments, parsing and reporting.
+
+Each command is a module with ``add_parser(commands)``, which registers it with
+:func:`add_command` (its run function set by ``set_defaults``); the arguments several commands
+take (``--model``, ``--weights``, ``--layer``, ``--method``, ``--option``, ``--quiet``,
+``--device``) are added here, once.
+"""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+import re
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from wsolkit.errors import InputError, TargetError
 
 if TYPE_CHECKING:
     import torch
+
+EXIT_OK, EXIT_BAD_ITEMS, EXIT_USAGE = 0, 1, 2
+"""Exit codes: done; done but some items failed (listed); bad command line or input."""
+
+MODEL_HELP = "efficientnet_lite0 (embedded), torchvision:ARCH, timm:NAME or .pt file"
+OPTION_HELP = "method option, e.g. max_channels=128 for scorecam (repeatable)"
 
 
 def check_limit(limit: int | None) -> None:
@@ -45,7 +60,7 @@ def device(args: argparse.Namespace) -> torch.device:
     """The checked ``--device`` of parsed arguments."""
     from wsolkit.models.device import resolve_device
 
-    return resolve_device(args.device, "--device")
+    return resolve_device(args.device)
 
 
 def add_job_options(parser: argparse.ArgumentParser, save_maps: bool = True) -> None:
@@ -125,3 +140,158 @@ def _literal(value: str) -> object:
         except ValueError:
             pass
     return {"none": None, "true": True, "false": False}.get(value.lower(), value)
+
+
+def add_command(commands: argparse._SubParsersAction, name: str,
+                run: Callable[[argparse.Namespace], int],
+                renamed: dict[str, str] | None = None, **kwargs: object) -> argparse.ArgumentParser:
+    """Register subcommand ``name``; ``main`` calls ``run(args)`` for its exit code.
+
+    Args:
+        commands: the ``wsolkit`` parser's subparsers.
+        name: the command.
+        run: the function running it.
+        renamed: library parameter names whose flag is not ``--`` + the name with dashes
+            (e.g. ``{"fraction": "--tighten-fraction"}``), for :func:`flag_message`.
+        **kwargs: ``help``, ``description`` of the subparser.
+    """
+    parser = commands.add_parser(name, **kwargs)
+    parser.set_defaults(run=run, flags=renamed or {}, command_parser=parser)
+    return parser
+
+
+def add_common(parser: argparse.ArgumentParser, *, method: str | None = None,
+               method_help: str | None = None, model_help: str = MODEL_HELP,
+               layer: bool = False, option: str | None = None, device: bool = True,
+               quiet: bool = True) -> None:
+    """Add the arguments several commands share.
+
+    Args:
+        parser: the command's parser.
+        method: default of ``--method`` (None: no ``--method``).
+        method_help: its help (default: "heatmap method (default METHOD; see 'wsolkit
+            methods')").
+        model_help: help of ``--model`` (``--weights`` always comes with it).
+        layer: add ``--layer``.
+        option: help of ``--option KEY=VALUE`` (None: no ``--option``).
+        device: add ``--device``.
+        quiet: add ``--quiet``.
+    """
+    if device:
+        add_device_option(parser)
+    if method is not None:
+        parser.add_argument("--method", default=method, help=method_help or
+                            f"heatmap method (default {method}; see 'wsolkit methods')")
+    parser.add_argument("--model", default="efficientnet_lite0", help=model_help)
+    parser.add_argument("--weights", default=None,
+                        help="state dict for torchvision:/timm: models")
+    if layer:
+        parser.add_argument("--layer", default=None, help="layer to hook, by module name")
+    if option is not None:
+        parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                            help=option)
+    if quiet:
+        parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def add_training(parser: argparse.ArgumentParser, *, seed: int | None, seed_help: str,
+                 resume_help: str) -> None:
+    """``--seed``, ``--limit``, ``--resume`` and ``--threads`` of the training commands."""
+    parser.add_argument("--seed", type=int, default=seed, help=seed_help)
+    parser.add_argument("--limit", type=int, default=None, help="use only the first N images")
+    parser.add_argument("--resume", action="store_true", help=resume_help)
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+
+
+def image_files(paths: Sequence[str], recursive: bool,
+                extra: Sequence[Path] = ()) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Image files of PATHS (files, folders, globs), then those of ``extra`` not among them.
+
+    Returns:
+        The files and the ``(item, reason)`` of each item of PATHS that gave none.
+
+    Raises:
+        InputError: no image file at all (the problems are printed first).
+    """
+    from wsolkit.data.images import expand_paths
+
+    files, problems = expand_paths(paths, recursive=recursive) if paths else ([], [])
+    seen = {str(p) for p in files}
+    files += [p for p in extra if str(p) not in seen]
+    if not files:
+        for item, reason in problems:
+            print(f"wsolkit: {item}: {reason}", file=sys.stderr)
+        raise InputError("no image files found in " + " ".join(paths))
+    return files, problems
+
+
+def report_failures(messages: Sequence[str], what: str = "item(s) failed") -> int:
+    """Print ``N <what>:`` and the messages; the exit code (1 if there are any, else 0)."""
+    if not messages:
+        return EXIT_OK
+    print(f"wsolkit: {len(messages)} {what}:", file=sys.stderr)
+    for message in messages:
+        print(f"  {message}", file=sys.stderr)
+    return EXIT_BAD_ITEMS
+
+
+# ``name=value`` of a library message; not ``option key=value`` (a method's own option).
+_PARAMETER = re.compile(r"(?<![\w.\-='])(?<!option )([a-z][a-z0-9_]*)="
+                        r"('[^'\s]*'|\S*?)(?=[\s,;:)]|$)")
+# a message that starts with a parameter's name: ``epochs must be >= 1``, ``val: ...``
+_LEADING = re.compile(r"^([a-z][a-z0-9_]*)(?=[\s:])")
+
+
+def flag_message(message: str, parser: argparse.ArgumentParser | None,
+                 renamed: dict[str, str] | None = None) -> str:
+    """A library message in the command line's words: ``name=value`` becomes ``--flag value``.
+
+    The library names its parameters (``batch_size=0: must be at least 1``, ``epochs must be
+    >= 1``); a parameter that is an argument of the command's parser (``--batch-size``, a
+    positional ``OUT``, or what ``renamed`` maps it to) is written as the command line writes
+    it, with its value unquoted (``True`` of an on/off flag is just the flag). Anything else (a
+    method's ``option key=value``, a parameter the command has no flag for) is left as it is.
+
+    >>> parser = argparse.ArgumentParser()
+    >>> _ = parser.add_argument("--batch-size", type=int)
+    >>> _ = parser.add_argument("--resume", action="store_true")
+    >>> flag_message("batch_size=0: must be at least 1", parser)
+    '--batch-size 0: must be at least 1'
+    >>> flag_message("resume=True: ckpt.pt not found", parser)
+    '--resume: ckpt.pt not found'
+    >>> flag_message("batch_size must be >= 1; option samples='x' of scorecam", parser)
+    "--batch-size must be >= 1; option samples='x' of scorecam"
+    """
+    if parser is None:
+        return message
+    flags: dict[str, tuple[str, bool]] = {}  # dest -> (flag, on/off switch)
+    negated: dict[str, str] = {}  # dest -> --no-X of a switch that has one
+    for action in parser._actions:
+        long = [s for s in action.option_strings if s.startswith("--")]
+        if long:
+            flags[action.dest] = (long[0], action.nargs == 0)
+            negated.update((action.dest, s) for s in long[1:] if s.startswith("--no-"))
+        elif not action.option_strings and action.dest != "help":
+            flags[action.dest] = (action.dest.upper(), False)
+    for name, flag in (renamed or {}).items():
+        flags[name] = (flag, flag.startswith("--no-"))
+
+    def swap(match: re.Match) -> str:
+        name, value = match.group(1), match.group(2)
+        if name not in flags:
+            return match.group(0)
+        flag, switch = flags[name]
+        if switch and value in ("True", ""):
+            return flag
+        if switch and value == "False" and name in negated:
+            return negated[name]
+        if len(value) > 1 and value[0] == value[-1] == "'":
+            value = value[1:-1]
+        return f"{flag} {value}" if value else flag
+
+    message = _PARAMETER.sub(swap, message)
+    leading = _LEADING.match(message)
+    flag = flags.get(leading.group(1), ("", False))[0] if leading else ""
+    if flag.startswith("--"):  # positionals only as ``name=value``: "images must be ..." stays
+        message = flag + message[leading.end():]
+    return message

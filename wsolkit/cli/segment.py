@@ -8,12 +8,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from wsolkit.cli.options import (
-    add_device_option,
+    add_command,
+    add_common,
     add_job_options,
     device,
     overlays,
     parse_options,
     parse_target,
+    report_failures,
 )
 from wsolkit.errors import InputError
 
@@ -21,7 +23,6 @@ if TYPE_CHECKING:
     from wsolkit.apps.instances import InstanceSettings
     from wsolkit.apps.segment import SegmentSettings
 
-EXIT_OK, EXIT_BAD_ITEMS = 0, 1
 _UNSET = "unset"
 
 
@@ -67,12 +68,8 @@ def _max_side(text: str) -> int | None | str:
 
 def _add_common(run: argparse.ArgumentParser, rule_default: str) -> None:
     """Options shared by ``segment`` and ``instances``."""
-    run.add_argument("--method", default="objectness",
-                     help="heatmap method (see 'wsolkit methods'; default objectness)")
-    run.add_argument("--model", default="efficientnet_lite0",
-                     help="efficientnet_lite0 (embedded), torchvision:ARCH, timm:NAME or .pt file")
-    run.add_argument("--weights", default=None, help="state dict for torchvision:/timm: models")
-    run.add_argument("--layer", default=None, help="layer to hook, by module name")
+    add_common(run, method="objectness", layer=True,
+               option="heatmap method option (repeatable)")
     run.add_argument("--rule", default=_UNSET, choices=["paper", "quantile", "otsu"],
                      help=f"how the heatmap is stratified into GrabCut seeds (default "
                           f"{rule_default}; 'paper' is MASON's rule)")
@@ -87,20 +84,23 @@ def _add_common(run: argparse.ArgumentParser, rule_default: str) -> None:
     run.add_argument("--max-side", type=_max_side, default=_UNSET,
                      help="GrabCut working size: longer side in pixels, or 'none' for full size "
                           "(default: the command's measured size)")
-    run.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                     help="heatmap method option (repeatable)")
-    run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.add_argument("--save-maps", type=Path, default=None, metavar="DIR",
                      help="also save masks as DIR/<image stem>.npy, to be scored by "
                           "'wsolkit evaluate DATASET --maps DIR'")
 
 
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    """Register ``wsolkit segment`` and ``wsolkit instances`` (they share the GrabCut options)."""
+    add_segment_parser(commands)
+    add_instances_parser(commands)
+
+
 def add_segment_parser(commands: argparse._SubParsersAction) -> None:
     """Register ``wsolkit segment``."""
-    run = commands.add_parser(
-        "segment", help="foreground masks of whole images (heatmap-seeded GrabCut)"
+    run = add_command(
+        commands, "segment", run_segment,
+        help="foreground masks of whole images (heatmap-seeded GrabCut)",
     )
-    add_device_option(run)
     run.add_argument("paths", nargs="*", help="image files, folders or glob patterns")
     run.add_argument("--manifest", type=Path, default=None,
                      help="file listing image paths, one per line or JSON lines with "
@@ -135,10 +135,10 @@ def add_segment_parser(commands: argparse._SubParsersAction) -> None:
 
 def add_instances_parser(commands: argparse._SubParsersAction) -> None:
     """Register ``wsolkit instances``."""
-    run = commands.add_parser(
-        "instances", help="instance masks from boxes (COCO JSON in, COCO JSON with RLE out)"
+    run = add_command(
+        commands, "instances", run_instances,
+        help="instance masks from boxes (COCO JSON in, COCO JSON with RLE out)",
     )
-    add_device_option(run)
     run.add_argument("images", type=Path,
                      help="folder of images, or a COCO annotation file (its 'images' name the "
                           "files; without --boxes its annotations are the boxes)")
@@ -278,12 +278,7 @@ def run_segment(args: argparse.Namespace, options: dict | None = None) -> int:
     print(f"wsolkit: {report.written - len(report.failures)} image(s) segmented "
           f"({args.method}, rule {settings.rule}){resumed}; rows in {args.out}/rows-*.jsonl, "
           f"summary in {args.out / 'results.json'}", file=sys.stderr)
-    if failures:
-        print(f"wsolkit: {len(failures)} item(s) failed:", file=sys.stderr)
-        for message in failures:
-            print(f"  {message}", file=sys.stderr)
-        return EXIT_BAD_ITEMS
-    return EXIT_OK
+    return report_failures(failures)
 
 
 def run_instances(args: argparse.Namespace, options: dict | None = None) -> int:
@@ -310,9 +305,4 @@ def run_instances(args: argparse.Namespace, options: dict | None = None) -> int:
           f"{report.crowd} crowd annotation(s) skipped; wrote {args.out}", file=sys.stderr)
     for entry, reason in report.skipped:
         print(f"wsolkit: skipped {entry}: {reason}", file=sys.stderr)
-    if report.failures:
-        print(f"wsolkit: {len(report.failures)} image(s) failed:", file=sys.stderr)
-        for _, message in report.failures:
-            print(f"  {message}", file=sys.stderr)
-        return EXIT_BAD_ITEMS
-    return EXIT_OK
+    return report_failures([message for _, message in report.failures], "image(s) failed")

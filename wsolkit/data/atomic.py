@@ -11,7 +11,7 @@ from pathlib import Path
 from wsolkit.errors import InputError
 
 
-def check_out_dir(path: str | os.PathLike[str], option: str = "--out") -> Path:
+def check_out_dir(path: str | os.PathLike[str], option: str = "out") -> Path:
     """Check that ``path`` is, or can become, a folder; create nothing.
 
     Raises:
@@ -23,13 +23,13 @@ def check_out_dir(path: str | os.PathLike[str], option: str = "--out") -> Path:
         if parent.is_dir():
             break
         if parent == folder and parent.exists():
-            raise InputError(f"{option} {folder}: exists and is not a folder")
+            raise InputError(f"{option}={folder}: exists and is not a folder")
         if parent.exists():
-            raise InputError(f"{option} {folder}: cannot be a folder ({parent} is a file)")
+            raise InputError(f"{option}={folder}: cannot be a folder ({parent} is a file)")
     return folder
 
 
-def make_out_dir(path: str | os.PathLike[str], option: str = "--out") -> Path:
+def make_out_dir(path: str | os.PathLike[str], option: str = "out") -> Path:
     """Create the output folder ``path`` (and its parents) if missing; return it.
 
     Raises:
@@ -40,7 +40,7 @@ def make_out_dir(path: str | os.PathLike[str], option: str = "--out") -> Path:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise InputError(f"{option} {folder}: cannot create folder "
+        raise InputError(f"{option}={folder}: cannot create folder "
                          f"({error.strerror or error})") from None
     return folder
 

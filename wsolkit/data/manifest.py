@@ -25,7 +25,7 @@ def read_manifest(path: str | os.PathLike[str]) -> list[Path]:
     try:
         text = manifest.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
-        raise InputError(f"--manifest {manifest}: cannot read ({error})") from None
+        raise InputError(f"manifest={manifest}: cannot read ({error})") from None
     found: dict[str, Path] = {}
     for number, line in enumerate(text.splitlines(), start=1):
         item = line.strip()
@@ -44,7 +44,7 @@ def read_manifest(path: str | os.PathLike[str]) -> list[Path]:
             file = manifest.parent / file
         found.setdefault(str(file), file)
     if not found:
-        raise InputError(f"--manifest {manifest}: lists no image files")
+        raise InputError(f"manifest={manifest}: lists no image files")
     return list(found.values())
 
 

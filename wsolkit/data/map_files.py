@@ -36,7 +36,7 @@ def load_map(maps_dir: Path, image_id: str) -> np.ndarray:
 
 
 def save_map(folder: Path, image_id: str, heatmap: np.ndarray,
-             option: str = "--save-maps") -> None:
+             option: str = "save_maps_dir") -> None:
     """Write ``heatmap`` as ``<folder>/<image_id>.npy`` (float32), atomically.
 
     Raises:

@@ -32,7 +32,7 @@ class ShardWriter:
     def __init__(self, folder: Path, key: str = "image", prefix: str = "rows",
                  shard_size: int = 1000) -> None:
         if shard_size < 1:
-            raise InputError(f"shard_size {shard_size}: must be at least 1")
+            raise InputError(f"shard_size={shard_size}: must be at least 1")
         self.folder, self.key, self.prefix, self.shard_size = Path(folder), key, prefix, shard_size
         self._buffer: list[str] = []
         self.done: set[str] = set()

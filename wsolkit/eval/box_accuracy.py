@@ -35,19 +35,13 @@ from typing import Any
 import cv2
 import numpy as np
 
+from wsolkit.checks import check_heatmap, normalize_minmax, to_numpy
 from wsolkit.errors import InputError
 
 __all__ = ["BoxAccuracy"]
 
 RESIZE_LENGTH = 224
 _V1_IOU = 50
-
-
-def _to_numpy(value: Any) -> np.ndarray:
-    """Convert a numpy array, array-like or CPU/GPU torch tensor to a numpy array."""
-    if hasattr(value, "detach") and hasattr(value, "cpu"):
-        value = value.detach().cpu().numpy()
-    return np.asarray(value)
 
 
 def normalize_scoremap(scoremap: np.ndarray) -> np.ndarray:
@@ -59,17 +53,7 @@ def normalize_scoremap(scoremap: np.ndarray) -> np.ndarray:
     Returns:
         A new ``(H, W)`` float64 array.
     """
-    return _normalize_in_place(np.array(scoremap, dtype=np.float64))
-
-
-def _normalize_in_place(cam: np.ndarray) -> np.ndarray:
-    """``normalize_scoremap`` of a float64 array that may be overwritten (returned)."""
-    low, high = cam.min(), cam.max()  # NaN when the map has a NaN
-    if np.isnan(low) or low == high:
-        return np.zeros_like(cam)
-    cam -= low
-    cam /= cam.max()
-    return cam
+    return normalize_minmax(np.asarray(scoremap, dtype=np.float64))
 
 
 def resize_boxes(boxes: np.ndarray, image_size: tuple[int, int], length: int) -> np.ndarray:
@@ -258,6 +242,17 @@ class BoxAccuracy:
         iou_thresholds: IoU thresholds in percent for MaxBoxAccV2.
         multi_contour_v2: Use every contour for V2 (the wsolevaluation V2 protocol). V1
             always uses the largest contour only.
+
+    Example (an 8 x 8 map whose blob covers the GT box):
+
+    >>> import numpy as np
+    >>> heat = np.zeros((8, 8))
+    >>> heat[2:6, 2:6] = 1.0
+    >>> metric = BoxAccuracy()
+    >>> metric.update(heat, np.array([[2, 2, 6, 6]]), (8, 8))
+    >>> result = metric.compute()
+    >>> result["MaxBoxAcc"], result["max_box_acc_v2"]
+    (100.0, {30: 100.0, 50: 100.0, 70: 0.0})
     """
 
     def __init__(
@@ -312,18 +307,10 @@ class BoxAccuracy:
             InputError: A shape, value or size is invalid, or ``correct_class`` is given for
                 some images but not others.
         """
-        cam = _to_numpy(heatmap)
-        if cam.ndim != 2 or cam.shape[0] < 1 or cam.shape[1] < 1:
-            raise InputError(f"heatmap must be a non-empty (H, W) array; got shape {cam.shape}")
-        if cam.dtype.kind not in "fiub":
-            raise InputError(f"heatmap must be a real-valued array; got dtype {cam.dtype}")
-        cam = cam.astype(np.float64)
-        # fmin / fmax skip NaNs (all NaN gives NaN, which fails both comparisons).
-        low, high = np.fmin.reduce(cam, axis=None), np.fmax.reduce(cam, axis=None)
-        if low < 0 or high > 1:
-            raise InputError(f"heatmap values must be in [0, 1]; got min {low:g}, max {high:g}")
+        # NaN is allowed: normalization turns a map with a NaN into zeros, as wsolevaluation
+        cam = check_heatmap(heatmap, array_like=True, allow_nan=True)
 
-        boxes = _to_numpy(gt_boxes)
+        boxes = to_numpy(gt_boxes, "gt_boxes", array_like=True)
         if boxes.ndim != 2 or boxes.shape[1] != 4 or boxes.shape[0] < 1:
             raise InputError(f"gt_boxes must have shape (K, 4) with K >= 1; got {boxes.shape}")
         boxes = boxes.astype(np.float64)
@@ -354,7 +341,7 @@ class BoxAccuracy:
 
         side = RESIZE_LENGTH
         resized = cv2.resize(cam, (side, side), interpolation=cv2.INTER_CUBIC)
-        scoremap = _normalize_in_place(resized)  # resized is a new array
+        scoremap = normalize_minmax(resized)
         gt = resize_boxes(boxes, (width, height), side)
 
         # Boxes per distinct binary image (G of them), then mapped to the T thresholds.

@@ -32,9 +32,9 @@ from typing import Any
 
 import numpy as np
 
+from wsolkit.checks import check_boxes as _check_boxes
+from wsolkit.checks import check_labels, check_scores, to_numpy
 from wsolkit.errors import InputError
-from wsolkit.refine.boxes import _to_numpy, check_scores
-from wsolkit.refine.boxes import check_boxes as _check_boxes
 
 __all__ = ["DetectionAP", "average_precision", "box_iou"]
 
@@ -42,31 +42,11 @@ _VOC07_RECALLS = np.arange(0.0, 1.1, 0.1)
 
 
 def check_boxes(value: Any, name: str) -> np.ndarray:
-    """Validate ``(K, 4)`` boxes with ``x0 <= x1`` and ``y0 <= y1``; return a float64 copy.
+    """Validate ``(K, 4)`` ``x0, y0, x1, y1`` boxes with ``x0 <= x1``, ``y0 <= y1``; float64 copy.
 
-    :func:`wsolkit.refine.boxes.check_boxes` with ``ordered=True``.
+    :func:`wsolkit.checks.check_boxes` with ``ordered=True``, array-likes accepted.
     """
-    return _check_boxes(value, name, ordered=True)
-
-
-def check_labels(value: Any, name: str, length: int, num_classes: int) -> np.ndarray:
-    """Validate ``(length,)`` integer class indices in ``[0, num_classes)``; return int64.
-
-    Raises:
-        InputError: Wrong shape, not integers, or out of range.
-    """
-    labels = _to_numpy(value)
-    if labels.shape != (length,):
-        raise InputError(f"{name} must have shape ({length},); got {labels.shape}")
-    if labels.size and labels.dtype.kind not in "iu":
-        raise InputError(f"{name} must hold integer class indices; got dtype {labels.dtype}")
-    labels = labels.astype(np.int64)
-    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        raise InputError(
-            f"{name} must be class indices in [0, {num_classes}); got min {labels.min()}, "
-            f"max {labels.max()}"
-        )
-    return labels
+    return _check_boxes(value, name, array_like=True, ordered=True)
 
 
 def check_num_classes(num_classes: Any) -> int:
@@ -163,6 +143,15 @@ class DetectionAP:
         num_classes: Number of classes; labels are indices in ``[0, num_classes)``.
         iou_threshold: A detection can match a GT box with ``IoU >= iou_threshold``.
         use_07_metric: Use the VOC2007 11-point AP instead of the all-points area.
+
+    Example (one right detection of class 0, one false one of class 1 without GT):
+
+    >>> import numpy as np
+    >>> metric = DetectionAP(num_classes=2)
+    >>> metric.update(np.array([[0, 0, 4, 4], [5, 5, 8, 8]]), np.array([0.9, 0.8]),
+    ...               np.array([0, 1]), np.array([[0, 0, 4, 4]]), np.array([0]))
+    >>> metric.compute()
+    {'mAP': 100.0, 'AP': {0: 100.0}, 'count': 1}
     """
 
     def __init__(
@@ -214,7 +203,7 @@ class DetectionAP:
         if gt_ignore is None:
             ignore = np.zeros(len(gt), bool)
         else:
-            ignore = _to_numpy(gt_ignore)
+            ignore = to_numpy(gt_ignore, "gt_ignore", array_like=True)
             if ignore.shape != (len(gt),):
                 raise InputError(f"gt_ignore must have shape ({len(gt)},); got {ignore.shape}")
             valid = ignore.dtype.kind in "biu" and np.isin(ignore, (0, 1)).all()

@@ -33,16 +33,10 @@ from typing import Any
 
 import numpy as np
 
+from wsolkit.checks import check_heatmap, to_numpy
 from wsolkit.errors import InputError
 
 __all__ = ["BoxMaskIoU", "PixelMetrics", "wsol_thresholds"]
-
-
-def _to_numpy(value: Any) -> np.ndarray:
-    """Convert a numpy array, array-like or CPU/GPU torch tensor to a numpy array."""
-    if hasattr(value, "detach") and hasattr(value, "cpu"):
-        value = value.detach().cpu().numpy()
-    return np.asarray(value)
 
 
 def wsol_thresholds(num_thresholds: int) -> np.ndarray:
@@ -75,25 +69,9 @@ def _wsol_bins(values: np.ndarray, edges: np.ndarray, num_thresholds: int) -> np
     return bins
 
 
-def _check_heatmap(heatmap: Any) -> np.ndarray:
-    """Validate a [0, 1] ``(H, W)`` map; return it as float64 (a new array)."""
-    cam = _to_numpy(heatmap)
-    if cam.ndim != 2 or cam.shape[0] < 1 or cam.shape[1] < 1:
-        raise InputError(f"heatmap must be a non-empty (H, W) array; got shape {cam.shape}")
-    if cam.dtype.kind not in "fiub":
-        raise InputError(f"heatmap must be a real-valued array; got dtype {cam.dtype}")
-    cam = cam.astype(np.float64)
-    if not np.isfinite(cam).all():
-        raise InputError("heatmap contains NaN or inf values")
-    low, high = float(cam.min()), float(cam.max())
-    if low < 0 or high > 1:
-        raise InputError(f"heatmap values must be in [0, 1]; got min {low:g}, max {high:g}")
-    return cam
-
-
 def _check_mask(mask: Any, name: str, shape: tuple[int, ...], ref: str) -> np.ndarray:
     """Validate a bool mask of the given shape (``ref`` names the array it must match)."""
-    arr = _to_numpy(mask)
+    arr = to_numpy(mask, name, array_like=True)
     if arr.dtype != np.bool_:
         raise InputError(
             f"{name} must be a bool (H, W) array; got dtype {arr.dtype} (binarize it first)"
@@ -145,6 +123,17 @@ class PixelMetrics:
         fmeasure_levels: Quantization levels of the F-measure family (256 = uint8, matching
             pysodmetrics).
         beta2: The F-measure's ``beta^2`` (0.3, the salient-object-detection convention).
+
+    Example (a map that is 1 exactly on the foreground):
+
+    >>> import numpy as np
+    >>> heat = np.zeros((8, 8))
+    >>> heat[2:6, 2:6] = 1.0
+    >>> metric = PixelMetrics()
+    >>> metric.update(heat, heat > 0)
+    >>> result = metric.compute()
+    >>> result["PxAP"], result["IoU"], result["MAE"], result["counts"]["foreground"]
+    (100.0, 100.0, 0.0, 16)
     """
 
     def __init__(
@@ -200,7 +189,7 @@ class PixelMetrics:
             InputError: A shape, dtype or value is invalid, the shapes differ, or every pixel
                 is ignored.
         """
-        cam = _check_heatmap(heatmap)
+        cam = check_heatmap(heatmap, array_like=True)
         fg = _check_mask(foreground, "foreground", cam.shape, "heatmap")
         ign = None if ignore is None else _check_mask(ignore, "ignore", cam.shape, "heatmap")
         labels = _labels(fg, ign)
@@ -351,7 +340,7 @@ class BoxMaskIoU:
         Raises:
             InputError: A mask is not bool or the shapes differ.
         """
-        p = _to_numpy(pred)
+        p = to_numpy(pred, "pred", array_like=True)
         if p.dtype != np.bool_ or p.ndim != 2:
             raise InputError(
                 f"pred must be a bool (H, W) array; got dtype {p.dtype}, shape {p.shape}"

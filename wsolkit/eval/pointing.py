@@ -35,14 +35,9 @@ from typing import Any
 
 import numpy as np
 
+from wsolkit.checks import check_heatmap, check_labels, check_scores, to_numpy
 from wsolkit.errors import InputError
-from wsolkit.eval.detection import (
-    average_precision,
-    check_boxes,
-    check_labels,
-    check_num_classes,
-    check_scores,
-)
+from wsolkit.eval.detection import average_precision, check_boxes, check_num_classes
 
 __all__ = ["PointingAP", "PointingGame", "peak", "peaks", "point_hits"]
 
@@ -50,24 +45,10 @@ REGIONS = ("box", "disk")
 """Names accepted by the ``region`` argument."""
 
 
-def _to_numpy(value: Any) -> np.ndarray:
-    """Convert a numpy array, array-like or CPU/GPU torch tensor to a numpy array."""
-    if hasattr(value, "detach") and hasattr(value, "cpu"):
-        value = value.detach().cpu().numpy()
-    return np.asarray(value)
-
-
 def _check_maps(heatmaps: Any, name: str, ndim: int) -> np.ndarray:
-    """Validate a non-empty real map stack of ``ndim`` dimensions without NaN."""
-    maps = _to_numpy(heatmaps)
-    shape = "(H, W)" if ndim == 2 else "(C, H, W)"
-    if maps.ndim != ndim or 0 in maps.shape:
-        raise InputError(f"{name} must be a non-empty {shape} array; got shape {maps.shape}")
-    if maps.dtype.kind not in "fiub":
-        raise InputError(f"{name} must be a real-valued array; got dtype {maps.dtype}")
-    if maps.dtype.kind == "f" and np.isnan(maps).any():
-        raise InputError(f"{name} contains NaN")
-    return maps
+    """Validate a non-empty real map stack of ``ndim`` dimensions without NaN (inf is fine)."""
+    return check_heatmap(heatmaps, name, ndim=ndim, array_like=True, allow_inf=True,
+                         unit_range=False)
 
 
 def _check_tolerance(tolerance: Any, region: str) -> float:
@@ -137,7 +118,7 @@ def point_hits(points: Any, boxes: Any, tolerance: float, region: str = "box") -
         InputError: A shape or value is invalid.
     """
     tol = _check_tolerance(tolerance, region)
-    pts = _to_numpy(points)
+    pts = to_numpy(points, "points", array_like=True)
     if pts.ndim != 2 or pts.shape[1] != 2 or (pts.size and pts.dtype.kind not in "fiu"):
         raise InputError(f"points must be a real (N, 2) array of x, y; got shape {pts.shape}")
     pts = pts.astype(np.float64)
@@ -163,6 +144,21 @@ class PointingGame:
     Args:
         tolerance: Margin in pixels of the heatmap (15 in Zhang et al.).
         region: ``"box"`` (box grown by ``tolerance``) or ``"disk"`` (TorchRay's rule).
+
+    Example (the peak lies in the box; another map peaks 20 pixels away from it):
+
+    >>> import numpy as np
+    >>> game = PointingGame()
+    >>> heat = np.zeros((64, 64))
+    >>> heat[4, 4] = 1.0
+    >>> game.update(heat, np.array([[2, 2, 6, 6]]))  # a hit
+    True
+    >>> heat = np.zeros((64, 64))
+    >>> heat[4, 30] = 1.0
+    >>> game.update(heat, np.array([[2, 2, 6, 6]]))
+    False
+    >>> game.compute()
+    {'accuracy': 50.0, 'hits': 1, 'count': 2}
     """
 
     def __init__(self, tolerance: float = 15, region: str = "box") -> None:
@@ -285,7 +281,7 @@ class PointingAP:
         """
         c = self.num_classes
         scores = check_scores(class_scores, "class_scores", c)
-        pts = _to_numpy(points)
+        pts = to_numpy(points, "points", array_like=True)
         if pts.shape != (c, 2):
             raise InputError(f"points must have shape ({c}, 2); got {pts.shape}")
         boxes = check_boxes(gt_boxes, "gt_boxes")

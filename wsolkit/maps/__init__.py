@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from wsolkit.maps.base import ForwardPass, HeatmapMethod, HeatmapResult
-from wsolkit.maps.registry import METHODS, get_method, method_names, register
+from wsolkit.maps.registry import METHODS, get_method, make_method, method_names, register
 from wsolkit.maps.targets import Targets, TargetSpec, resolve_targets
 from wsolkit.models.classifier import Classifier, as_classifier
 
@@ -41,13 +41,27 @@ def heatmaps(
 
     Returns:
         A :class:`HeatmapResult`; ``maps`` is (N, H, W) float32 in [0, 1].
+
+    Example (any classifier module; ``wsolkit.load_model()`` gives the embedded one):
+
+    >>> import torch
+    >>> from torch import nn
+    >>> net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+    ...                     nn.Flatten(), nn.Linear(4, 3))
+    >>> result = heatmaps(net, torch.rand(2, 3, 16, 16), method="gradcam", layer="1")
+    >>> result.maps.shape, result.layer
+    (torch.Size([2, 16, 16]), '1')
+    >>> bool(result.maps.min() >= 0) and bool(result.maps.max() <= 1)
+    True
+    >>> heatmaps(net, torch.rand(2, 3, 16, 16), method="cam", target="top2").image_index
+    tensor([0, 0, 1, 1])
     """
     classifier = as_classifier(model)
     sources = None
     if isinstance(images, (list, tuple)):
         sources = _load(images)
         images = classifier.preprocess_batch(sources)
-    runner = get_method(method)(classifier, layer=layer, **options)
+    runner = make_method(method, classifier, layer=layer, **options)
     return runner(images, target=target, labels=labels, sources=sources)
 
 
@@ -66,6 +80,7 @@ __all__ = [
     "Targets",
     "get_method",
     "heatmaps",
+    "make_method",
     "method_names",
     "register",
     "resolve_targets",

@@ -17,13 +17,12 @@ gradient of ``s`` itself is used for such a row (as if ``s = 1``), so the map st
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from typing import Any
 
 import torch
 
 from wsolkit.maps.base import ForwardPass, HeatmapMethod
 from wsolkit.maps.hooks import clamp_relu_gradients
-from wsolkit.maps.targets import Targets, TargetSpec
 
 
 class BagCAMs(HeatmapMethod):
@@ -39,17 +38,13 @@ class BagCAMs(HeatmapMethod):
                "ReLU-clamped gradients of log(score)")
     needs_gradients = True
 
-    def forward(
-        self,
-        images: torch.Tensor,
-        layer: str,
-        targets: Targets | None = None,
-        target: TargetSpec = "top1",
-        labels: Sequence[int] | torch.Tensor | None = None,
-    ) -> ForwardPass:
-        """The base's forward pass with the ReLUs after ``layer`` clamping gradients."""
+    def forward(self, images: torch.Tensor, layer: str, **request: Any) -> ForwardPass:
+        """The base's forward pass with the ReLUs after ``layer`` clamping gradients.
+
+        ``request`` holds the base's target arguments (``targets``, ``target``, ``labels``).
+        """
         with clamp_relu_gradients(self.module, skip=layer):
-            return super().forward(images, layer, targets=targets, target=target, labels=labels)
+            return super().forward(images, layer, **request)
 
     def layer_map(self, forward: ForwardPass) -> torch.Tensor:
         """Bag the regional localizers ``g * f`` of every position."""

@@ -83,7 +83,7 @@ class FCAM(HeatmapMethod):
         if not decoder and base.name != "efficientnet_lite0":
             raise InputError(
                 f"fcam: no shipped decoder for model {base.name!r}; train one with "
-                "wsolkit train-fcam and pass --option decoder=FILE"
+                "wsolkit train-fcam and pass the option decoder=FILE"
             )
         network, meta = load_decoder(path)
         self.decoder_path = path

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from wsolkit.checks import normalize_minmax
 from wsolkit.errors import InputError
 from wsolkit.maps.targets import TargetSpec
 
@@ -66,10 +67,7 @@ def fuse_maps(raws: Sequence[torch.Tensor], relu: bool, fuse: str = "mean") -> t
         if tuple(maps.shape[-2:]) != size:
             maps = F.interpolate(maps[:, None].float(), size=size, mode="bilinear",
                                  align_corners=False)[:, 0]
-        low = maps.amin(dim=(1, 2), keepdim=True)
-        span = maps.amax(dim=(1, 2), keepdim=True) - low
-        safe = torch.where(span > 0, span, torch.ones_like(span))
-        scaled.append(torch.where(span > 0, (maps - low) / safe, torch.zeros_like(maps)))
+        scaled.append(normalize_minmax(maps))
     stacked = torch.stack(scaled)
     return stacked.mean(dim=0) if fuse == "mean" else stacked.amax(dim=0)
 

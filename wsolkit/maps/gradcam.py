@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from wsolkit.maps.base import ForwardPass, HeatmapMethod, weighted_sum
+from wsolkit.maps.base import ForwardPass, HeatmapMethod
+from wsolkit.maps.forward import weighted_sum
 
 
 def gradcampp_weights(

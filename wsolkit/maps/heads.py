@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
@@ -63,6 +63,11 @@ class HeadMethod(HeatmapMethod):
     """Shared code of the head methods; ``kind`` names the shipped default head."""
 
     kind: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A head method's shipped head ``kind`` is its registry ``name``."""
+        super().__init_subclass__(**kwargs)
+        cls.kind = cls.name
     relu = False  # as CAM: the class map is a linear score map; min-max keeps its negatives
 
     def __init__(self, model: Classifier | torch.nn.Module, layer: str | None = None,
@@ -98,17 +103,11 @@ class HeadMethod(HeatmapMethod):
         return forward.activations[rows, classes]
 
 
-class Wildcat(HeadMethod):
+class Wildcat(HeadMethod, name="wildcat",
+              summary="class maps of a trained WILDCAT head (multi-label; option head=FILE)"):
     """WILDCAT (Durand et al., CVPR 2017): class maps of a multi-map head, top/bottom-k pooling."""
 
-    name = "wildcat"
-    kind = "wildcat"
-    summary = "class maps of a trained WILDCAT head (multi-label; option head=FILE)"
 
-
-class ExCAM(HeadMethod):
+class ExCAM(HeadMethod, name="excam", summary="class maps of a WILDCAT head trained with ex-CAM "
+            "sequential dropout (head=FILE)"):
     """ex-CAM: a WILDCAT head trained with intra-class sequential dropout (off at test time)."""
-
-    name = "excam"
-    kind = "excam"
-    summary = "class maps of a WILDCAT head trained with ex-CAM sequential dropout (head=FILE)"

@@ -57,7 +57,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import cv2
 import numpy as np
@@ -66,6 +66,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from wsolkit.checks import normalize_minmax
 from wsolkit.errors import InputError, LayerError, TargetError
 from wsolkit.maps.base import ForwardPass, HeatmapMethod
 from wsolkit.maps.cam import CAM
@@ -85,10 +86,10 @@ from wsolkit.maps.shape import (
     select_shape_layers,
     shape_layer_groups,
 )
-from wsolkit.maps.targets import Targets, TargetSpec
+from wsolkit.maps.targets import TargetSpec
 from wsolkit.models.classifier import Classifier, to_rgb_uint8
 from wsolkit.refine.crf import dense_crf
-from wsolkit.refine.fusion import fuse, minmax
+from wsolkit.refine.fusion import fuse
 from wsolkit.refine.guided_filter import chain_radii, upsample_chain
 from wsolkit.refine.variogram import variogram_radius
 
@@ -101,7 +102,7 @@ _chunked_forward = forward_capturing
 __all__ = [
     "FORWARD_CHUNK", "FUSE_INPUTS", "PRESETS", "RCAM", "RCAM1", "RCAM2", "RCAM3", "RCAM_CRF",
     "SCALE2_INPUTS", "SHAPE_GROUPS", "STAGES", "RCAMConfig", "RCAMStages", "chain_radii",
-    "fuse", "minmax", "refine_crf", "select_shape_layers", "to_rgb_uint8", "upsample_chain",
+    "fuse", "refine_crf", "select_shape_layers", "to_rgb_uint8", "upsample_chain",
 ]
 
 
@@ -207,6 +208,13 @@ class _RCAMBase(HeatmapMethod):
     """
 
     stage: ClassVar[str] = "rcam"
+    """The map returned: the stage of the same name (set from ``name`` in each subclass)."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A stage class's ``stage`` is its registry ``name``."""
+        super().__init_subclass__(**kwargs)
+        cls.stage = cls.name
+
     relu = False
     uses_sources = True
 
@@ -279,17 +287,11 @@ class _RCAMBase(HeatmapMethod):
         runner(images, target=target, labels=labels, sources=sources)
         return runner.last_stages
 
-    def forward(
-        self,
-        images: torch.Tensor,
-        layer: str,
-        targets: Targets | None = None,
-        target: TargetSpec = "top1",
-        labels: Sequence[int] | torch.Tensor | None = None,
-    ) -> ForwardPass:
+    def forward(self, images: torch.Tensor, layer: str, **request: Any) -> ForwardPass:
         """The base's forward pass, also capturing the shape layers when it is scale 1.
 
         One forward at scale 1 then serves the CAM, ``P_1`` and the scale-1 shape maps.
+        ``request`` holds the base's target arguments (``targets``, ``target``, ``labels``).
         """
         s1 = self.config.scales[0]
         names: tuple[str, ...] = ()
@@ -298,7 +300,7 @@ class _RCAMBase(HeatmapMethod):
             names = tuple(dict.fromkeys(name for group in groups for name in group))
         with ExitStack() as stack:
             captures = [stack.enter_context(capture_layer(self.module, name)) for name in names]
-            result = super().forward(images, layer, targets, target=target, labels=labels)
+            result = super().forward(images, layer, **request)
         features = {}
         for capture in captures:
             if capture.activation is None:
@@ -376,9 +378,9 @@ class _RCAMBase(HeatmapMethod):
         if until in ("rcam3", "rcam"):
             first_map, second_map = stages.rcam1, stages.rcam2
             if config.fuse_inputs == "minmax":
-                first_map, second_map = minmax(first_map), minmax(second_map)
+                first_map, second_map = normalize_minmax(first_map), normalize_minmax(second_map)
             stages.fused = fuse(first_map, stages.p1, second_map, stages.p2, normalize=False)
-            stages.rcam3 = minmax(stages.fused)
+            stages.rcam3 = normalize_minmax(stages.fused)
         if until == "rcam":
             rgb = self.classifier.to_rgb(forward.images[unique])
             stages.rcam = np.stack([
@@ -460,36 +462,24 @@ class _RCAMBase(HeatmapMethod):
         return np.stack(maps).astype(np.float32), np.asarray(radii_rows, dtype=np.int64)
 
 
-class RCAM1(_RCAMBase):
+class RCAM1(_RCAMBase, name="rcam1",
+            summary="rCAM stage 1: scale-1 CAM upsampled by guided filters on PCA shape maps"):
     """rCAM_1: the scale-1 CAM upsampled by guided filters on shape maps (eqs. 2-3)."""
 
-    name = "rcam1"
-    summary = "rCAM stage 1: scale-1 CAM upsampled by guided filters on PCA shape maps"
-    stage = "rcam1"
 
-
-class RCAM2(_RCAMBase):
+class RCAM2(_RCAMBase, name="rcam2",
+            summary="rCAM stage 2: scale-2 (448) CAM upsampled by guided filters on shape maps"):
     """rCAM_2: the scale-2 (448) CAM upsampled by guided filters on its shape maps (eq. 4)."""
 
-    name = "rcam2"
-    summary = "rCAM stage 2: scale-2 (448) CAM upsampled by guided filters on shape maps"
-    stage = "rcam2"
 
-
-class RCAM3(_RCAMBase):
+class RCAM3(_RCAMBase, name="rcam3",
+            summary="rCAM stage 3: rCAM1 and rCAM2 fused by their class probabilities"):
     """rCAM_3: ``rCAM_1 * P_1(c) + rCAM_2 * P_2(c)``, normalized (eq. 5)."""
 
-    name = "rcam3"
-    summary = "rCAM stage 3: rCAM1 and rCAM2 fused by their class probabilities"
-    stage = "rcam3"
 
-
-class RCAM(_RCAMBase):
+class RCAM(_RCAMBase, name="rcam", summary="rCAM: multi-scale CAMs, guided-filter upsampling "
+           "on PCA shape maps, dense CRF"):
     """rCAM: dense CRF on rCAM_3 (the paper's final high-resolution CAM)."""
-
-    name = "rcam"
-    summary = "rCAM: multi-scale CAMs, guided-filter upsampling on PCA shape maps, dense CRF"
-    stage = "rcam"
 
 
 # ------------------------------------------------------------------------- small helpers

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from wsolkit.errors import InputError
 from wsolkit.maps.bagcams import BagCAMs
 from wsolkit.maps.base import HeatmapMethod
@@ -12,9 +14,11 @@ from wsolkit.maps.fcam import FCAM
 from wsolkit.maps.gradcam import GradCAM, GradCAMpp, LayerCAM, XGradCAM
 from wsolkit.maps.heads import ExCAM, Wildcat
 from wsolkit.maps.objectness import Objectness
+from wsolkit.maps.options import check_options
 from wsolkit.maps.rcam import RCAM, RCAM1, RCAM2, RCAM3
 from wsolkit.maps.scorecam import ScoreCAM
 from wsolkit.maps.smoothgradcampp import SmoothGradCAMpp
+from wsolkit.models.classifier import Classifier
 
 METHODS: dict[str, type[HeatmapMethod]] = {}
 
@@ -44,6 +48,31 @@ def get_method(name: str) -> type[HeatmapMethod]:
     except KeyError:
         known = ", ".join(sorted(METHODS))
         raise InputError(f"unknown method {name!r}; known methods: {known}") from None
+
+
+def make_method(name: str, model: Classifier | torch.nn.Module,
+                **options: object) -> HeatmapMethod:
+    """Build the method registered as ``name``, checking its keyword options first.
+
+    The one place options from users (``heatmaps(**options)``, ``--option KEY=VALUE``, app
+    settings) are checked, so a bad one is a one-line error naming it.
+
+    >>> from torch import nn
+    >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+    ...                     nn.Flatten(), nn.Linear(4, 2))
+    >>> make_method("gradcam", net, upsample="bicubic").upsample
+    'bicubic'
+    >>> make_method("cam", net, samples=4)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+        ...
+    wsolkit.errors.InputError: option 'samples' is unknown to cam; it takes fc, fuse, layer, ...
+
+    Raises:
+        InputError: an unknown method or option, or an option value of the wrong type.
+    """
+    method = get_method(name)
+    check_options(method, options)
+    return method(model, **options)
 
 
 def method_names() -> list[str]:

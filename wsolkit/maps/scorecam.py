@@ -5,18 +5,17 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from wsolkit.checks import normalize_minmax
 from wsolkit.errors import InputError
-from wsolkit.maps.base import ForwardPass, HeatmapMethod, weighted_sum
+from wsolkit.maps.base import ForwardPass, HeatmapMethod
+from wsolkit.maps.forward import weighted_sum
 
 
 def normalized_masks(activations: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Upsample (B, h, w) maps to ``size`` and min-max normalize each (constant -> zeros)."""
     masks = F.interpolate(activations[:, None], size=size, mode="bilinear",
                           align_corners=False)[:, 0]
-    low = masks.amin(dim=(1, 2), keepdim=True)
-    span = masks.amax(dim=(1, 2), keepdim=True) - low
-    safe = torch.where(span > 0, span, torch.ones_like(span))
-    return torch.where(span > 0, (masks - low) / safe, torch.zeros_like(masks))
+    return normalize_minmax(masks)
 
 
 class ScoreCAM(HeatmapMethod):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from wsolkit.errors import InputError
-from wsolkit.maps.base import ForwardPass, HeatmapMethod, weighted_sum
+from wsolkit.maps.base import ForwardPass, HeatmapMethod
+from wsolkit.maps.forward import weighted_sum
 from wsolkit.maps.gradcam import gradcampp_weights
 
 

@@ -70,7 +70,7 @@ def load_model(
     """
     if weights is not None and not name.startswith(("torchvision:", "timm:")):
         raise ModelError(
-            f"--weights {weights}: only torchvision:<arch> and timm:<name> models take a "
+            f"weights={weights}: only torchvision:<arch> and timm:<name> models take a "
             f"state dict, not {name!r}"
         )
     if name in INPUT_SIZES:
@@ -196,7 +196,7 @@ def _checkpoint(path: Path) -> Classifier:
     if not isinstance(module, nn.Module):
         raise ModelError(
             f"{path}: holds a {type(module).__name__}, not a model; a state dict needs its "
-            "architecture, e.g. --model torchvision:resnet50 --weights FILE"
+            "architecture, e.g. model='torchvision:resnet50', weights=FILE"
         )
     classifier = as_classifier(module.eval())
     classifier.name = path.name

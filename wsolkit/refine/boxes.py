@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from wsolkit import checks as _checks
+from wsolkit.checks import check_scores
 from wsolkit.errors import InputError
 
 __all__ = [
@@ -30,52 +32,9 @@ __all__ = [
 ]
 
 
-def _to_numpy(value: Any) -> np.ndarray:
-    """Convert a numpy array, array-like or CPU/GPU torch tensor to a numpy array."""
-    if hasattr(value, "detach") and hasattr(value, "cpu"):
-        value = value.detach().cpu().numpy()
-    return np.asarray(value)
-
-
 def check_boxes(value: Any, name: str = "boxes", ordered: bool = False) -> np.ndarray:
-    """Validate ``(K, 4)`` ``x0, y0, x1, y1`` boxes (``K`` may be 0); return a float64 copy.
-
-    Args:
-        value: numpy array, torch tensor or nested sequence.
-        name: the argument's name, for the error message.
-        ordered: also require ``x0 <= x1`` and ``y0 <= y1``.
-
-    Raises:
-        InputError: Not ``(K, 4)``, not real, not finite, or (``ordered``) inverted.
-    """
-    boxes = _to_numpy(value)
-    if boxes.ndim != 2 or boxes.shape[1] != 4:
-        raise InputError(f"{name} must have shape (K, 4); got {boxes.shape}")
-    if boxes.size and boxes.dtype.kind not in "fiu":
-        raise InputError(f"{name} must hold real numbers; got dtype {boxes.dtype}")
-    boxes = boxes.astype(np.float64)
-    if not np.isfinite(boxes).all():
-        raise InputError(f"{name} must be finite")
-    if ordered and ((boxes[:, 2] < boxes[:, 0]).any() or (boxes[:, 3] < boxes[:, 1]).any()):
-        raise InputError(f"{name} must be x0, y0, x1, y1 with x0 <= x1 and y0 <= y1")
-    return boxes
-
-
-def check_scores(value: Any, name: str, length: int) -> np.ndarray:
-    """Validate ``(length,)`` finite real scores (bools count as 0 / 1); return float64.
-
-    Raises:
-        InputError: Wrong shape, not real, or not finite.
-    """
-    scores = _to_numpy(value)
-    if scores.shape != (length,):
-        raise InputError(f"{name} must have shape ({length},); got {scores.shape}")
-    if scores.size and scores.dtype.kind not in "fiub":
-        raise InputError(f"{name} must hold real numbers; got dtype {scores.dtype}")
-    scores = scores.astype(np.float64)
-    if not np.isfinite(scores).all():
-        raise InputError(f"{name} must be finite")
-    return scores
+    """:func:`wsolkit.checks.check_boxes`, array-likes accepted (numpy, torch, sequences)."""
+    return _checks.check_boxes(value, name, array_like=True, ordered=ordered)
 
 
 def _check_size(size: Any) -> tuple[float, float]:

@@ -14,8 +14,9 @@ import cv2
 import numpy as np
 import torch
 
+from wsolkit.checks import RANGE_TOLERANCE, check_heatmap, check_integer, to_numpy
 from wsolkit.errors import InputError
-from wsolkit.refine.threshold import _check_map, _to_numpy, threshold_map
+from wsolkit.refine.threshold import threshold_map
 
 MODES = ("largest", "all")
 """Names accepted by the ``mode`` argument."""
@@ -54,7 +55,7 @@ def _check_mode(mode: str) -> None:
 
 def _check_mask(mask: Any) -> np.ndarray:
     """Validate a 2-D mask and return it as a uint8 0/1 numpy array (nonzero = foreground)."""
-    array = _to_numpy(mask, "mask")
+    array = to_numpy(mask, "mask")
     if array.ndim != 2:
         raise InputError(f"mask must be 2-D (H, W), got shape {tuple(array.shape)}")
     if not (array.dtype == np.bool_ or np.issubdtype(array.dtype, np.integer)
@@ -135,7 +136,7 @@ def boxes_from_mask(
     binary = _check_mask(mask)
     heat = None
     if heatmap is not None:
-        heat = _check_map(heatmap, unit_range=False)
+        heat = check_heatmap(heatmap, unit_range=False)
         if heat.shape != binary.shape:
             raise InputError(
                 f"heatmap shape {heat.shape} does not match mask shape {binary.shape}"
@@ -205,13 +206,22 @@ def localize(
     Raises:
         InputError: As :func:`threshold_map` and :func:`boxes_from_mask`, or a negative
             or non-integer ``min_area``.
+
+    Example (a 3 x 4 blob of heat 1 and a faint pixel below half the maximum):
+
+    >>> import numpy as np
+    >>> heat = np.zeros((6, 8))
+    >>> heat[1:4, 2:6] = 1.0
+    >>> heat[5, 0] = 0.3
+    >>> found = localize(heat, method="fraction", value=0.5)
+    >>> found.boxes, found.scores, int(found.mask.sum())
+    (array([[2., 1., 6., 4.]], dtype=float32), array([1.], dtype=float32), 12)
     """
     _check_mode(mode)
-    if isinstance(min_area, bool) or not isinstance(min_area, (int, np.integer)) or min_area < 0:
-        raise InputError(f"min_area must be an integer >= 0, got {min_area!r}")
-    heat = _check_map(heatmap)
+    min_area = check_integer(min_area, "min_area", 0)
+    heat = check_heatmap(heatmap, tolerance=RANGE_TOLERANCE)
     binary = _check_mask(threshold_map(heat, method, value))
-    found = _components(binary, heat, mode, int(min_area))
+    found = _components(binary, heat, mode, min_area)
     union = np.isin(found.labels, found.ids)
     return Localization(found.boxes, found.scores, _like(union, heatmap))
 
@@ -241,7 +251,7 @@ def localize_stack(maps: Any, thresholds: Any) -> list[tuple[np.ndarray, np.ndar
         InputError: ``maps`` not (K, H, W) with H, W > 0, non-finite values, or the number of
             thresholds differs from K.
     """
-    heat = _to_numpy(maps, "maps")
+    heat = to_numpy(maps, "maps")
     if heat.ndim != 3 or heat.shape[1] == 0 or heat.shape[2] == 0:
         raise InputError(f"maps must be a (K, H, W) stack, got shape {tuple(heat.shape)}")
     if heat.size and not (np.isfinite(heat.min()) and np.isfinite(heat.max())):  # NaN spreads

@@ -18,9 +18,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from wsolkit.checks import RANGE_TOLERANCE, check_integer, check_unit_range
 from wsolkit.errors import DependencyError, InputError
-
-_RANGE_TOLERANCE = 1e-6
 
 
 @dataclass(frozen=True)
@@ -92,29 +91,18 @@ def _check_inputs(image: Any, foreground: Any) -> tuple[np.ndarray, np.ndarray]:
     fg = foreground.astype(np.float64)
     if not np.isfinite(fg).all():
         raise InputError("foreground contains NaN or inf")
-    low, high = float(fg.min()), float(fg.max())
-    if low < -_RANGE_TOLERANCE or high > 1.0 + _RANGE_TOLERANCE:
-        raise InputError(
-            f"foreground values must lie in [0, 1], got min {low:.6g} and max {high:.6g}"
-        )
+    check_unit_range(fg, "foreground", RANGE_TOLERANCE)
     return np.ascontiguousarray(image), np.clip(fg, 0.0, 1.0)
 
 
-def _check_arguments(image: Any, foreground: Any, params: CRFParams | None, iterations: Any
-                     ) -> tuple[np.ndarray, np.ndarray, CRFParams, int]:
-    """The checked arguments of :func:`dense_crf` and :func:`crf_kl_divergences`."""
+def _check_call(image: Any, foreground: Any,
+                params: CRFParams | None) -> tuple[np.ndarray, np.ndarray, CRFParams]:
+    """The checked image and foreground (:func:`_check_inputs`) and params (default if None)."""
     image, fg = _check_inputs(image, foreground)
     params = CRFParams() if params is None else params
     if not isinstance(params, CRFParams):
         raise InputError(f"params must be a CRFParams, got {type(params).__name__}")
-    return image, fg, params, _check_iterations(iterations)
-
-
-def _check_iterations(iterations: Any) -> int:
-    if isinstance(iterations, bool) or not isinstance(iterations, (int, np.integer)) \
-            or iterations < 1:
-        raise InputError(f"iterations must be an integer >= 1, got {iterations!r}")
-    return int(iterations)
+    return image, fg, params
 
 
 def _build(image: np.ndarray, fg: np.ndarray, params: CRFParams) -> Any:
@@ -163,7 +151,8 @@ def dense_crf(
             another size, NaN/inf, bad iterations or params.
         DependencyError: pydensecrf2 is not installed.
     """
-    image, fg, params, iterations = _check_arguments(image, foreground, params, iterations)
+    image, fg, params = _check_call(image, foreground, params)
+    iterations = check_integer(iterations, "iterations", 1)
     if size is not None:
         if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
             raise InputError(f"size={size!r}: must be None or a positive integer")
@@ -212,7 +201,8 @@ def crf_kl_divergences(
         InputError: As :func:`dense_crf`.
         DependencyError: pydensecrf2 is not installed.
     """
-    image, fg, params, iterations = _check_arguments(image, foreground, params, iterations)
+    image, fg, params = _check_call(image, foreground, params)
+    iterations = check_integer(iterations, "iterations", 1)
     crf = _build(image, fg, params)
     q, tmp1, tmp2 = crf.startInference()
     values = [float(crf.klDivergence(q))]

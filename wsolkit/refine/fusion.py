@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from wsolkit.checks import normalize_minmax
 from wsolkit.errors import InputError
 
 
@@ -40,15 +41,5 @@ def fuse(rcam1: np.ndarray, p1: float | np.ndarray, rcam2: np.ndarray,
     else:
         weights = [w.reshape(()) for w in weights]
     fused = first * weights[0] + second * weights[1]
-    return minmax(fused) if normalize else fused.astype(np.float32)
-
-
-def minmax(maps: np.ndarray) -> np.ndarray:
-    """Min-max normalize an (H, W) map or each map of an (N, H, W) stack (constant -> 0)."""
-    array = np.asarray(maps, dtype=np.float32)
-    axes = (-2, -1)
-    low = array.min(axis=axes, keepdims=True)
-    span = array.max(axis=axes, keepdims=True) - low
-    out = np.zeros_like(array)
-    np.divide(array - low, span, out=out, where=span > 0)
-    return out
+    fused = fused.astype(np.float32)
+    return normalize_minmax(fused) if normalize else fused

@@ -15,6 +15,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from wsolkit.checks import check_integer
 from wsolkit.errors import InputError
 from wsolkit.refine.boxes import box_rect, expand_box
 
@@ -62,12 +63,6 @@ def _check_image(image: Any) -> np.ndarray:
         raise InputError(f"image must not be empty, got shape {image.shape}")
     return np.ascontiguousarray(image)
 
-
-def _check_iterations(iterations: Any) -> int:
-    if isinstance(iterations, bool) or not isinstance(iterations, (int, np.integer)) \
-            or iterations < 1:
-        raise InputError(f"iterations must be an integer >= 1, got {iterations!r}")
-    return int(iterations)
 
 
 def box_prior(
@@ -160,7 +155,7 @@ def grabcut(
             box not four finite numbers, bad iterations.
     """
     image = _check_image(image)
-    iterations = _check_iterations(iterations)
+    iterations = check_integer(iterations, "iterations", 1)
     shape = image.shape[:2]
     labels = _as_labels(labels_or_rect, shape)
     foreground = (labels == FGD) | (labels == PR_FGD)

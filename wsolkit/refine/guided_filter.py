@@ -17,6 +17,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from wsolkit.checks import check_integer
 from wsolkit.errors import InputError
 from wsolkit.refine.variogram import variogram_radius
 
@@ -57,12 +58,11 @@ def _check_guide(guide: Any) -> np.ndarray:
 
 
 def _check_radius_eps(radius: Any, eps: Any) -> tuple[int, float]:
-    if isinstance(radius, bool) or not isinstance(radius, (int, np.integer)) or radius < 1:
-        raise InputError(f"radius must be an integer >= 1, got {radius!r}")
+    radius = check_integer(radius, "radius", 1)
     if (isinstance(eps, bool) or not isinstance(eps, Real) or not math.isfinite(float(eps))
             or float(eps) <= 0):
         raise InputError(f"eps must be a finite number > 0, got {eps!r}")
-    return int(radius), float(eps)
+    return radius, float(eps)
 
 
 def _filter(source: np.ndarray, guide: np.ndarray, radius: int, eps: float) -> np.ndarray:

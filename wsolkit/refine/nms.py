@@ -62,7 +62,7 @@ def nms(boxes: Any, scores: Any, iou_threshold: float = 0.5) -> np.ndarray:
         InputError: Bad boxes or scores, lengths differ, or a threshold outside ``[0, 1]``.
     """
     array = check_boxes(boxes)
-    values = check_scores(scores, "scores", array.shape[0])
+    values = check_scores(scores, "scores", array.shape[0])  # one per box
     if isinstance(iou_threshold, bool) or not isinstance(iou_threshold, Real) \
             or not 0.0 <= float(iou_threshold) <= 1.0:
         raise InputError(f"iou_threshold must lie in [0, 1], got {iou_threshold!r}")

@@ -35,8 +35,9 @@ from typing import Any
 import cv2
 import numpy as np
 
+from wsolkit.checks import RANGE_TOLERANCE, check_heatmap
 from wsolkit.errors import InputError
-from wsolkit.refine.threshold import _check_map, threshold_value
+from wsolkit.refine.threshold import threshold_value
 
 __all__ = ["BGD", "FGD", "PR_BGD", "PR_FGD", "RULES", "STRATIFY_DEFAULTS", "stratify"]
 
@@ -117,7 +118,7 @@ def stratify(
     """
     if not isinstance(rule, str) or rule not in RULES:
         raise InputError(f"rule must be one of {', '.join(RULES)}, got {rule!r}")
-    values = _check_map(heatmap)
+    values = check_heatmap(heatmap, tolerance=RANGE_TOLERANCE)
     shape = values.shape
     inside = _check_region(region, shape)
     given = {"fg": fg, "split": split, "bg": bg}

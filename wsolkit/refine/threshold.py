@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 import torch
 
+from wsolkit.checks import RANGE_TOLERANCE, check_heatmap
 from wsolkit.errors import InputError
 
 METHODS = ("fixed", "fraction", "mean", "otsu")
@@ -21,51 +22,6 @@ METHODS = ("fixed", "fraction", "mean", "otsu")
 
 _DEFAULT_VALUES = {"fixed": 0.5, "fraction": 0.5, "mean": 1.0, "otsu": None}
 _OTSU_BINS = 256
-_RANGE_TOLERANCE = 1e-6
-
-
-def _to_numpy(array: Any, name: str) -> np.ndarray:
-    """Return a numpy view/copy of a numpy array or torch tensor; reject anything else."""
-    if isinstance(array, torch.Tensor):
-        return array.detach().cpu().numpy()
-    if isinstance(array, np.ndarray):
-        return array
-    raise InputError(
-        f"{name} must be a numpy array or torch tensor, got {type(array).__name__}"
-    )
-
-
-def _check_map(heatmap: Any, name: str = "heatmap", unit_range: bool = True) -> np.ndarray:
-    """Validate a 2-D heatmap and return it as a float64 numpy array (a copy).
-
-    Args:
-        heatmap: (H, W) numpy array or torch tensor.
-        name: Argument name used in error messages.
-        unit_range: Also require every value to lie in [0, 1].
-
-    Raises:
-        InputError: Wrong type, not 2-D, empty, non-numeric, NaN/inf or out of range.
-    """
-    array = _to_numpy(heatmap, name)
-    if array.ndim != 2:
-        raise InputError(f"{name} must be 2-D (H, W), got shape {tuple(array.shape)}")
-    if array.size == 0:
-        raise InputError(f"{name} must not be empty, got shape {tuple(array.shape)}")
-    if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)
-            or array.dtype == np.bool_):
-        raise InputError(f"{name} must hold real numbers, got dtype {array.dtype}")
-    values = array.astype(np.float64)
-    if np.isnan(values).any():
-        raise InputError(f"{name} contains NaN")
-    if not np.isfinite(values).all():
-        raise InputError(f"{name} contains inf")
-    if unit_range:
-        low, high = float(values.min()), float(values.max())
-        if low < -_RANGE_TOLERANCE or high > 1.0 + _RANGE_TOLERANCE:
-            raise InputError(
-                f"{name} values must lie in [0, 1], got min {low:.6g} and max {high:.6g}"
-            )
-    return values
 
 
 def _check_method_value(method: str, value: float | None) -> float | None:
@@ -133,7 +89,7 @@ def threshold_value(heatmap: Any, method: str = "fraction", value: float | None 
             outside [0, 1].
     """
     value = _check_method_value(method, value)
-    values = _check_map(heatmap)
+    values = check_heatmap(heatmap, tolerance=RANGE_TOLERANCE)
     return _threshold(values, method, value)
 
 
@@ -155,7 +111,7 @@ def threshold_map(heatmap: Any, method: str = "fraction", value: float | None = 
         InputError: As :func:`threshold_value`.
     """
     value = _check_method_value(method, value)
-    values = _check_map(heatmap)
+    values = check_heatmap(heatmap, tolerance=RANGE_TOLERANCE)
     mask = values >= _threshold(values, method, value)
     if isinstance(heatmap, torch.Tensor):
         return torch.from_numpy(mask).to(heatmap.device)

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from wsolkit.checks import check_integer
 from wsolkit.errors import InputError
 
 FALLBACK_SIGMA = 1.0
@@ -336,9 +337,7 @@ def variogram_radius(
         raise InputError(f"sigma_as={sigma_as!r}: use one of {', '.join(SIGMA_AS)}")
     values = _check_image(guide)
     height, width = values.shape[:2]
-    if isinstance(min_radius, bool) or not isinstance(min_radius, (int, np.integer)) \
-            or min_radius < 1:
-        raise InputError(f"min_radius must be an integer >= 1, got {min_radius!r}")
+    min_radius = check_integer(min_radius, "min_radius", 1)
     if max_radius is None:
         max_radius = max(int(min_radius), min(height, width) // 2)
     if isinstance(max_radius, bool) or not isinstance(max_radius, (int, np.integer)) \

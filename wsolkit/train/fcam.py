@@ -98,21 +98,23 @@ class FCAMSettings:
     def check(self) -> None:
         """Raise :class:`InputError` naming the first out-of-range setting."""
         checks = [
-            (self.epochs >= 1, f"--epochs must be >= 1; got {self.epochs}"),
-            (self.batch_size >= 1, f"--batch-size must be >= 1; got {self.batch_size}"),
-            (self.lr > 0 and math.isfinite(self.lr), f"--lr must be > 0; got {self.lr}"),
+            (self.epochs >= 1, f"epochs must be >= 1; got {self.epochs}"),
+            (self.batch_size >= 1, f"batch_size must be >= 1; got {self.batch_size}"),
+            (self.lr > 0 and math.isfinite(self.lr), f"lr must be > 0; got {self.lr}"),
             (self.optimizer in ("sgd", "adam"),
-             f"--optimizer must be sgd or adam; got {self.optimizer!r}"),
-            (self.n_fg >= 0 and self.n_bg >= 0, "--n-fg and --n-bg must be >= 0"),
-            (self.k >= 1 and self.k % 2 == 1, f"--k must be odd and >= 1; got {self.k}"),
-            (0 < self.bg_fraction < 1, f"--bg-fraction must be in (0, 1); got {self.bg_fraction}"),
-            (self.crf >= 0 and self.size >= 0, "--crf and --size weights must be >= 0"),
-            (self.crf_size >= 4, f"--crf-size must be >= 4; got {self.crf_size}"),
-            (self.views >= 1, f"--views must be >= 1; got {self.views}"),
+             f"optimizer must be sgd or adam; got {self.optimizer!r}"),
+            (self.n_fg >= 0 and self.n_bg >= 0,
+             f"n_fg={self.n_fg} and n_bg={self.n_bg} must be >= 0"),
+            (self.k >= 1 and self.k % 2 == 1, f"k must be odd and >= 1; got {self.k}"),
+            (0 < self.bg_fraction < 1, f"bg_fraction must be in (0, 1); got {self.bg_fraction}"),
+            (self.crf >= 0 and self.size >= 0,
+             f"crf={self.crf} and size={self.size} weights must be >= 0"),
+            (self.crf_size >= 4, f"crf_size must be >= 4; got {self.crf_size}"),
+            (self.views >= 1, f"views must be >= 1; got {self.views}"),
             (self.elb_t > 0 and self.elb_rate >= 1 and self.elb_max >= self.elb_t,
              "ELB t must start > 0, grow by a factor >= 1 and stay below its maximum"),
-            (self.seed >= 0, f"--seed must be >= 0; got {self.seed}"),
-            (self.limit is None or self.limit >= 1, f"--limit must be >= 1; got {self.limit}"),
+            (self.seed >= 0, f"seed must be >= 0; got {self.seed}"),
+            (self.limit is None or self.limit >= 1, f"limit must be >= 1; got {self.limit}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -168,15 +170,15 @@ def train_fcam(
     work = Path(work) if work is not None else out.with_name(out.name + ".work")
     layers = settings.skip_layers or default_skip_layers(classifier.name)
     checkpoint_path = work / CHECKPOINT
-    check_checkpoint(checkpoint_path, resume, "--work/--out")
-    make_out_dir(work, "--work")
+    check_checkpoint(checkpoint_path, resume, "work=DIR or out=FILE")
+    make_out_dir(work, "work")
     make_out_dir(out.parent)  # fail now, not after the first epoch
     cache = Path(cache) if cache is not None else work
     source = str(getattr(dataset, "root", None) or getattr(dataset, "annotation_file", "dataset"))
     samples, failures = readable_samples(list(dataset)[: settings.limit], True, source)
     method = get_method(settings.cam)(classifier)
     train = _cache(cache, classifier, samples, layers, method, settings, quiet, "train cache")
-    val_samples = readable_samples(list(val), False, "--val")[0] if val else []
+    val_samples = readable_samples(list(val), False, "val")[0] if val else []
     val_cache = (_cache(cache, classifier, val_samples, layers, None, settings, quiet,
                         "val cache") if val_samples else None)
     spec = DecoderSpec(tuple(layers), tuple(int(s.shape[1]) for s in train.skips),
@@ -192,7 +194,7 @@ def train_fcam(
         saved = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
         mismatch = [k for k in state if saved.get(k) != state[k]]
         if mismatch:
-            raise InputError(f"--resume: {checkpoint_path} was made with other "
+            raise InputError(f"resume=True: {checkpoint_path} was made with other "
                              f"{mismatch[0].replace('_', ' ')}; use the same settings and data")
         decoder.load_state_dict(saved["decoder"])
         optimizer.load_state_dict(saved["optimizer"])
@@ -219,8 +221,8 @@ def train_fcam(
             log(f"epoch {epoch + 1}/{settings.epochs}: " + ", ".join(
                 f"{k} {v:.4f}" for k, v in terms.items()) + f"{shown} ({seconds:.0f} s)")
     if best["decoder"] is None:  # resumed a finished run: the outputs exist already
-        raise InputError(f"--resume: {checkpoint_path} has finished {start} epochs; raise "
-                         "--epochs to train more")
+        raise InputError(f"resume=True: {checkpoint_path} has finished {start} epochs; raise "
+                         "epochs=N to train more")
     _save_best(out, spec, best, {**meta, "epoch": best["epoch"], "val": best.get("score")})
     metrics = _metrics(state, history, best, failures, out)
     write_json_atomic(work / METRICS, metrics)
@@ -362,7 +364,7 @@ def _validate(decoder: FCAMDecoder, cache: FeatureCache,
                 pixels.update(normalize_scoremap(heat.astype(np.float64)), fg.astype(bool),
                               ig.astype(bool))
         return "PxAP", float(pixels.compute()["PxAP"])
-    raise InputError("--val: the validation set has neither boxes nor masks")
+    raise InputError("val: the validation set has neither boxes nor masks")
 
 
 def _image_size(path: Path) -> tuple[int, int]:

@@ -27,7 +27,8 @@ from wsolkit.data.atomic import write_json_atomic
 from wsolkit.data.images import load_image
 from wsolkit.data.sample import Sample
 from wsolkit.errors import ImageError, InputError
-from wsolkit.maps.base import HeatmapMethod, weighted_sum
+from wsolkit.maps.base import HeatmapMethod
+from wsolkit.maps.forward import weighted_sum
 from wsolkit.models.classifier import Classifier
 from wsolkit.models.fcam import capture_skips
 

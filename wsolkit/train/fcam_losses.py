@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from wsolkit.checks import normalize_minmax
 from wsolkit.errors import InputError
 
 IGNORE = -100  # torch's default ignore_index
@@ -37,10 +38,8 @@ def sampling_regions(cam: np.ndarray, bg_fraction: float) -> tuple[np.ndarray, n
     if not 0 < bg_fraction < 1:
         raise InputError(f"bg_fraction must be in (0, 1); got {bg_fraction}")
     cam = np.asarray(cam, dtype=np.float64)
-    low, span = cam.min(), cam.max() - cam.min()
-    unit = (cam - low) / span if span > 0 else np.zeros_like(cam)
-    levels = (unit * 255).astype(np.uint8)
-    if span > 0:
+    levels = (normalize_minmax(cam) * 255).astype(np.uint8)
+    if cam.max() > cam.min():
         threshold, _ = cv2.threshold(levels, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
         foreground = levels > threshold
     else:

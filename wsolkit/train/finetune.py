@@ -123,25 +123,25 @@ class FinetuneSettings:
     def check(self) -> None:
         """Raise :class:`InputError` naming the first out-of-range setting."""
         checks = [
-            (self.epochs >= 1, f"--epochs must be >= 1; got {self.epochs}"),
-            (self.batch_size >= 1, f"--batch-size must be >= 1; got {self.batch_size}"),
-            (self.lr >= 0 and math.isfinite(self.lr), f"--lr must be >= 0; got {self.lr}"),
+            (self.epochs >= 1, f"epochs must be >= 1; got {self.epochs}"),
+            (self.batch_size >= 1, f"batch_size must be >= 1; got {self.batch_size}"),
+            (self.lr >= 0 and math.isfinite(self.lr), f"lr must be >= 0; got {self.lr}"),
             (self.head_lr > 0 and math.isfinite(self.head_lr),
-             f"--head-lr must be > 0; got {self.head_lr}"),
-            (self.hidden >= 0, f"--hidden must be >= 0 (0: one linear layer); got {self.hidden}"),
-            (0 <= self.dropout < 1, f"--dropout must be in [0, 1); got {self.dropout}"),
+             f"head_lr must be > 0; got {self.head_lr}"),
+            (self.hidden >= 0, f"hidden must be >= 0 (0: one linear layer); got {self.hidden}"),
+            (0 <= self.dropout < 1, f"dropout must be in [0, 1); got {self.dropout}"),
             (self.optimizer in ("adam", "sgd"),
-             f"--optimizer must be adam or sgd; got {self.optimizer!r}"),
-            (self.lr_step >= 0, f"--lr-step must be >= 0 (0: constant); got {self.lr_step}"),
+             f"optimizer must be adam or sgd; got {self.optimizer!r}"),
+            (self.lr_step >= 0, f"lr_step must be >= 0 (0: constant); got {self.lr_step}"),
             (self.output in OUTPUTS,
-             f"--output must be {' or '.join(OUTPUTS)}; got {self.output!r}"),
-            (self.weight_decay >= 0, f"--weight-decay must be >= 0; got {self.weight_decay}"),
+             f"output must be {' or '.join(OUTPUTS)}; got {self.output!r}"),
+            (self.weight_decay >= 0, f"weight_decay must be >= 0; got {self.weight_decay}"),
             (0 <= self.val_fraction < 1,
-             f"--val-fraction must be in [0, 1); got {self.val_fraction}"),
-            (self.seed >= 0, f"--seed must be >= 0; got {self.seed}"),
-            (0 <= self.balance <= 1, f"--balance must be in [0, 1]; got {self.balance}"),
-            (self.max_repeat >= 1, f"--max-repeat must be >= 1; got {self.max_repeat}"),
-            (self.limit is None or self.limit >= 1, f"--limit must be >= 1; got {self.limit}"),
+             f"val_fraction must be in [0, 1); got {self.val_fraction}"),
+            (self.seed >= 0, f"seed must be >= 0; got {self.seed}"),
+            (0 <= self.balance <= 1, f"balance must be in [0, 1]; got {self.balance}"),
+            (self.max_repeat >= 1, f"max_repeat must be >= 1; got {self.max_repeat}"),
+            (self.limit is None or self.limit >= 1, f"limit must be >= 1; got {self.limit}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -299,17 +299,17 @@ def _readable(samples: list[Sample], source: str) -> tuple[list[Sample], list[st
 
 
 def _load_checkpoint(path: Path, expected: dict[str, Any]) -> dict[str, Any]:
-    saved = read_torch_file(path, "checkpoint (--resume)", InputError)
+    saved = read_torch_file(path, "checkpoint (resume=True)", InputError)
     if not isinstance(saved, dict) or saved.get("format") != _FORMAT:
-        raise InputError(f"--resume: {path} is not a wsolkit finetune checkpoint")
+        raise InputError(f"resume=True: {path} is not a wsolkit finetune checkpoint")
     if saved["base_model"] != expected["base_model"]:
-        raise InputError(f"--resume: {path} fine-tunes {saved['base_model']!r}, "
+        raise InputError(f"resume=True: {path} fine-tunes {saved['base_model']!r}, "
                          f"not {expected['base_model']!r}")
     check_resumed_settings(path, saved["settings"], expected["settings"],
                            FinetuneSettings().resume_key())
     for key in ("class_names", "train_ids", "val_ids"):
         if saved[key] != expected[key]:
-            raise InputError(f"--resume: the dataset's {key.replace('_', ' ')} differ from "
+            raise InputError(f"resume=True: the dataset's {key.replace('_', ' ')} differ from "
                              f"those of {path}")
     return saved
 

@@ -38,7 +38,7 @@ def _trainable_prefixes(
     """Module-name prefixes of the trained parameters (the head always; backbone per lr)."""
     if settings.lr == 0:
         if settings.train_layers:
-            raise InputError("--train-layers needs --lr > 0 (lr 0 freezes the backbone)")
+            raise InputError("train_layers needs a positive lr= (lr=0 freezes the backbone)")
         return (head_name,)
     if not settings.train_layers:
         return ("",)  # everything

@@ -101,23 +101,24 @@ class HeadSettings:
     def check(self) -> None:
         """Raise :class:`InputError` naming the first bad setting (as a CLI flag)."""
         checks = [
-            (self.head in HEADS, f"--head must be one of {', '.join(HEADS)}; got {self.head!r}"),
+            (self.head in HEADS, f"head must be one of {', '.join(HEADS)}; got {self.head!r}"),
             (self.dropout in DROPOUTS,
-             f"--dropout must be one of {', '.join(DROPOUTS)}; got {self.dropout!r}"),
-            (self.maps >= 1, f"--maps must be >= 1; got {self.maps}"),
-            (self.kmax > 0 and self.kmin >= 0, "--kmax must be > 0 and --kmin >= 0"),
-            (0 < self.delta < 1, f"--delta must be in (0, 1); got {self.delta}"),
-            (self.epochs >= 1, f"--epochs must be >= 1; got {self.epochs}"),
-            (self.batch_size >= 1, f"--batch-size must be >= 1; got {self.batch_size}"),
-            (self.lr > 0 and math.isfinite(self.lr), f"--lr must be > 0; got {self.lr}"),
-            (self.weight_decay >= 0, f"--weight-decay must be >= 0; got {self.weight_decay}"),
-            (self.init in ("linear", "random"), f"--init must be linear or random; got "
+             f"dropout must be one of {', '.join(DROPOUTS)}; got {self.dropout!r}"),
+            (self.maps >= 1, f"maps must be >= 1; got {self.maps}"),
+            (self.kmax > 0 and self.kmin >= 0,
+             f"kmax={self.kmax} must be > 0 and kmin={self.kmin} >= 0"),
+            (0 < self.delta < 1, f"delta must be in (0, 1); got {self.delta}"),
+            (self.epochs >= 1, f"epochs must be >= 1; got {self.epochs}"),
+            (self.batch_size >= 1, f"batch_size must be >= 1; got {self.batch_size}"),
+            (self.lr > 0 and math.isfinite(self.lr), f"lr must be > 0; got {self.lr}"),
+            (self.weight_decay >= 0, f"weight_decay must be >= 0; got {self.weight_decay}"),
+            (self.init in ("linear", "random"), f"init must be linear or random; got "
                                                  f"{self.init!r}"),
-            (self.noise >= 0, f"--noise must be >= 0; got {self.noise}"),
+            (self.noise >= 0, f"noise must be >= 0; got {self.noise}"),
             (0 <= self.val_fraction < 1,
-             f"--val-fraction must be in [0, 1); got {self.val_fraction}"),
-            (self.seed >= 0, f"--seed must be >= 0; got {self.seed}"),
-            (self.limit is None or self.limit >= 1, f"--limit must be >= 1; got {self.limit}"),
+             f"val_fraction must be in [0, 1); got {self.val_fraction}"),
+            (self.seed >= 0, f"seed must be >= 0; got {self.seed}"),
+            (self.limit is None or self.limit >= 1, f"limit must be >= 1; got {self.limit}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -170,8 +171,8 @@ def train_head(
     settings.check()
     head_path, ckpt_path, metrics_path = paths(out)
     if not head_path.parent.is_dir():
-        raise InputError(f"--out {head_path}: folder {head_path.parent} does not exist")
-    check_checkpoint(ckpt_path, resume)
+        raise InputError(f"out={head_path}: folder {head_path.parent} does not exist")
+    check_checkpoint(ckpt_path, resume, "out=FILE")
     source = dataset_source(dataset)
     samples = list(dataset)[: settings.limit]
     class_names, targets = image_labels(dataset, samples, source)
@@ -318,12 +319,12 @@ def _initialize(head: WildcatHead, classifier: Classifier, num_classes: int,
         try:
             fc = find_linear(classifier.module, classifier.fc_layer, head.conv.in_channels)
         except WSOLError as error:
-            raise ModelError(f"--init linear: the model has no linear head ({error}); use "
-                             "--init random") from None
+            raise ModelError(f"init='linear': the model has no linear head ({error}); use "
+                             "init='random'") from None
         if fc.out_features != num_classes or fc.in_features != head.conv.in_channels:
             raise ModelError(
-                f"--init linear: the model's linear layer has {fc.out_features} classes, the "
-                f"dataset {num_classes}; use --init random or a model of these classes")
+                f"init='linear': the model's linear layer has {fc.out_features} classes, the "
+                f"dataset {num_classes}; use init='random' or a model of these classes")
         head.init_from_linear(fc, settings.noise, settings.seed)
     _calibrate(head, features, train_idx[:2000], targets)
 
@@ -393,17 +394,17 @@ def _validate(head: WildcatHead, features: torch.Tensor, val_idx: np.ndarray,
 
 
 def _load_checkpoint(path: Path, expected: dict[str, Any]) -> dict[str, Any]:
-    saved = read_torch_file(path, "checkpoint (--resume)", InputError)
+    saved = read_torch_file(path, "checkpoint (resume=True)", InputError)
     if not isinstance(saved, dict) or saved.get("format") != _FORMAT or "head" not in saved:
-        raise InputError(f"--resume: {path} is not a wsolkit train-head checkpoint")
+        raise InputError(f"resume=True: {path} is not a wsolkit train-head checkpoint")
     if saved["backbone"] != expected["backbone"] or saved["layer"] != expected["layer"]:
-        raise ModelError(f"--resume: {path} trains a head on {saved['backbone']!r} "
+        raise ModelError(f"resume=True: {path} trains a head on {saved['backbone']!r} "
                          f"({saved['layer']}), not on {expected['backbone']!r}")
     if len(saved["class_names"]) != len(expected["class_names"]):
-        raise ModelError(f"--resume: {path} has {len(saved['class_names'])} classes, the "
+        raise ModelError(f"resume=True: {path} has {len(saved['class_names'])} classes, the "
                          f"dataset {len(expected['class_names'])}")
     check_resumed_settings(path, saved["settings"], expected["settings"])
     if saved["class_names"] != expected["class_names"] or \
             saved["train_ids"] != expected["train_ids"]:
-        raise InputError(f"--resume: the dataset differs from the one of {path}")
+        raise InputError(f"resume=True: the dataset differs from the one of {path}")
     return saved

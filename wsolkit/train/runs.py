@@ -29,18 +29,19 @@ def dataset_source(dataset: Sequence[Sample]) -> str:
     return str(getattr(dataset, "annotation_file", None) or getattr(dataset, "root", "dataset"))
 
 
-def check_checkpoint(path: Path, resume: bool, out: str = "--out") -> None:
+def check_checkpoint(path: Path, resume: bool, out: str = "out=DIR") -> None:
     """Resuming needs the checkpoint ``path``; a new run must not overwrite one.
 
-    ``out`` names where the checkpoint goes, for the message.
+    ``out`` names the parameter(s) that place the checkpoint, for the message.
 
     Raises:
         InputError: ``resume`` without the file, or the file exists without ``resume``.
     """
     if resume and not path.is_file():
-        raise InputError(f"--resume: {path} not found")
+        raise InputError(f"resume=True: {path} not found")
     if not resume and path.exists():
-        raise InputError(f"{path} exists: pass --resume to continue it or choose another {out}")
+        raise InputError(f"{path} exists: pass resume=True to continue it or choose another "
+                         f"{out}")
 
 
 def image_labels(dataset: Sequence[Sample], samples: list[Sample], source: str
@@ -81,13 +82,12 @@ def check_resumed_settings(path: Path, saved: dict[str, Any], expected: dict[str
         defaults: values of settings added since a checkpoint was written (it ran with them).
 
     Raises:
-        InputError: naming the first differing setting as its command-line option.
+        InputError: naming the first differing setting.
     """
     defaults = defaults or {}
     for key, value in expected.items():
         if saved.get(key, defaults.get(key)) != value:
-            option = "--" + key.replace("_", "-")
-            raise InputError(f"--resume: {path} was made with {option} "
+            raise InputError(f"resume=True: {path} was made with {key}="
                              f"{saved.get(key)!r}, not {value!r}")
 
 

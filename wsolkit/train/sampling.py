@@ -37,7 +37,7 @@ def split_train_val(count: int, val_fraction: float, seed: int) -> tuple[np.ndar
         InputError: ``val_fraction`` is outside [0, 1) or there is nothing to train on.
     """
     if not 0.0 <= val_fraction < 1.0:
-        raise InputError(f"--val-fraction must be in [0, 1); got {val_fraction}")
+        raise InputError(f"val_fraction must be in [0, 1); got {val_fraction}")
     if count < 1:
         raise InputError("no images to train on")
     n_val = round(count * val_fraction)

@@ -10,9 +10,9 @@ from typing import Any
 
 import cv2
 import numpy as np
-import torch
 from PIL import Image
 
+from wsolkit.checks import RANGE_TOLERANCE, check_boxes, check_heatmap, to_numpy
 from wsolkit.data.atomic import write_bytes_atomic
 from wsolkit.errors import InputError
 from wsolkit.refine.resize import resize_map
@@ -25,7 +25,6 @@ COLORMAPS = {
 """OpenCV colormaps by lower-case name (``"jet"``, ``"viridis"``, ...)."""
 
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
-_RANGE_TOLERANCE = 1e-6
 
 
 def _check_image(image: Any, name: str = "image") -> np.ndarray:
@@ -40,27 +39,6 @@ def _check_image(image: Any, name: str = "image") -> np.ndarray:
     if image.shape[0] < 1 or image.shape[1] < 1:
         raise InputError(f"{name} must not be empty, got shape {tuple(image.shape)}")
     return image
-
-
-def _check_heatmap(heatmap: Any) -> np.ndarray:
-    """Validate a 2-D finite heatmap in [0, 1]; return a float32 numpy copy clipped to [0, 1]."""
-    if isinstance(heatmap, torch.Tensor):
-        heatmap = heatmap.detach().cpu().numpy()
-    if not isinstance(heatmap, np.ndarray):
-        raise InputError(
-            f"heatmap must be a numpy array or torch tensor, got {type(heatmap).__name__}"
-        )
-    if heatmap.ndim != 2 or heatmap.size == 0:
-        raise InputError(f"heatmap must be a non-empty (H, W) array, got {tuple(heatmap.shape)}")
-    if not (np.issubdtype(heatmap.dtype, np.floating) or np.issubdtype(heatmap.dtype, np.integer)):
-        raise InputError(f"heatmap must hold real numbers, got dtype {heatmap.dtype}")
-    values = heatmap.astype(np.float32)
-    if not np.isfinite(values).all():
-        raise InputError("heatmap contains NaN or inf")
-    low, high = float(values.min()), float(values.max())
-    if low < -_RANGE_TOLERANCE or high > 1.0 + _RANGE_TOLERANCE:
-        raise InputError(f"heatmap values must lie in [0, 1], got min {low:.6g} and max {high:.6g}")
-    return np.clip(values, 0.0, 1.0)
 
 
 def overlay_heatmap(
@@ -85,7 +63,8 @@ def overlay_heatmap(
         InputError: Bad image, heatmap, alpha or colormap name.
     """
     image = _check_image(image)
-    heat = _check_heatmap(heatmap)
+    heat = np.clip(check_heatmap(heatmap, tolerance=RANGE_TOLERANCE), 0.0, 1.0)
+    heat = heat.astype(np.float32)
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.floating, np.integer)) \
             or not 0.0 <= float(alpha) <= 1.0:
         raise InputError(f"alpha must be a number in [0, 1], got {alpha!r}")
@@ -177,20 +156,12 @@ def draw_boxes(
             bad colour or thickness.
     """
     image = _check_image(image)
-    if isinstance(boxes, torch.Tensor):
-        boxes = boxes.detach().cpu().numpy()
-    boxes = np.asarray(boxes, dtype=np.float64)
-    if boxes.ndim != 2 or boxes.shape[1] != 4:
-        raise InputError(f"boxes must have shape (K, 4), got {tuple(boxes.shape)}")
-    if not np.isfinite(boxes).all():
-        raise InputError("boxes contain NaN or inf")
+    boxes = check_boxes(boxes, array_like=True)
     count = boxes.shape[0]
     if labels is not None and len(labels) != count:
         raise InputError(f"labels must have {count} entries (one per box), got {len(labels)}")
     if scores is not None:
-        if isinstance(scores, torch.Tensor):
-            scores = scores.detach().cpu().numpy()
-        scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+        scores = to_numpy(scores, "scores", array_like=True).astype(np.float64).reshape(-1)
         if scores.shape[0] != count:
             raise InputError(
                 f"scores must have {count} entries (one per box), got {scores.shape[0]}"
