@@ -32,17 +32,20 @@ import torch
 
 import wsolkit
 import wsolkit.maps.rcam as rcam_module
+import wsolkit.maps.rcam_stages as stages_module
 from wsolkit.data.images import load_image
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.jpg"))
 TARGET_SECONDS = 0.5
-# Functions of wsolkit.maps.rcam wrapped with timers, by stage.
+# Functions wrapped with timers, by stage, in the module that calls them (wsolkit.maps.rcam
+# runs the forwards, PCAs, fusion and CRF; wsolkit.maps.rcam_stages the guided chains).
 TIMED = {
-    "pca shape maps": ("pca_shape_maps_batch",),
-    "variogram fits": ("variogram_radius",),
-    "guided filters": ("upsample_chain",),  # the x2 steps (bilinear x2 + guided filter)
-    "fusion": ("fuse", "normalize_minmax"),
-    "dense CRF": ("dense_crf",),
+    "pca shape maps": ((rcam_module, "pca_shape_maps_batch"),),
+    "variogram fits": ((stages_module, "variogram_radius"),),
+    # the x2 steps (bilinear x2 + guided filter)
+    "guided filters": ((stages_module, "upsample_chain"),),
+    "fusion": ((rcam_module, "fuse"), (rcam_module, "normalize_minmax")),
+    "dense CRF": ((rcam_module, "dense_crf"),),
 }
 
 
@@ -52,17 +55,17 @@ class StageClock:
     def __init__(self, module: torch.nn.Module) -> None:
         self.module = module
         self.seconds: dict[str, float] = defaultdict(float)
-        self._originals: dict[str, object] = {}
+        self._originals: dict[tuple[object, str], object] = {}
         self._handles: list = []
         self._started: list[float] = []
         self._active: set[str] = set()
 
     def __enter__(self) -> StageClock:
         for stage, names in TIMED.items():
-            for name in names:
-                original = getattr(rcam_module, name)
-                self._originals[name] = original
-                setattr(rcam_module, name, self._wrap(stage, original))
+            for module, name in names:
+                original = getattr(module, name)
+                self._originals[(module, name)] = original
+                setattr(module, name, self._wrap(stage, original))
 
         def before(_module, _inputs):
             self._started.append(time.perf_counter())
@@ -76,8 +79,8 @@ class StageClock:
         return self
 
     def __exit__(self, *exc) -> None:
-        for name, original in self._originals.items():
-            setattr(rcam_module, name, original)
+        for (module, name), original in self._originals.items():
+            setattr(module, name, original)
         for handle in self._handles:
             handle.remove()
 

@@ -59,10 +59,8 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
-import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
@@ -80,8 +78,15 @@ from wsolkit.maps.rcam_config import (
     STAGES,
     RCAMConfig,
 )
+from wsolkit.maps.rcam_stages import (
+    RCAMStages,
+    Scale,
+    concatenated,
+    guided_chains,
+    resize_square,
+    unique_rows,
+)
 from wsolkit.maps.shape import (
-    ShapeMaps,
     pca_shape_maps_batch,
     select_shape_layers,
     shape_layer_groups,
@@ -91,7 +96,6 @@ from wsolkit.models.classifier import Classifier, to_rgb_uint8
 from wsolkit.refine.crf import dense_crf
 from wsolkit.refine.fusion import fuse
 from wsolkit.refine.guided_filter import chain_radii, upsample_chain
-from wsolkit.refine.variogram import variogram_radius
 
 refine_crf = dense_crf
 """The dense CRF on ``rCAM_3`` (foreground ``rCAM_3``, background ``1 - rCAM_3``; ``size``
@@ -106,49 +110,6 @@ __all__ = [
 ]
 
 
-@dataclass
-class RCAMStages:
-    """Every intermediate result of rCAM for a batch; stages not computed are None.
-
-    Maps are numpy float32; ``(N, H, W)`` maps are at the input tensor's size.
-
-    Attributes:
-        classes: (N,) target class per map (from scale 1).
-        shape_layers: the layers of the x2 steps, coarse to fine.
-        p1: (N,) softmax probability of the class at scale 1.
-        p2: (N,) the same at scale 2.
-        cam1: (N, h1, w1) raw CAM at scale 1.
-        cam2: (N, h2, w2) raw CAM at scale 2.
-        shapes1: per shape layer, one :class:`ShapeMaps` per map at scale 1 (maps of one
-            image, e.g. one per class, share it).
-        shapes2: the same at scale 2.
-        radii1: (N, steps) guided filter radius of each step of the scale-1 chain.
-        radii2: the same for the scale-2 chain.
-        rcam1: (N, H, W) upsampled ``CAM_1`` (chain output, bilinear to the input size; CAM
-            units, not normalized).
-        rcam2: the same for ``CAM_2``.
-        fused: (N, H, W) ``rCAM_1 * P_1 + rCAM_2 * P_2`` before normalization.
-        rcam3: (N, H, W) ``fused`` min-max normalized to [0, 1].
-        rcam: (N, H, W) dense CRF foreground marginal, in [0, 1].
-    """
-
-    classes: np.ndarray
-    shape_layers: tuple[str, ...]
-    p1: np.ndarray | None = None
-    p2: np.ndarray | None = None
-    cam1: np.ndarray | None = None
-    cam2: np.ndarray | None = None
-    shapes1: list[list[ShapeMaps]] | None = None
-    shapes2: list[list[ShapeMaps]] | None = None
-    radii1: np.ndarray | None = None
-    radii2: np.ndarray | None = None
-    rcam1: np.ndarray | None = None
-    rcam2: np.ndarray | None = None
-    fused: np.ndarray | None = None
-    rcam3: np.ndarray | None = None
-    rcam: np.ndarray | None = None
-
-
 # ------------------------------------------------------------------------- methods
 
 
@@ -157,15 +118,6 @@ class _ShapeForward(ForwardPass):
     """The base's forward pass plus the shape layers' outputs captured during it."""
 
     shape_features: dict[str, torch.Tensor] = field(default_factory=dict)
-
-
-@dataclass
-class _Scale:
-    """One scale's forward pass: CAM, class probabilities and shape maps of unique images."""
-
-    cam: np.ndarray  # (N, h, w)
-    probs: np.ndarray  # (N,)
-    shapes: list[list[ShapeMaps]]  # [layer][unique image]
 
 
 class _RCAMBase(HeatmapMethod):
@@ -323,7 +275,7 @@ class _RCAMBase(HeatmapMethod):
         """Scale-2 input per row: the original image resized, or the input tensor resized."""
         side = self.config.scales[1]
         if forward.sources is None or self.config.scale2_input == "tensor":
-            return _resize(forward.images, side)
+            return resize_square(forward.images, side)
         at_side = replace(self.classifier, input_size=(side, side))
         batch = at_side.preprocess_batch(list(forward.sources)).to(forward.images.device)
         return batch[forward.targets.image_index.to(batch.device)]
@@ -349,10 +301,10 @@ class _RCAMBase(HeatmapMethod):
         config = self.config
         size = tuple(forward.images.shape[-2:])
         s1, s2 = config.scales
-        images1 = forward.images if size == (s1, s1) else _resize(forward.images, s1)
+        images1 = forward.images if size == (s1, s1) else resize_square(forward.images, s1)
         layers = self._shape_layers(images1, forward.layer)
         groups = self._shape_groups(images1, forward.layer)
-        unique, inverse = _unique_rows(forward.images)
+        unique, inverse = unique_rows(forward.images)
         need1 = until != "rcam2"
         need2 = until != "rcam1" or config.cross_scale
         stages = RCAMStages(classes=targets.classes.numpy().copy(), shape_layers=layers)
@@ -370,11 +322,11 @@ class _RCAMBase(HeatmapMethod):
         radius_of: dict[int, int] = {}
         if need1:
             extra = stages.shapes2[-1] if config.cross_scale else None
-            stages.rcam1, stages.radii1 = self._chains(stages.cam1, stages.shapes1, extra,
-                                                       inverse, size, radius_of)
+            stages.rcam1, stages.radii1 = guided_chains(
+                config, stages.cam1, stages.shapes1, extra, inverse, size, radius_of)
         if until != "rcam1":
-            stages.rcam2, stages.radii2 = self._chains(stages.cam2, stages.shapes2, None,
-                                                       inverse, size, radius_of)
+            stages.rcam2, stages.radii2 = guided_chains(
+                config, stages.cam2, stages.shapes2, None, inverse, size, radius_of)
         if until in ("rcam3", "rcam"):
             first_map, second_map = stages.rcam1, stages.rcam2
             if config.fuse_inputs == "minmax":
@@ -398,7 +350,7 @@ class _RCAMBase(HeatmapMethod):
     # -- helpers ---------------------------------------------------------------------------
 
     def _scale(self, forward: ForwardPass, images: torch.Tensor, unique: torch.Tensor,
-               inverse: torch.Tensor, groups: Sequence[Sequence[str]], cam: bool) -> _Scale:
+               inverse: torch.Tensor, groups: Sequence[Sequence[str]], cam: bool) -> Scale:
         """CAM, P(c) and shape maps at one scale, from one forward of the distinct images.
 
         When ``images`` is the base's input, the base's forward gives the CAM and the logits,
@@ -427,39 +379,9 @@ class _RCAMBase(HeatmapMethod):
         if cam:
             scaled = ForwardPass(images, forward.layer, activations, logits, forward.targets)
             cam_map = self._cam.layer_map(scaled).detach().float().cpu().numpy()
-        shapes = [pca_shape_maps_batch(_concatenated(captured, group), self.config.components)
+        shapes = [pca_shape_maps_batch(concatenated(captured, group), self.config.components)
                   for group in groups]
-        return _Scale(cam_map, probs.detach().cpu().numpy(), shapes)
-
-    def _chains(self, cams: np.ndarray, shapes: list[list[ShapeMaps]],
-                extra: list[ShapeMaps] | None, inverse: torch.Tensor, size: tuple[int, int],
-                radius_of: dict[int, int]) -> tuple[np.ndarray, np.ndarray]:
-        """Upsample each row's CAM through its image's guides, then bilinear to ``size``.
-
-        ``radius_of`` caches the variogram radius per shape map (by id) across chains: the
-        finest scale-2 map guides the last step of both chains but is fitted once.
-        """
-        config = self.config
-        per_image = []
-        for index in range(len(shapes[0])):
-            guides = [layer[index] for layer in shapes]
-            if extra is not None and _finer(extra[index].maps, guides[-1].maps):
-                guides.append(extra[index])
-            for guide in guides:
-                if config.radius is not None:
-                    radius_of[id(guide)] = config.radius
-                elif id(guide) not in radius_of:
-                    radius_of[id(guide)] = variogram_radius(
-                        guide.guide(), config.min_radius, config.max_radius,
-                        config.radius_scale, config.variogram_fit, config.sigma_as)
-            per_image.append(([g.maps for g in guides], [radius_of[id(g)] for g in guides]))
-        maps, radii_rows = [], []
-        for row, cam in enumerate(cams):
-            guides, radii = per_image[int(inverse[row])]
-            chained = upsample_chain(cam, guides, config.eps, radii)
-            maps.append(cv2.resize(chained, (size[1], size[0]), interpolation=cv2.INTER_LINEAR))
-            radii_rows.append(radii)
-        return np.stack(maps).astype(np.float32), np.asarray(radii_rows, dtype=np.int64)
+        return Scale(cam_map, probs.detach().cpu().numpy(), shapes)
 
 
 class RCAM1(_RCAMBase, name="rcam1",
@@ -495,44 +417,3 @@ def _split(value: object, kind: type, name: str) -> tuple:
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
         raise InputError(f"{name}={value!r}: expected a sequence")
     return tuple(value)
-
-
-def _concatenated(captured: dict[str, torch.Tensor], group: Sequence[str]) -> torch.Tensor:
-    """The outputs of a group of layers stacked along channels, at the first one's size."""
-    parts = [captured[name] for name in group]
-    size = parts[0].shape[-2:]
-    parts = [part if part.shape[-2:] == size else
-             F.interpolate(part.float(), size=tuple(size), mode="bilinear", align_corners=False)
-             for part in parts]
-    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
-
-
-def _resize(images: torch.Tensor, side: int) -> torch.Tensor:
-    """Bilinear resize of an NCHW batch to side x side (pixel centres, no antialiasing)."""
-    if tuple(images.shape[-2:]) == (side, side):
-        return images
-    return F.interpolate(images, size=(side, side), mode="bilinear", align_corners=False)
-
-
-def _unique_rows(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices of the distinct images of a batch and, per row, its distinct image's position.
-
-    Batches of one image repeated once per class (every-class maps) then cost one forward
-    and one set of shape maps per scale. Rows are compared exactly, after a cheap signature.
-    """
-    signatures = images.detach().flatten(1).double().sum(dim=1).tolist()
-    firsts: list[int] = []
-    inverse = []
-    for row, signature in enumerate(signatures):
-        for position, first in enumerate(firsts):
-            if signatures[first] == signature and torch.equal(images[row], images[first]):
-                inverse.append(position)
-                break
-        else:
-            inverse.append(len(firsts))
-            firsts.append(row)
-    return torch.tensor(firsts, dtype=torch.long), torch.tensor(inverse, dtype=torch.long)
-
-
-def _finer(extra: np.ndarray, last: np.ndarray) -> bool:
-    return extra.shape[-2] > last.shape[-2] and extra.shape[-1] > last.shape[-1]
