@@ -641,3 +641,28 @@ def test_evaluate_gives_rcam_the_original_image_for_scale_2(embedded_model):
     np.testing.assert_allclose(evaluation.images[0].heatmap, protocol_map(from_image),
                                atol=1e-5)
     assert np.abs(protocol_map(from_tensor) - protocol_map(from_image)).max() > 0.01
+
+
+def test_rcam_options_are_the_config_fields_checked_at_the_boundary():
+    from dataclasses import fields
+
+    from wsolkit.maps import make_method
+    from wsolkit.maps.options import option_defaults
+    from wsolkit.maps.rcam_config import OPTIONS
+
+    model = seeded(TwoStrideCNN)
+    config_fields = {f.name for f in fields(RCAMConfig)}
+    crf_fields = {f.name for f in fields(CRFParams)}
+    # every option names a config field, or a field of its CRF kernel
+    assert all(name in config_fields or name in crf_fields for name in OPTIONS)
+    accepted = option_defaults(RCAM)
+    assert set(OPTIONS) | {"layer", "fc", "upsample", "config", "preset"} == set(accepted)
+    method = make_method("rcam", model, eps=0.5, radius=0, bilateral_srgb=7.0)
+    assert method.config.eps == 0.5 and method.config.radius is None
+    assert method.config.crf.bilateral_srgb == 7.0
+    with pytest.raises(InputError, match="option eps='x' of rcam: expected a number"):
+        make_method("rcam", model, eps="x")
+    with pytest.raises(InputError, match="option 'window' is unknown to rcam"):
+        make_method("rcam", model, window=3)
+    with pytest.raises(TypeError, match="window"):
+        RCAM(model, window=3)

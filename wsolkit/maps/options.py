@@ -21,7 +21,8 @@ def option_defaults(method: type[HeatmapMethod]) -> dict[str, object]:
     """Keyword options of a method's constructor (``layer``, ``fc``, ...) and their defaults.
 
     Constructors that take ``**options`` pass them up the class hierarchy, so their parents'
-    keywords count too.
+    keywords count too, unless the class declares what ``**options`` takes in its
+    ``config_options`` (name -> default, e.g. rCAM's configuration fields).
     """
     found: dict[str, object] = {}
     for klass in method.__mro__:
@@ -32,6 +33,11 @@ def option_defaults(method: type[HeatmapMethod]) -> dict[str, object]:
             if parameter.kind in (parameter.KEYWORD_ONLY, parameter.POSITIONAL_OR_KEYWORD):
                 found.setdefault(parameter.name, parameter.default)
         if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+            break
+        declared = getattr(klass, "config_options", None)
+        if declared is not None:
+            for name, default in declared.items():
+                found.setdefault(name, default)
             break
     found.pop("model", None)
     return found

@@ -71,12 +71,14 @@ from wsolkit.maps.cam import CAM
 from wsolkit.maps.hooks import FORWARD_CHUNK, capture_layer, forward_capturing
 from wsolkit.maps.rcam_config import (
     FUSE_INPUTS,
+    OPTIONS,
     PRESETS,
     RCAM_CRF,
     SCALE2_INPUTS,
     SHAPE_GROUPS,
     STAGES,
     RCAMConfig,
+    with_options,
 )
 from wsolkit.maps.rcam_stages import (
     RCAMStages,
@@ -129,20 +131,11 @@ class _RCAMBase(HeatmapMethod):
         fc: name of the linear head (detected when omitted).
         upsample: unused (maps are computed at the input size); kept for the common signature.
         config: an :class:`RCAMConfig` (default settings when omitted).
-        scales: overrides ``config.scales``; a pair or a string ``"224,448"``.
-        shape_layers: overrides ``config.shape_layers``; names or ``"a,b"``.
-        eps: overrides ``config.eps``.
-        crf_iterations: overrides ``config.crf_iterations``.
-        radius: overrides ``config.radius`` (0 means None: the variogram rule).
-        radius_scale: overrides ``config.radius_scale``.
-        fuse_inputs: overrides ``config.fuse_inputs``.
-        crf_size: overrides ``config.crf_size`` (0 means None: the input size).
-        bilateral_srgb: overrides ``config.crf.bilateral_srgb``.
-        bilateral_compat: overrides ``config.crf.bilateral_compat``.
         preset: start from a named configuration of :data:`PRESETS` (``"paper"``,
-            ``"default"``) instead of ``config``; the other options override it.
-        scale2_input: overrides ``config.scale2_input``.
-        shape_group: overrides ``config.shape_group``.
+            ``"default"``) instead of ``config``; the options override it.
+        **options: fields of the configuration by name (``scales="224,448"``, ``radius=0``,
+            ``bilateral_srgb=7``, ...: :data:`wsolkit.maps.rcam_config.OPTIONS`), applied
+            over ``config`` or ``preset``.
 
     Raw maps (``HeatmapResult.raw``) are at the input size: the upsampled CAM for ``rcam1``,
     ``rcam2`` (CAM units), ``rCAM_1 * P_1 + rCAM_2 * P_2`` before normalization for ``rcam3``,
@@ -159,6 +152,8 @@ class _RCAMBase(HeatmapMethod):
     ``Classifier.preprocess`` makes it for the embedded model at 224).
     """
 
+    config_options: ClassVar[dict[str, object]] = OPTIONS
+    """Keyword options taken through ``**options`` (checked by ``make_method``)."""
     stage: ClassVar[str] = "rcam"
     """The map returned: the stage of the same name (set from ``name`` in each subclass)."""
 
@@ -177,19 +172,8 @@ class _RCAMBase(HeatmapMethod):
         fc: str | None = None,
         upsample: str = "bilinear",
         config: RCAMConfig | None = None,
-        scales: Sequence[int] | str | None = None,
-        shape_layers: Sequence[str] | str | None = None,
-        eps: float | None = None,
-        crf_iterations: int | None = None,
-        radius: int | None = None,
-        radius_scale: float | None = None,
-        fuse_inputs: str | None = None,
-        crf_size: int | None = None,
-        bilateral_srgb: float | None = None,
-        bilateral_compat: float | None = None,
         preset: str | None = None,
-        scale2_input: str | None = None,
-        shape_group: str | None = None,
+        **options: object,
     ) -> None:
         super().__init__(model, layer=layer, fc=fc, upsample=upsample)
         if preset is not None:
@@ -201,33 +185,7 @@ class _RCAMBase(HeatmapMethod):
         config = RCAMConfig() if config is None else config
         if not isinstance(config, RCAMConfig):
             raise InputError(f"config must be an RCAMConfig, got {type(config).__name__}")
-        overrides: dict[str, object] = {
-            name: value for name, value in (("scale2_input", scale2_input),
-                                            ("shape_group", shape_group))
-            if value is not None
-        }
-        if scales is not None:
-            overrides["scales"] = _split(scales, int, "scales")
-        if shape_layers is not None:
-            overrides["shape_layers"] = _split(shape_layers, str, "shape_layers")
-        if eps is not None:
-            overrides["eps"] = eps
-        if crf_iterations is not None:
-            overrides["crf_iterations"] = crf_iterations
-        if radius is not None:
-            overrides["radius"] = None if radius == 0 else radius
-        if radius_scale is not None:
-            overrides["radius_scale"] = radius_scale
-        if fuse_inputs is not None:
-            overrides["fuse_inputs"] = fuse_inputs
-        if crf_size is not None:
-            overrides["crf_size"] = None if crf_size == 0 else crf_size
-        kernel = {name: value for name, value in (("bilateral_srgb", bilateral_srgb),
-                                                  ("bilateral_compat", bilateral_compat))
-                  if value is not None}
-        if kernel:
-            overrides["crf"] = replace(config.crf, **kernel)
-        self.config = replace(config, **overrides) if overrides else config
+        self.config = with_options(config, options)
         self._cam = CAM(self.classifier, layer=layer, fc=fc)
         self.last_stages: RCAMStages | None = None
 
@@ -403,17 +361,3 @@ class RCAM(_RCAMBase, name="rcam", summary="rCAM: multi-scale CAMs, guided-filte
            "on PCA shape maps, dense CRF"):
     """rCAM: dense CRF on rCAM_3 (the paper's final high-resolution CAM)."""
 
-
-# ------------------------------------------------------------------------- small helpers
-
-
-def _split(value: object, kind: type, name: str) -> tuple:
-    if isinstance(value, str):
-        parts = [part.strip() for part in value.split(",") if part.strip()]
-        try:
-            return tuple(kind(part) for part in parts)
-        except ValueError:
-            raise InputError(f"{name}={value!r}: expected comma-separated values") from None
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        raise InputError(f"{name}={value!r}: expected a sequence")
-    return tuple(value)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -133,6 +133,57 @@ class RCAMConfig:
             raise InputError(f"crf_iterations={self.crf_iterations!r}: must be >= 1")
         if self.crf_size is not None and (not _positive_int(self.crf_size) or self.crf_size < 8):
             raise InputError(f"crf_size={self.crf_size!r}: must be None or an integer >= 8")
+
+
+OPTIONS: dict[str, object] = {
+    "scales": None, "shape_layers": None, "eps": 1e-2, "crf_iterations": 1, "radius": 2,
+    "radius_scale": 1.0, "fuse_inputs": None, "crf_size": 112, "scale2_input": None,
+    "shape_group": None, "bilateral_srgb": 5.0, "bilateral_compat": 5.0,
+}
+"""The rCAM method options (``--option KEY=VALUE``) and the defaults their values are typed
+by: :class:`RCAMConfig` fields, and two of its CRF kernel's (``bilateral_*``). ``scales`` and
+``shape_layers`` also take comma-separated text; ``radius=0`` is ``None`` (the variogram
+radius) and ``crf_size=0`` is ``None`` (the CRF at the input size)."""
+
+_ZERO_IS_NONE = ("radius", "crf_size")
+_CRF_OPTIONS = ("bilateral_srgb", "bilateral_compat")
+
+
+def with_options(config: RCAMConfig, options: dict[str, object]) -> RCAMConfig:
+    """``config`` with method options (:data:`OPTIONS`) applied; None values are not given.
+
+    Raises:
+        TypeError: an option :data:`OPTIONS` does not name (as a constructor would).
+        InputError: a value the config rejects.
+    """
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise TypeError(f"unexpected rCAM option(s): {', '.join(unknown)}")
+    fields: dict[str, object] = {}
+    kernel: dict[str, object] = {}
+    for name, value in options.items():
+        if value is None:
+            continue
+        if name in ("scales", "shape_layers"):
+            value = _split(value, int if name == "scales" else str, name)
+        elif name in _ZERO_IS_NONE and value == 0:
+            value = None
+        (kernel if name in _CRF_OPTIONS else fields)[name] = value
+    if kernel:
+        fields["crf"] = replace(config.crf, **kernel)
+    return replace(config, **fields) if fields else config
+
+
+def _split(value: object, kind: type, name: str) -> tuple:
+    if isinstance(value, str):
+        parts = [part.strip() for part in value.split(",") if part.strip()]
+        try:
+            return tuple(kind(part) for part in parts)
+        except ValueError:
+            raise InputError(f"{name}={value!r}: expected comma-separated values") from None
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        raise InputError(f"{name}={value!r}: expected a sequence")
+    return tuple(value)
 
 
 def _positive_int(value: object) -> bool:
