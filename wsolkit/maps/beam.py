@@ -55,7 +55,7 @@ from wsolkit.maps.subgrids import (
 )
 from wsolkit.maps.targets import Targets
 from wsolkit.models.classifier import Classifier
-from wsolkit.models.layers import get_layer
+from wsolkit.models.layers import get_layer, probe_modules
 from wsolkit.models.parallel import split_inference
 
 SCORES = ("probability", "logit")
@@ -358,22 +358,9 @@ def _autocast(fn: Callable[[torch.Tensor], torch.Tensor], dtype: torch.dtype,
 
 def _last_spatial_child(module: nn.Module, sample: torch.Tensor) -> str | None:
     """Name of the last top-level submodule (in run order) whose output is an (N, K, h, w) map."""
-    found: list[str] = []
-
-    def record(name: str):
-        def hook(_module, _inputs, output):
-            if (isinstance(output, torch.Tensor) and output.ndim == 4
-                    and output.shape[-2:].numel() > 1):
-                found.append(name)
-        return hook
-
-    handles = [m.register_forward_hook(record(n)) for n, m in module.named_children()]
-    try:
-        with torch.no_grad():
-            module(sample)
-    finally:
-        for handle in handles:
-            handle.remove()
+    probe = probe_modules(module, sample)
+    found = [name for name in probe.order if "." not in name
+             and len(probe.shapes[name]) == 4 and probe.shapes[name][-2:].numel() > 1]
     return found[-1] if found else None
 
 

@@ -9,8 +9,6 @@ filter). Which layers: :func:`select_shape_layers` (one per x2 step) and
 
 from __future__ import annotations
 
-import weakref
-from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,6 +18,7 @@ import torch
 from torch import nn
 
 from wsolkit.errors import InputError, LayerError
+from wsolkit.models.layers import ModuleProbe, probe_modules
 
 
 @dataclass(frozen=True)
@@ -170,48 +169,7 @@ def _as_tensor(features: object, ndim: int, layout: str) -> torch.Tensor:
 
 # ------------------------------------------------------------------------- shape layers
 
-_PROBED: weakref.WeakKeyDictionary[nn.Module, dict] = weakref.WeakKeyDictionary()
-
-
-@dataclass(frozen=True)
-class _Probe:
-    """Output shapes, call counts and completion order of every named module of one pass."""
-
-    shapes: dict[str, torch.Size]
-    calls: Counter
-    order: list[str]
-
-
-def _probe(module: nn.Module, sample: torch.Tensor) -> _Probe:
-    """Run ``module`` once on one image with temporary hooks on every named module (cached)."""
-    key = tuple(sample.shape[-3:])
-    cache = _PROBED.setdefault(module, {})
-    if key in cache:
-        return cache[key]
-    shapes: dict[str, torch.Size] = {}
-    calls: Counter[str] = Counter()
-    order: list[str] = []
-
-    def record(name: str):
-        def hook(_module, _inputs, output):
-            calls[name] += 1
-            if isinstance(output, torch.Tensor):
-                shapes[name] = output.shape
-                order.append(name)
-        return hook
-
-    handles = [m.register_forward_hook(record(n)) for n, m in module.named_modules() if n]
-    try:
-        with torch.no_grad():
-            module(sample[:1])
-    finally:
-        for handle in handles:
-            handle.remove()
-    cache[key] = _Probe(shapes, calls, order)
-    return cache[key]
-
-
-def _before(probe: _Probe, feature_layer: str) -> list[str]:
+def _before(probe: ModuleProbe, feature_layer: str) -> list[str]:
     """4-D outputs of modules that run once and complete before ``feature_layer``."""
     shapes = probe.shapes
     if feature_layer not in shapes or len(shapes[feature_layer]) != 4:
@@ -235,7 +193,7 @@ def select_shape_layers(module: nn.Module, sample: torch.Tensor, feature_layer: 
     Raises:
         LayerError: no layer at 2x or 4x the CAM resolution (name ``shape_layers``).
     """
-    probe = _probe(module, sample)
+    probe = probe_modules(module, sample)
     before = _before(probe, feature_layer)
     height, width = probe.shapes[feature_layer][2:]
     chosen = []
@@ -277,7 +235,7 @@ def shape_layer_groups(module: nn.Module, sample: torch.Tensor, feature_layer: s
     Raises:
         LayerError: a layer that did not output an (N, C, h, w) map before ``feature_layer``.
     """
-    probe = _probe(module, sample)
+    probe = probe_modules(module, sample)
     before = _before(probe, feature_layer)
     groups = []
     for layer in layers:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import difflib
+import weakref
+from collections import Counter
 from dataclasses import dataclass
 
 import torch
@@ -67,6 +69,63 @@ def is_channels_last_model(model: nn.Module) -> bool:
     return "Swin" in type(model).__name__
 
 
+@dataclass(frozen=True)
+class ModuleProbe:
+    """One forward pass of a model, seen by every named module.
+
+    Attributes:
+        shapes: output shape of each module whose output is a tensor.
+        calls: how many times each module ran.
+        order: tensor-output modules in completion order (a module that runs twice twice).
+        output: the model's output shape, or None when it is not a tensor.
+    """
+
+    shapes: dict[str, torch.Size]
+    calls: Counter
+    order: list[str]
+    output: torch.Size | None
+
+
+_PROBED: weakref.WeakKeyDictionary[nn.Module, dict] = weakref.WeakKeyDictionary()
+
+
+def probe_modules(model: nn.Module, sample: torch.Tensor, cached: bool = True) -> ModuleProbe:
+    """One forward pass of the first image of ``sample``, hooks on every named module.
+
+    The hooks are removed in ``finally``. With ``cached`` the result is kept per model and
+    input shape (for a model whose modules do not change). The one probe behind the choices
+    that depend on the architecture: the CAM head (:func:`detect_cam_head`, not cached: a
+    fine-tuned model gets a new head), rCAM's shape layers, beam's feature layer.
+    """
+    key = tuple(sample.shape[-3:])
+    cache = _PROBED.setdefault(model, {}) if cached else {}
+    if key in cache:
+        return cache[key]
+    shapes: dict[str, torch.Size] = {}
+    calls: Counter[str] = Counter()
+    order: list[str] = []
+
+    def record(name: str):
+        def hook(_module, _inputs, output):
+            calls[name] += 1
+            if isinstance(output, torch.Tensor):
+                shapes[name] = output.shape
+                order.append(name)
+        return hook
+
+    handles = [m.register_forward_hook(record(n)) for n, m in model.named_modules() if n]
+    try:
+        with torch.no_grad():
+            output = model(sample[:1])
+    finally:
+        for handle in handles:
+            handle.remove()
+    result = ModuleProbe(shapes, calls, order,
+                         output.shape if isinstance(output, torch.Tensor) else None)
+    cache[key] = result
+    return result
+
+
 def detect_cam_head(model: nn.Module, sample: torch.Tensor) -> CamHead:
     """Find the layer whose output is globally pooled into the final linear classifier.
 
@@ -79,34 +138,17 @@ def detect_cam_head(model: nn.Module, sample: torch.Tensor) -> CamHead:
     Raises:
         ModelError: if the model has no such head.
     """
-    shapes: dict[str, torch.Size] = {}
-    order: list[str] = []
-
-    def record(name: str):
-        def hook(_module, _inputs, output):
-            if isinstance(output, torch.Tensor):
-                shapes[name] = output.shape
-                order.append(name)
-        return hook
-
-    handles = [
-        m.register_forward_hook(record(n)) for n, m in model.named_modules() if n
-    ]
-    try:
-        with torch.no_grad():
-            logits = model(sample)
-    finally:
-        for handle in handles:
-            handle.remove()
-    if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
+    probe = probe_modules(model, sample, cached=False)
+    shapes, order = probe.shapes, probe.order
+    if probe.output is None or len(probe.output) != 2:
         raise ModelError(f"{type(model).__name__} does not return (N, classes) logits")
     linears = [
         (n, m) for n, m in model.named_modules()
-        if isinstance(m, nn.Linear) and m.out_features == logits.shape[1]
+        if isinstance(m, nn.Linear) and m.out_features == probe.output[1]
     ]
     if not linears:
         raise ModelError(
-            f"{type(model).__name__} has no nn.Linear producing its {logits.shape[1]} logits; "
+            f"{type(model).__name__} has no nn.Linear producing its {probe.output[1]} logits; "
             "CAM needs a global-average-pool + linear head (name it with fc=...)"
         )
     fc_name, fc = linears[-1]
