@@ -128,6 +128,24 @@ def test_preprocess_resizes_and_normalizes(tiny_model):
         classifier.preprocess(np.zeros((20, 30, 3)))
 
 
+def test_normalize_stacks_what_preprocess_makes_one_at_a_time(tiny_model):
+    classifier = Classifier(module=tiny_model, input_size=(12, 16), mean=(0.2, 0.5, 0.7),
+                            std=(0.3, 0.25, 0.5))
+    rng = np.random.default_rng(3)
+    image = Image.fromarray(rng.integers(0, 256, (37, 41, 3), dtype=np.uint8))
+    boxes = [(0.0, 0.0, 41.0, 37.0), (3.5, 2.0, 30.25, 20.0), (10.0, 11.0, 12.0, 13.0)]
+    pixels = np.stack([classifier.resize_region(image, box) for box in boxes])
+    assert pixels.shape == (3, 12, 16, 3) and pixels.dtype == np.uint8
+    stacked = classifier.normalize(pixels)
+    one_by_one = torch.stack([classifier.preprocess(image, box=box) for box in boxes])
+    assert torch.equal(stacked, one_by_one)
+    # the formula by hand, on the uint8 pixels: (x / 255 - mean) / std per channel
+    by_hand = (pixels.astype(np.float32) / np.float32(255) - np.float32([0.2, 0.5, 0.7])) \
+        / np.float32([0.3, 0.25, 0.5])
+    np.testing.assert_allclose(stacked.permute(0, 2, 3, 1).numpy(), by_hand, rtol=1e-6,
+                               atol=1e-6)
+
+
 # --------------------------------------------------------------------------- embedded model
 
 

@@ -35,6 +35,7 @@ import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import nn
@@ -293,13 +294,13 @@ class BeamSearch(HeatmapMethod):
                       rows: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
         """Regions (input pixels) cut from the source images, preprocessed at the input size."""
         height, width = int(size[0]), int(size[1])
-        crops = []
+        pixels = []
         for row, region in zip(rows.tolist(), regions.tolist(), strict=True):
             source = sources[row]
             sx, sy = source.width / width, source.height / height
             box = (region[0] * sx, region[1] * sy, region[2] * sx, region[3] * sy)
-            crops.append(self.classifier.preprocess(source, box=box, size=(height, width)))
-        return torch.stack(crops)
+            pixels.append(self.classifier.resize_region(source, box, (height, width)))
+        return self.classifier.normalize(np.stack(pixels))
 
     def _scores(self, logits: torch.Tensor, targets: Targets, rows: torch.Tensor) -> torch.Tensor:
         if targets.score_fn is not None:

@@ -79,15 +79,31 @@ class Classifier:
             size: optional (height, width) instead of ``input_size``. The image's own size
                 keeps it as it is (a fully convolutional pass at full resolution).
         """
+        return self.normalize(self.resize_region(image, box, size)[None])[0]
+
+    def resize_region(self, image: Image.Image, box: Sequence[float] | None = None,
+                      size: tuple[int, int] | None = None) -> np.ndarray:
+        """The (H, W, 3) uint8 pixels :meth:`preprocess` normalizes.
+
+        A bilinear resize of the image, or of its ``box`` region, to ``size`` (default
+        ``input_size``).
+        """
         if not isinstance(image, Image.Image) or image.mode != "RGB":
             raise InputError("preprocess expects an RGB PIL image (see wsolkit.load_image)")
         height, width = self.input_size if size is None else size
         region = None if box is None else tuple(float(v) for v in box)
-        resized = image.resize((width, height), Image.Resampling.BILINEAR, box=region)
-        array = np.asarray(resized, dtype=np.float32) / 255.0
-        tensor = torch.from_numpy(array).permute(2, 0, 1)
-        mean = torch.tensor(self.mean).view(3, 1, 1)
-        std = torch.tensor(self.std).view(3, 1, 1)
+        return np.asarray(image.resize((width, height), Image.Resampling.BILINEAR, box=region))
+
+    def normalize(self, pixels: np.ndarray) -> torch.Tensor:
+        """(N, H, W, 3) uint8 RGB pixels -> (N, 3, H, W) float32 ``(x / 255 - mean) / std``.
+
+        One pass for a whole stack of crops (beam's re-encoded regions); :meth:`preprocess`
+        is this on one resized image.
+        """
+        pixels = np.ascontiguousarray(pixels)
+        tensor = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255.0
+        mean = torch.tensor(self.mean).view(1, 3, 1, 1)
+        std = torch.tensor(self.std).view(1, 3, 1, 1)
         return (tensor - mean) / std
 
     def preprocess_batch(self, images: Sequence[Image.Image]) -> torch.Tensor:
