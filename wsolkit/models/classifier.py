@@ -100,7 +100,7 @@ class Classifier:
         One pass for a whole stack of crops (beam's re-encoded regions); :meth:`preprocess`
         is this on one resized image.
         """
-        pixels = np.ascontiguousarray(pixels)
+        pixels = np.require(pixels, requirements=["C", "W"])  # PIL's arrays are read-only
         tensor = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255.0
         mean = torch.tensor(self.mean).view(1, 3, 1, 1)
         std = torch.tensor(self.std).view(1, 3, 1, 1)
