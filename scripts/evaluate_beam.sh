@@ -4,7 +4,7 @@
 # PART=imagenet (or all, the default): imagenet-dev (boxes, target = GT class, embedded ImageNet
 #   model): MaxBoxAcc, V2, top-1 loc of cam, and of beam with deeper levels cropped from the
 #   source image (crop_from=image, the paper's) and from the 224x224 input tensor (CROPS="image
-#   tensor", the default, or one of them). With
+#   tensor", the default, or one of them, or none when empty). With
 #   BF16_LIMIT=N (default 50), beam with bfloat16 crop passes (precision=bfloat16) and its
 #   float32 twin are also scored on the first N images (BF16_LIMIT=0: skipped).
 # PART=coco (or all): coco-mini (multi-object) with a model of COCO's 80 classes: the
@@ -38,10 +38,16 @@ keep() {  # keep REPORT_DIR NAME: copy the report's metrics.json into benchmarks
 if [ "$part" = all ] || [ "$part" = imagenet ]; then
     wsolkit evaluate "$data/imagenet-dev" --method cam --out "$out/imagenet-dev-cam" --quiet "$@"
     keep "$out/imagenet-dev-cam" imagenet_dev_cam
-    for crop in ${CROPS:-image tensor}; do
+    for crop in ${CROPS-image tensor}; do
         wsolkit evaluate "$data/imagenet-dev" --method beam --option "crop_from=$crop" \
             --out "$out/imagenet-dev-$crop" --quiet "$@"
         keep "$out/imagenet-dev-$crop" "imagenet_dev_beam_$crop"
+    done
+    # BEAM_WIDTHS="4 ...": beam (source-image crops) at other beam widths M than the paper's 8
+    for width in ${BEAM_WIDTHS:-}; do
+        wsolkit evaluate "$data/imagenet-dev" --method beam --option "beam_width=$width" \
+            --out "$out/imagenet-dev-m$width" --quiet "$@"
+        keep "$out/imagenet-dev-m$width" "imagenet_dev_beam_m$width"
     done
     bf16_limit=${BF16_LIMIT:-50}
     if [ "$bf16_limit" -gt 0 ]; then
