@@ -7,7 +7,6 @@ failed rows. Overlays are drawn only on request (every image, or an evenly sprea
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from wsolkit.apps.engine import (
 )
 from wsolkit.apps.localize_core import Extras, LocalizeCore, LocalizeSettings
 from wsolkit.apps.outputs import OutputNamer
-from wsolkit.data.atomic import write_bytes_atomic
+from wsolkit.data.atomic import write_npy_atomic
 from wsolkit.models.classifier import Classifier
 from wsolkit.viz import save_png
 
@@ -86,14 +85,9 @@ def localize_files(
             report.overlays += 1
         if extras.heatmap is not None:
             heatmap = namer.name(stem, f".{settings.method}.npy")
-            _save_map(heatmap, extras.heatmap)
+            write_npy_atomic(heatmap, extras.heatmap.astype(np.float16))
             row["map"] = heatmap.name
 
     return run_local(core, classifier, paths, out_dir, settings.batch_size, job, write_extras,
                      progress)
 
-
-def _save_map(path: Path, heatmap: np.ndarray) -> None:
-    buffer = io.BytesIO()
-    np.save(buffer, heatmap.astype(np.float16))
-    write_bytes_atomic(path, buffer.getvalue())

@@ -11,7 +11,6 @@ over many files (rows, shards, process pool) is :func:`wsolkit.apps.segment_core
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any, Literal
 import cv2
 import numpy as np
 
-from wsolkit.data.atomic import write_bytes_atomic
+from wsolkit.data.atomic import write_npy_atomic
 from wsolkit.errors import DependencyError, InputError
 from wsolkit.refine.grabcut import RULES, grabcut, stratify
 from wsolkit.refine.resize import INTERPOLATIONS, resize_map
@@ -139,9 +138,7 @@ def save_mask_map(folder: Path, stem: str, mask: np.ndarray) -> None:
     (``<image_id>.npy``; the image id of a mask folder is the file stem), so saved masks get
     the evaluation's pixel metrics (mIoU, F-measure, MAE) on its 224x224 protocol grid.
     """
-    handle = io.BytesIO()
-    np.save(handle, np.asarray(mask, dtype=np.float32), allow_pickle=False)
-    write_bytes_atomic(folder / f"{stem}.npy", handle.getvalue())
+    write_npy_atomic(folder / f"{stem}.npy", np.asarray(mask, dtype=np.float32))
 
 
 def stratify_options(settings: Any) -> dict[str, Any]:

@@ -8,6 +8,8 @@ import os
 import secrets
 from pathlib import Path
 
+import numpy as np
+
 from wsolkit.errors import InputError
 
 
@@ -70,6 +72,13 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
 def write_json_atomic(path: str | os.PathLike[str], data: object) -> None:
     """Write ``data`` as indented UTF-8 JSON, atomically (see :func:`write_bytes_atomic`)."""
     write_bytes_atomic(path, (json.dumps(data, indent=2) + "\n").encode("utf-8"))
+
+
+def write_npy_atomic(path: str | os.PathLike[str], array: np.ndarray) -> None:
+    """``np.save`` ``array`` (no pickles) atomically (see :func:`write_bytes_atomic`)."""
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    write_bytes_atomic(path, buffer.getvalue())
 
 
 def write_torch_atomic(path: str | os.PathLike[str], data: object) -> bytes:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import io
 import os
 from pathlib import Path
 
 import numpy as np
 
-from wsolkit.data.atomic import make_out_dir, write_bytes_atomic
+from wsolkit.data.atomic import make_out_dir, write_npy_atomic
 from wsolkit.errors import InputError
 
 __all__ = ["load_map", "save_map"]
@@ -47,6 +46,4 @@ def save_map(folder: Path, image_id: str, heatmap: np.ndarray,
         raise InputError(f"{option} {folder}: the map of image {image_id!r} would be "
                          "written outside it")
     make_out_dir(path.parent, option)
-    handle = io.BytesIO()
-    np.save(handle, heatmap.astype(np.float32), allow_pickle=False)
-    write_bytes_atomic(path, handle.getvalue())
+    write_npy_atomic(path, heatmap.astype(np.float32))
