@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from wsolkit.apps.class_scoring import BOX_SCORES, select_classes
+from wsolkit.apps.class_scoring import check_box_score, select_classes
 from wsolkit.apps.cooccurrence import rescore
 from wsolkit.errors import InputError
 from wsolkit.maps.base import check_images
@@ -105,8 +105,7 @@ def beam_boxes(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     tuned = load_thresholds(thresholds)
-    if box_score not in BOX_SCORES:
-        raise InputError(f"box_score={box_score!r}: use one of {', '.join(BOX_SCORES)}")
+    check_box_score(box_score)
     method = BeamSearch(classifier, beam_width=beam_width, levels=levels, crop_from=crop_from)
     scores = class_scores(classifier, images).double().numpy()
     if cooccurrence is not None:
@@ -137,8 +136,7 @@ def heat_boxes(heat: np.ndarray, threshold: float, class_index: int,
         box_score: ``"blob"``: the blob's mean heat times ``class_score`` (ours);
             ``"box"``: the mean heat inside the box (Bency et al., sec. 3.4).
     """
-    if box_score not in BOX_SCORES:
-        raise InputError(f"box_score={box_score!r}: use one of {', '.join(BOX_SCORES)}")
+    check_box_score(box_score)
     if not heat.any():
         return []
     found = localize(heat, "fixed", threshold, mode="all")

@@ -44,10 +44,17 @@ from wsolkit.maps.hooks import eval_mode
 from wsolkit.maps.targets import Targets
 from wsolkit.refine import box_means, localize_stack, scale_boxes
 
-__all__ = ["BOX_SCORES", "ClassMaps", "ClassScorer", "class_maps", "classes_to_detect",
-           "every_class", "maps_of_result", "select_classes"]
+__all__ = ["BOX_SCORES", "ClassMaps", "ClassScorer", "check_box_score", "class_maps",
+           "classes_to_detect", "every_class", "maps_of_result", "select_classes"]
 
 BOX_SCORES = ("blob", "box")
+
+
+def check_box_score(box_score: str) -> str:
+    """``box_score`` if it is one of :data:`BOX_SCORES`, else a one-line :class:`InputError`."""
+    if box_score not in BOX_SCORES:
+        raise InputError(f"box_score={box_score!r}: use one of {', '.join(BOX_SCORES)}")
+    return box_score
 
 
 class ClassMaps:
@@ -212,8 +219,7 @@ class ClassScorer:
 
     def __init__(self, num_classes: int, threshold: float,
                  class_thresholds: np.ndarray | None = None, box_score: str = "blob") -> None:
-        if box_score not in BOX_SCORES:
-            raise InputError(f"box_score={box_score!r}: use one of {', '.join(BOX_SCORES)}")
+        check_box_score(box_score)
         if class_thresholds is not None and len(class_thresholds) != num_classes:
             raise InputError(f"class_thresholds has {len(class_thresholds)} values for "
                              f"{num_classes} classes")
