@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import io
 import json
 import os
@@ -38,6 +39,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -86,6 +88,49 @@ def command_rate(folder: Path, count: int, args: list[str], scratch: Path,
     return count / seconds
 
 
+def interleaved_rates(model: wsolkit.Classifier, tensors: list[torch.Tensor], batch: int,
+                      runners: dict[str, Callable[[], float]], repeats: int,
+                      ray_actors: bool, digits: int = 1
+                      ) -> tuple[dict[str, list[float]], dict[str, list[float]], list[float]]:
+    """Time the forward pass, then each runner, once per repeat (interleaved, so a slow drift
+    of a shared machine hits every row alike).
+
+    Returns ``(rates, ratios, load)``: images/s per row and repeat (``forward`` first), each
+    rate over that repeat's forward rate, and the 1-min load average before and after each
+    repeat. Ray is started first when ``ray_actors``.
+    """
+    load = [os.getloadavg()[0]]
+    if ray_actors:
+        import ray
+
+        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    forward_rate(model, tensors[: batch * 2], batch)  # warm-up
+    rates: dict[str, list[float]] = {"forward": [], **{name: [] for name in runners}}
+    ratios: dict[str, list[float]] = {name: [] for name in rates}
+    for repeat in range(repeats):
+        base = forward_rate(model, tensors, batch)
+        rates["forward"].append(base)
+        for name, runner in runners.items():
+            rates[name].append(runner())
+        for name, values in rates.items():
+            ratios[name].append(values[-1] / base)
+        load.append(os.getloadavg()[0])
+        print(f"repeat {repeat + 1}/{repeats}: " + ", ".join(
+            f"{name} {values[-1]:.{digits}f}/s" for name, values in rates.items()),
+            file=sys.stderr)
+    return rates, ratios, load
+
+
+def run_facts(script: str, args: argparse.Namespace, images: int, load: list[float]) -> dict:
+    """What every throughput output records about its run."""
+    return {
+        "command": f"python benchmarks/{script} " + " ".join(sys.argv[1:]),
+        "torch": torch.__version__, "machine": platform.machine(), "cpus": os.cpu_count(),
+        "threads": args.threads, "batch_size": args.batch_size, "images": images,
+        "repeats": args.repeats, "load_average_1min": [round(v, 2) for v in load],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
@@ -102,7 +147,6 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     methods = [m for m in args.methods.split(",") if m]
     actors = [int(a) for a in args.ray.split(",") if a]
-    load = [os.getloadavg()[0]]
     scratch = Path(tempfile.mkdtemp(prefix="wsolkit-throughput-"))
     try:
         folder = scratch / "images"
@@ -113,34 +157,17 @@ def main() -> None:
         common = ["--batch-size", str(args.batch_size), "--device", "cpu"]
         if args.workers is not None:
             common += ["--workers", str(args.workers)]
-        rows = {"forward": []}
+        runners = {}
         for method in methods:
-            rows[f"localize {method}"] = []
+            runners[f"localize {method}"] = functools.partial(
+                command_rate, folder, len(files), ["--method", method, *common], scratch)
             for n in actors if method == methods[0] else []:
-                rows[f"ray {method} ({n} actor{'s' if n > 1 else ''})"] = []
-        if actors:
-            import ray
-
-            ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
-        forward_rate(model, tensors[: args.batch_size * 2], args.batch_size)  # warm-up
-        ratios = {name: [] for name in rows}
-        for repeat in range(args.repeats):
-            base = forward_rate(model, tensors, args.batch_size)
-            rows["forward"].append(base)
-            for method in methods:
-                rate = command_rate(folder, len(files), ["--method", method, *common], scratch)
-                rows[f"localize {method}"].append(rate)
-                for n in actors if method == methods[0] else []:
-                    rate_ray = command_rate(
-                        folder, len(files),
-                        ["--method", method, *common, "--engine", "ray", "--actors", str(n)],
-                        scratch)
-                    rows[f"ray {method} ({n} actor{'s' if n > 1 else ''})"].append(rate_ray)
-            for name, rates in rows.items():
-                ratios[name].append(rates[-1] / base)
-            load.append(os.getloadavg()[0])
-            print(f"repeat {repeat + 1}/{args.repeats}: " + ", ".join(
-                f"{name} {rates[-1]:.1f}/s" for name, rates in rows.items()), file=sys.stderr)
+                runners[f"ray {method} ({n} actor{'s' if n > 1 else ''})"] = functools.partial(
+                    command_rate, folder, len(files),
+                    ["--method", method, *common, "--engine", "ray", "--actors", str(n)],
+                    scratch)
+        rows, ratios, load = interleaved_rates(model, tensors, args.batch_size, runners,
+                                               args.repeats, bool(actors))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     table = []
@@ -155,13 +182,7 @@ def main() -> None:
             "met": (ratio >= TARGET) if localize_row else None,
             "runs_images_per_s": [round(r, 2) for r in rates],
         })
-    result = {
-        "command": "python benchmarks/localize_throughput.py " + " ".join(sys.argv[1:]),
-        "torch": torch.__version__, "machine": platform.machine(), "cpus": os.cpu_count(),
-        "threads": args.threads, "batch_size": args.batch_size, "images": len(files),
-        "repeats": args.repeats, "load_average_1min": [round(v, 2) for v in load],
-        "rows": table,
-    }
+    result = {**run_facts("localize_throughput.py", args, len(files), load), "rows": table}
     print(f"torch {torch.__version__}, {platform.machine()}, {os.cpu_count()} cores, "
           f"{args.threads} threads, batch {args.batch_size}, {len(files)} JPEGs "
           f"(imagenet-dev x{args.repeat}), {args.repeats} repeats, 1-min load average "

@@ -27,19 +27,19 @@ average is recorded because on a shared machine the numbers drift.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from localize_throughput import DEV, command_rate, forward_rate
+from localize_throughput import DEV, command_rate, interleaved_rates, run_facts
 
 import wsolkit
 from wsolkit.apps.segment import SegmentSettings, image_heatmaps, segment_heatmap
@@ -70,7 +70,6 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     jobs = [int(j) for j in args.jobs.split(",") if j]
     actors = [int(a) for a in args.ray.split(",") if a]
-    load = [os.getloadavg()[0]]
     scratch = Path(tempfile.mkdtemp(prefix="wsolkit-segment-throughput-"))
     try:
         folder = scratch / "images"
@@ -93,32 +92,17 @@ def main() -> None:
         common = ["--batch-size", str(args.batch_size), "--device", "cpu"]
         if args.workers is not None:
             common += ["--workers", str(args.workers)]
-        runs = {"forward": [], "grabcut (one process, maps in memory)": []}
-        commands = {}
+        runners = {"grabcut (one process, maps in memory)":
+                   functools.partial(grabcut_rate, pixels, heatmaps, settings)}
         for n in jobs:
-            commands[f"segment --jobs {n}"] = [*common, "--jobs", str(n)]
+            runners[f"segment --jobs {n}"] = functools.partial(
+                command_rate, folder, len(files), [*common, "--jobs", str(n)], scratch, "segment")
         for n in actors:
-            commands[f"segment ray ({n} actor{'s' if n > 1 else ''})"] = [
-                *common, "--engine", "ray", "--actors", str(n)]
-        runs.update({name: [] for name in commands})
-        if actors:
-            import ray
-
-            ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
-        forward_rate(model, tensors[: args.batch_size * 2], args.batch_size)  # warm-up
-        ratios = {name: [] for name in runs}
-        for repeat in range(args.repeats):
-            base = forward_rate(model, tensors, args.batch_size)
-            runs["forward"].append(base)
-            runs["grabcut (one process, maps in memory)"].append(
-                grabcut_rate(pixels, heatmaps, settings))
-            for name, argv in commands.items():
-                runs[name].append(command_rate(folder, len(files), argv, scratch, "segment"))
-            for name, rates in runs.items():
-                ratios[name].append(rates[-1] / base)
-            load.append(os.getloadavg()[0])
-            print(f"repeat {repeat + 1}/{args.repeats}: " + ", ".join(
-                f"{name} {rates[-1]:.2f}/s" for name, rates in runs.items()), file=sys.stderr)
+            runners[f"segment ray ({n} actor{'s' if n > 1 else ''})"] = functools.partial(
+                command_rate, folder, len(files),
+                [*common, "--engine", "ray", "--actors", str(n)], scratch, "segment")
+        runs, ratios, load = interleaved_rates(model, tensors, args.batch_size, runners,
+                                               args.repeats, bool(actors), digits=2)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     table = [{
@@ -128,10 +112,7 @@ def main() -> None:
         "runs_images_per_s": [round(r, 3) for r in rates],
     } for name, rates in runs.items()]
     result = {
-        "command": "python benchmarks/segment_throughput.py " + " ".join(sys.argv[1:]),
-        "torch": torch.__version__, "machine": platform.machine(), "cpus": os.cpu_count(),
-        "threads": args.threads, "batch_size": args.batch_size, "images": len(files),
-        "repeats": args.repeats, "load_average_1min": [round(v, 2) for v in load],
+        **run_facts("segment_throughput.py", args, len(files), load),
         "settings": "SegmentSettings() defaults: objectness, dense CRF, quantile rule, "
                     "GrabCut 5 iterations at max side 256",
         "rows": table,
