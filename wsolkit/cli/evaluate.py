@@ -16,7 +16,10 @@ from wsolkit.cli.options import (
     EXIT_OK,
     add_command,
     add_common,
+    add_engine_options,
+    add_workers_option,
     check_limit,
+    check_minimums,
     device,
     parse_options,
 )
@@ -27,22 +30,12 @@ from wsolkit.maps import get_method, method_names
 from wsolkit.maps.options import option_defaults
 
 
-def add_engine_options(run: argparse.ArgumentParser) -> None:
+def add_evaluate_engine_options(run: argparse.ArgumentParser) -> None:
     """``evaluate``'s engine options: decoding workers, Ray (docs/scale.md)."""
     job = run.add_argument_group("large evaluations (docs/scale.md)")
-    job.add_argument("--workers", type=int, default=None,
-                     help="decoding worker processes (default: CPU cores - 1, at least 1; 0 "
-                          "decodes in the main process)")
-    job.add_argument("--engine", choices=["local", "ray"], default="local",
-                     help="local, or ray: the maps made by Ray Data actors, the metrics here "
-                          "(pip install 'wsolkit[ray]')")
-    job.add_argument("--address", default=None,
-                     help="with --engine ray: cluster address (auto: the running cluster)")
-    job.add_argument("--actors", type=int, default=1,
-                     help="with --engine ray: model actors (default 1)")
-    job.add_argument("--actor-cpus", type=float, default=None,
-                     help="with --engine ray: CPUs reserved per actor (default: 1 on machines "
-                          "with more than 4 cores, else 0.5)")
+    add_workers_option(job)
+    add_engine_options(job, "local, or ray: the maps made by Ray Data actors, the metrics here "
+                            "(pip install 'wsolkit[ray]')")
 
 
 def run_evaluate(args: argparse.Namespace, options: dict | None = None) -> int:
@@ -54,9 +47,7 @@ def run_evaluate(args: argparse.Namespace, options: dict | None = None) -> int:
     if args.maps is not None and len(methods) > 1:
         raise InputError("--maps scores one set of maps; give a single --method")
     check_limit(args.limit)
-    for flag, value, least in (("--workers", args.workers, 0), ("--actors", args.actors, 1)):
-        if value is not None and value < least:
-            raise InputError(f"{flag} {value}: must be at least {least}")
+    check_minimums(("--workers", args.workers, 0), ("--actors", args.actors, 1))
     job = JobOptions(workers=default_workers() if args.workers is None else args.workers)
     ray = None
     if args.engine == "ray" and args.maps is None:
@@ -170,4 +161,4 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                method_help="heatmap method, a comma-separated list, or 'all' (default cam)",
                option="method option (repeatable); with --method all, given to the methods "
                       "that take it")
-    add_engine_options(run)
+    add_evaluate_engine_options(run)

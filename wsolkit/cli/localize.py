@@ -11,6 +11,7 @@ from wsolkit.cli.options import (
     add_command,
     add_common,
     add_job_options,
+    check_minimums,
     device,
     image_files,
     overlays,
@@ -59,10 +60,8 @@ def run_localize(args: argparse.Namespace) -> int:
     get_method(args.method)  # fail on a typo before loading anything
     check_out_dir(args.out)
     options = parse_options(args.option)
-    for flag, value, least in (("--batch-size", args.batch_size, 1), ("--workers", args.workers, 0),
-                               ("--shard-size", args.shard_size, 1), ("--actors", args.actors, 1)):
-        if value is not None and value < least:
-            raise InputError(f"{flag} {value}: must be at least {least}")
+    check_minimums(("--batch-size", args.batch_size, 1), ("--workers", args.workers, 0),
+                   ("--shard-size", args.shard_size, 1), ("--actors", args.actors, 1))
     job = JobOptions(
         workers=default_workers() if args.workers is None else args.workers,
         shard_size=args.shard_size,

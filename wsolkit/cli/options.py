@@ -69,9 +69,7 @@ def add_job_options(parser: argparse.ArgumentParser, save_maps: bool = True) -> 
     ``save_maps=False`` leaves ``--save-maps`` to the command (``segment``'s takes a folder).
     """
     job = parser.add_argument_group("large jobs (docs/scale.md)")
-    job.add_argument("--workers", type=int, default=None,
-                     help="decoding worker processes (default: CPU cores - 1, at least 1; "
-                          "0 decodes in the main process)")
+    add_workers_option(job)
     job.add_argument("--shard-size", type=int, default=1000,
                      help="rows per output shard rows-NNNNNN.jsonl (default 1000)")
     shown = job.add_mutually_exclusive_group()
@@ -83,16 +81,38 @@ def add_job_options(parser: argparse.ArgumentParser, save_maps: bool = True) -> 
         job.add_argument("--save-maps", action="store_true",
                          help="write each image's heatmap (model input size, float16) as "
                               "<stem>.<method>.npy, named in its row")
-    job.add_argument("--engine", choices=["local", "ray"], default="local",
-                     help="local (this machine) or ray (Ray Data; pip install 'wsolkit[ray]')")
-    job.add_argument("--address", default=None,
-                     help="with --engine ray: cluster address (auto: the running cluster; "
-                          "default: start Ray locally)")
-    job.add_argument("--actors", type=int, default=1,
-                     help="with --engine ray: model actors (default 1)")
-    job.add_argument("--actor-cpus", type=float, default=None,
-                     help="with --engine ray: CPUs reserved per actor (default: 1 on machines "
-                          "with more than 4 cores, else 0.5)")
+    add_engine_options(job, "local (this machine) or ray (Ray Data; pip install "
+                            "'wsolkit[ray]')")
+
+
+def add_workers_option(group: argparse._ActionsContainer) -> None:
+    """``--workers``: the decoding worker processes of a job (docs/scale.md)."""
+    group.add_argument("--workers", type=int, default=None,
+                       help="decoding worker processes (default: CPU cores - 1, at least 1; "
+                            "0 decodes in the main process)")
+
+
+def add_engine_options(group: argparse._ActionsContainer, engine_help: str) -> None:
+    """``--engine``, ``--address``, ``--actors``, ``--actor-cpus`` (docs/scale.md)."""
+    group.add_argument("--engine", choices=["local", "ray"], default="local", help=engine_help)
+    group.add_argument("--address", default=None,
+                       help="with --engine ray: cluster address (auto: the running cluster; "
+                            "default: start Ray locally)")
+    group.add_argument("--actors", type=int, default=1,
+                       help="with --engine ray: model actors (default 1)")
+    group.add_argument("--actor-cpus", type=float, default=None,
+                       help="with --engine ray: CPUs reserved per actor (default: 1 on "
+                            "machines with more than 4 cores, else 0.5)")
+
+
+def check_minimums(*checks: tuple[str, int | None, int]) -> None:
+    """Raise a one-line :class:`InputError` at the first given value under its least.
+
+    Each check is ``(flag, value, least)``; a value of None (not given) passes.
+    """
+    for flag, value, least in checks:
+        if value is not None and value < least:
+            raise InputError(f"{flag} {value}: must be at least {least}")
 
 
 def overlays(args: argparse.Namespace) -> str | int:

@@ -11,6 +11,7 @@ from wsolkit.cli.options import (
     add_command,
     add_common,
     add_job_options,
+    check_minimums,
     device,
     overlays,
     parse_options,
@@ -241,10 +242,8 @@ def run_segment(args: argparse.Namespace, options: dict | None = None) -> int:
     check_out_dir(args.out)
     options = parse_options(args.option) if options is None else options
     settings = segment_settings(args, options)
-    for flag, value, least in (("--workers", args.workers, 0), ("--jobs", args.jobs, 1),
-                               ("--shard-size", args.shard_size, 1), ("--actors", args.actors, 1)):
-        if value is not None and value < least:
-            raise InputError(f"{flag} {value}: must be at least {least}")
+    check_minimums(("--workers", args.workers, 0), ("--jobs", args.jobs, 1),
+                   ("--shard-size", args.shard_size, 1), ("--actors", args.actors, 1))
     job = JobOptions(workers=default_workers() if args.workers is None else args.workers,
                      shard_size=args.shard_size, overlays=overlays(args),
                      jobs=default_workers() if args.jobs is None else args.jobs,
