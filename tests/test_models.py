@@ -139,6 +139,9 @@ def test_normalize_stacks_what_preprocess_makes_one_at_a_time(tiny_model):
     stacked = classifier.normalize(pixels)
     one_by_one = torch.stack([classifier.preprocess(image, box=box) for box in boxes])
     assert torch.equal(stacked, one_by_one)
+    other = Image.fromarray(rng.integers(0, 256, (9, 70, 3), dtype=np.uint8))
+    assert torch.equal(classifier.preprocess_batch([image, other]),
+                       torch.stack([classifier.preprocess(image), classifier.preprocess(other)]))
     # the formula by hand, on the uint8 pixels: (x / 255 - mean) / std per channel
     by_hand = (pixels.astype(np.float32) / np.float32(255) - np.float32([0.2, 0.5, 0.7])) \
         / np.float32([0.3, 0.25, 0.5])

@@ -108,7 +108,10 @@ class Classifier:
 
     def preprocess_batch(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """Preprocess several PIL images into one NCHW batch on the model's device."""
-        return torch.stack([self.preprocess(image) for image in images]).to(self.device)
+        if not images:
+            return torch.stack([]).to(self.device)  # torch's own error for an empty batch
+        return self.normalize(np.stack([self.resize_region(image) for image in images])
+                              ).to(self.device)
 
     def to_rgb(self, images: torch.Tensor) -> np.ndarray:
         """The inverse of :meth:`preprocess`: (N, 3, H, W) batch -> (N, H, W, 3) uint8 RGB."""
