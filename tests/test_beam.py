@@ -671,3 +671,17 @@ def test_tune_beam_command(tmp_path):
     assert tuned["images"] == 2 and tuned["class_specific"] and tuned["levels"] == 1
     assert load_thresholds(out)["global"] == tuned["global"]
     assert main(["tune-beam", str(IMAGENET), "--out", str(tmp_path / "no" / "t.json")]) == 2
+
+
+def test_evaluate_rejects_a_bad_class_thresholds_file_before_scoring(tmp_path, capsys):
+    if not IMAGENET.is_dir():
+        pytest.skip("shared data not found")
+    missing = tmp_path / "missing.json"
+    assert main(["evaluate", str(IMAGENET), "--limit", "1", "--class-thresholds", str(missing),
+                 "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"wsolkit: error: thresholds file {missing} not found"]
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(InputError, match="box_score='peak': use one of blob, box"):
+        evaluate(open_dataset(IMAGENET), EvaluateSettings(limit=1, box_score="peak"),
+                 three_class_model(["a", "b", "c"]))

@@ -33,8 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from wsolkit.apps.beam_boxes import class_thresholds
-from wsolkit.apps.class_scoring import ClassScorer
+from wsolkit.apps.beam_boxes import class_thresholds, load_thresholds
+from wsolkit.apps.class_scoring import ClassScorer, check_box_score
 from wsolkit.apps.engine import JobOptions
 from wsolkit.apps.evaluate_core import (
     MULTI_LABEL_KINDS,
@@ -184,14 +184,16 @@ def _class_scorer(dataset: object, classifier: Classifier | None, maps_dir: Path
     low = settings.min_class_probability
     if not (isinstance(low, int | float) and 0 <= low <= 1):
         raise InputError(f"min_class_probability={low!r}: must be in [0, 1]")
+    check_box_score(settings.box_score)
+    tuned = None if settings.class_thresholds is None else load_thresholds(
+        settings.class_thresholds)  # a bad file fails here, also where it would not be used
     if (maps_dir is not None or classifier is None or not has_boxes
             or getattr(dataset, "kind", None) not in MULTI_LABEL_KINDS
             or not labels_are_model_classes(dataset, classifier)):
         return None
     count = len(dataset.class_names)
-    tuned = (None if settings.class_thresholds is None
-             else class_thresholds(settings.class_thresholds, count))
-    return ClassScorer(count, float(threshold), tuned, settings.box_score)
+    per_class = None if tuned is None else class_thresholds(tuned, count)
+    return ClassScorer(count, float(threshold), per_class, settings.box_score)
 
 
 def _resolve_target(target: str, dataset: object, classifier: Classifier | None,
