@@ -2,23 +2,24 @@
 # Reproduce docs/beam.md's beam-search results (Bency et al.), next to CAM / Grad-CAM.
 #
 # PART=imagenet (or all, the default): imagenet-dev (boxes, target = GT class, embedded ImageNet
-#   model): MaxBoxAcc, V2, top-1 loc of cam, and of beam with deeper levels cropped from the
-#   source image (crop_from=image, the paper's) and from the 224x224 input tensor (CROPS="image
-#   tensor", the default, or one of them, or none when empty). With
-#   BF16_LIMIT=N (default 50), beam with bfloat16 crop passes (precision=bfloat16) and its
-#   float32 twin are also scored on the first N images (BF16_LIMIT=0: skipped).
+#   model): MaxBoxAcc, V2, top-1 loc of cam, and of beam at each search preset of PRESETS
+#   (default "default paper": M = 4 and the paper's M = 8, H = 10, deeper levels cropped from
+#   the source image). On the first SUBSET images (default 50; 0: skipped), the default search
+#   with crops of the 224x224 input tensor (crop_from=tensor), with bfloat16 crop passes
+#   (precision=bfloat16) and its float32 twin. BEAM_WIDTHS="2 ..." adds other beam widths M.
 # PART=coco (or all): coco-mini (multi-object) with a model of COCO's 80 classes: the
 #   fine-tuning demo's model (scripts/finetune_demo.sh, run first when
 #   out/finetune-demo/model.pt is missing), trained on 60 images. Its 20 held-out images are
 #   split in two disjoint halves (seeded): beam's per-class thresholds and the co-occurrence
-#   alpha are tuned on the first ("tune", `wsolkit tune-beam`), with co-occurrence counts from
-#   the 60 training images' labels; beam (both box scores) and Grad-CAM are scored on the
-#   second ("test"), and co-occurrence rescoring is measured there (classification mAP per
-#   alpha, and at the tuned alpha). No image that trained the head or built the counts tunes
-#   anything, and no tuning image is scored. Detections (and beam's searches) are made for the
-#   classes of an image with probability >= COCO_MIN_P (default 0.1, beam_boxes' own
-#   score_threshold; at evaluate's default 0.001 this weak head passes most of the 80
-#   classes for every image: hundreds of searches).
+#   alpha are tuned on the first ("tune", `wsolkit tune-beam`, once per preset), with
+#   co-occurrence counts from the 60 training images' labels; beam (default preset: both box
+#   scores; paper preset: the paper's box score) and Grad-CAM are scored on the second
+#   ("test"), and co-occurrence rescoring is measured there (classification mAP per alpha, and
+#   at the tuned alpha). No image that trained the head or built the counts tunes anything,
+#   and no tuning image is scored. Detections (and beam's searches) are made for the classes
+#   of an image with probability >= COCO_MIN_P (default 0.1, beam_boxes' own score_threshold;
+#   at evaluate's default 0.001 this weak head passes most of the 80 classes for every image:
+#   hundreds of searches).
 # Reports go to out/beam/; each metrics.json is copied to benchmarks/results/beam_*.json.
 # Extra args go to every `wsolkit evaluate` (e.g. --limit 20). One torch thread per process.
 set -euo pipefail
@@ -38,23 +39,23 @@ keep() {  # keep REPORT_DIR NAME: copy the report's metrics.json into benchmarks
 if [ "$part" = all ] || [ "$part" = imagenet ]; then
     wsolkit evaluate "$data/imagenet-dev" --method cam --out "$out/imagenet-dev-cam" --quiet "$@"
     keep "$out/imagenet-dev-cam" imagenet_dev_cam
-    for crop in ${CROPS-image tensor}; do
-        wsolkit evaluate "$data/imagenet-dev" --method beam --option "crop_from=$crop" \
-            --out "$out/imagenet-dev-$crop" --quiet "$@"
-        keep "$out/imagenet-dev-$crop" "imagenet_dev_beam_$crop"
+    for preset in ${PRESETS-default paper}; do
+        wsolkit evaluate "$data/imagenet-dev" --method beam --option "preset=$preset" \
+            --out "$out/imagenet-dev-$preset" --quiet "$@"
+        keep "$out/imagenet-dev-$preset" "imagenet_dev_beam_$preset"
     done
-    # BEAM_WIDTHS="4 ...": beam (source-image crops) at other beam widths M than the paper's 8
     for width in ${BEAM_WIDTHS:-}; do
         wsolkit evaluate "$data/imagenet-dev" --method beam --option "beam_width=$width" \
             --out "$out/imagenet-dev-m$width" --quiet "$@"
         keep "$out/imagenet-dev-m$width" "imagenet_dev_beam_m$width"
     done
-    bf16_limit=${BF16_LIMIT:-50}
-    if [ "$bf16_limit" -gt 0 ]; then
-        for precision in float32 bfloat16; do
-            wsolkit evaluate "$data/imagenet-dev" --method beam --option "precision=$precision" \
-                --limit "$bf16_limit" --out "$out/imagenet-dev-$precision" --quiet "$@"
-            keep "$out/imagenet-dev-$precision" "imagenet_dev_beam_${precision}_$bf16_limit"
+    subset=${SUBSET:-50}
+    if [ "$subset" -gt 0 ]; then
+        for option in crop_from=tensor precision=float32 precision=bfloat16; do
+            name=${option#*=}
+            wsolkit evaluate "$data/imagenet-dev" --method beam --option "$option" \
+                --limit "$subset" --out "$out/imagenet-dev-$name-$subset" --quiet "$@"
+            keep "$out/imagenet-dev-$name-$subset" "imagenet_dev_beam_${name}_$subset"
         done
     fi
 fi
@@ -93,20 +94,24 @@ for split, names in splits.items():
     (folder / "instances.json").write_text(json.dumps(subset))
     print(f"{folder}: {len(images)} images, {len(subset['annotations'])} annotations")
 PY
-    wsolkit tune-beam "$out/coco-mini-tune/instances.json" \
-        --train "$out/coco-mini-train/instances.json" --model "$model" \
-        --out "$out/thresholds.json" --quiet
-    cp "$out/thresholds.json" "$results/beam_coco_thresholds.json"
+    for preset in default paper; do
+        wsolkit tune-beam "$out/coco-mini-tune/instances.json" --preset "$preset" \
+            --train "$out/coco-mini-train/instances.json" --model "$model" \
+            --out "$out/thresholds-$preset.json" --quiet
+        cp "$out/thresholds-$preset.json" "$results/beam_coco_thresholds_$preset.json"
+    done
     min_p=${COCO_MIN_P:-0.1}
     wsolkit evaluate "$out/coco-mini-test/instances.json" --model "$model" --method gradcam \
         --min-class-probability "$min_p" --out "$out/coco-mini-test-gradcam" --quiet "$@"
     keep "$out/coco-mini-test-gradcam" coco_test_gradcam
-    for score in blob box; do
+    # default search with both box scores; the paper's search with the paper's box score
+    for run in default:blob default:box paper:box; do
+        preset=${run%:*} score=${run#*:}
         wsolkit evaluate "$out/coco-mini-test/instances.json" --model "$model" --method beam \
-            --class-thresholds "$out/thresholds.json" --box-score "$score" \
-            --min-class-probability "$min_p" \
-            --out "$out/coco-mini-test-beam-$score" --quiet "$@"
-        keep "$out/coco-mini-test-beam-$score" "coco_test_beam_$score"
+            --option "preset=$preset" --class-thresholds "$out/thresholds-$preset.json" \
+            --box-score "$score" --min-class-probability "$min_p" \
+            --out "$out/coco-mini-test-beam-$preset-$score" --quiet "$@"
+        keep "$out/coco-mini-test-beam-$preset-$score" "coco_test_beam_${preset}_$score"
     done
     # Co-occurrence rescoring (eq. 2-4) on the test half: counts from the 60 training images'
     # labels, classification mAP of the rescored class probabilities for each alpha, and at
@@ -127,7 +132,7 @@ from wsolkit.eval import multilabel_map
 model, out, target = wsolkit.load_model(sys.argv[1]), sys.argv[2], sys.argv[3]
 train = open_dataset(f"{out}/coco-mini-train/instances.json")
 test = list(open_dataset(f"{out}/coco-mini-test/instances.json"))
-tuned = json.load(open(f"{out}/thresholds.json"))
+tuned = json.load(open(f"{out}/thresholds-default.json"))
 classes = len(model.class_names)
 pairs = pair_probabilities(cooccurrence_counts((s.labels for s in train), classes))
 unary = np.concatenate([class_scores(model, model.preprocess_batch([load_image(s.path)]))

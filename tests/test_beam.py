@@ -352,6 +352,45 @@ def test_bad_options(tiny_model, options, message):
         BeamSearch(tiny_model, **options)
 
 
+def test_presets_set_the_search_size_and_explicit_options_override_them(tiny_model):
+    assert (BeamSearch(tiny_model).beam_width, BeamSearch(tiny_model).levels) == (4, 10)
+    paper = make_method("beam", tiny_model, preset="paper")
+    assert (paper.beam_width, paper.levels, paper.crop_from, paper.score) == (
+        8, 10, "image", "probability")
+    mixed = BeamSearch(tiny_model, preset="paper", beam_width=2)
+    assert (mixed.beam_width, mixed.levels) == (2, 10)
+    with pytest.raises(InputError, match="beam: preset='fast': use one of default, paper"):
+        BeamSearch(tiny_model, preset="fast")
+
+
+def test_each_preset_keeps_its_beam_width_of_best_second_level_candidates(tiny_model,
+                                                                          tiny_images):
+    # level 1 keeps all 4 children of the root under either preset, so level 2 scores the
+    # same candidates; a beam wider than all of them lists every distinct one with its score
+    everything = BeamSearch(tiny_model, beam_width=64, levels=2)
+    everything(tiny_images[:1], target=1)
+    level = everything.last_trace[1]
+    assert len(level.regions) > 8
+    ranked = sorted(zip(level.scores.tolist(), map(tuple, level.regions.tolist()),
+                        strict=True), reverse=True)
+    for preset, width in (("default", 4), ("paper", 8)):
+        method = BeamSearch(tiny_model, preset=preset, levels=2)
+        method(tiny_images[:1], target=1)
+        kept = method.last_trace[1]
+        assert len(kept.regions) == width
+        assert set(map(tuple, kept.regions.tolist())) == {r for _, r in ranked[:width]}
+
+
+def test_beam_boxes_preset_is_the_search_size(tiny_model, tiny_images):
+    def found(**options):
+        return [[(b.class_index, b.box.tolist(), b.score) for b in image]
+                for image in beam_boxes(tiny_model, tiny_images, levels=2, **options)]
+
+    assert found(preset="paper") == found(beam_width=8)
+    assert found() == found(beam_width=4)
+    assert found(preset="paper") != found(beam_width=4)  # the two sizes differ here
+
+
 def test_box_thresholds_are_not_a_beam_option(tiny_model):
     # per-class thresholds and box scores belong to the box apps (beam_boxes, evaluate)
     with pytest.raises(InputError, match="option 'thresholds' is unknown to beam"):
@@ -670,6 +709,11 @@ def test_tune_beam_command(tmp_path):
     tuned = json.loads(out.read_text())
     assert tuned["images"] == 2 and tuned["class_specific"] and tuned["levels"] == 1
     assert load_thresholds(out)["global"] == tuned["global"]
+    assert (tuned["preset"], tuned["beam_width"]) == ("default", 2)
+    assert main(["tune-beam", str(IMAGENET), "--out", str(out), "--limit", "1", "--levels", "1",
+                 "--preset", "paper", "--quiet"]) == 0
+    tuned = json.loads(out.read_text())
+    assert (tuned["preset"], tuned["beam_width"], tuned["levels"]) == ("paper", 8, 1)
     assert main(["tune-beam", str(IMAGENET), "--out", str(tmp_path / "no" / "t.json")]) == 2
 
 

@@ -58,11 +58,12 @@ def beam_boxes(
     thresholds: str | os.PathLike | dict | None = None,
     cooccurrence: np.ndarray | None = None,
     alpha: float = 0.0,
-    beam_width: int = 8,
-    levels: int = 10,
+    beam_width: int | None = None,
+    levels: int | None = None,
     batch_size: int = 8,
     box_score: str = "blob",
     crop_from: str = "image",
+    preset: str = "default",
 ) -> list[list[BeamBox]]:
     """Boxes of every object class found in each image, by beam search.
 
@@ -79,13 +80,16 @@ def beam_boxes(
             :func:`~wsolkit.apps.cooccurrence.pair_probabilities`; with ``alpha`` the class
             probabilities are rescored (eq. 2) before thresholding and box scoring.
         alpha: weight of the co-occurrence term.
-        beam_width: M of the search.
-        levels: H of the search.
+        beam_width: M of the search (default: the preset's).
+        levels: H of the search (default: the preset's).
         batch_size: (image, class) searches run together.
         box_score: ``"blob"`` (mean heat of the blob times the class score, ours) or ``"box"``
             (mean heat inside the box, the paper's); see :func:`heat_boxes`.
         crop_from: where deeper levels crop (see :class:`~wsolkit.maps.beam.BeamSearch`);
             ``"image"`` uses the given PIL images / paths, a tensor batch is cropped as is.
+        preset: the search's ``"default"`` (M = 4, H = 10) or ``"paper"`` (M = 8, H = 10)
+            size (:data:`wsolkit.maps.beam.PRESETS`); the paper's box score is
+            ``box_score="box"``.
 
     Returns:
         Per image, a list of :class:`BeamBox` ``(class, box, score)``, best first.
@@ -106,7 +110,8 @@ def beam_boxes(
         raise InputError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     tuned = load_thresholds(thresholds)
     check_box_score(box_score)
-    method = BeamSearch(classifier, beam_width=beam_width, levels=levels, crop_from=crop_from)
+    method = BeamSearch(classifier, beam_width=beam_width, levels=levels, crop_from=crop_from,
+                        preset=preset)
     scores = class_scores(classifier, images).double().numpy()
     if cooccurrence is not None:
         scores = rescore(scores, cooccurrence, alpha)

@@ -38,16 +38,19 @@ class TuneSettings:
 
     Attributes:
         limit: use only the first N images.
-        beam_width: M of the search.
-        levels: H of the search.
+        beam_width: M of the search (default: the preset's).
+        levels: H of the search (default: the preset's).
+        preset: the search's ``"default"`` or ``"paper"`` size
+            (:data:`wsolkit.maps.beam.PRESETS`).
         min_count: a class gets its own threshold with at least this many (image, class) pairs.
         grid: candidate thresholds on the normalized heatmap.
         alphas: candidate co-occurrence weights (with a training set).
     """
 
     limit: int | None = None
-    beam_width: int = 8
-    levels: int = 10
+    beam_width: int | None = None
+    levels: int | None = None
+    preset: str = "default"
     min_count: int = 2
     grid: Sequence[float] = GRID
     alphas: Sequence[float] = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
@@ -109,7 +112,8 @@ def tune_thresholds(dataset: Sequence[Sample], classifier: Classifier, settings:
     grid = np.asarray(settings.grid, np.float64)
     if not len(grid) or grid.min() < 0 or grid.max() > 1:
         raise InputError("threshold grid must hold values in [0, 1]")
-    method = BeamSearch(classifier, beam_width=settings.beam_width, levels=settings.levels)
+    method = BeamSearch(classifier, beam_width=settings.beam_width, levels=settings.levels,
+                        preset=settings.preset)
     matches = labels_are_model_classes(dataset, classifier)
     multi_label = getattr(dataset, "kind", None) in MULTI_LABEL_KINDS
     height, width = classifier.input_size
@@ -158,8 +162,9 @@ def tune_thresholds(dataset: Sequence[Sample], classifier: Classifier, settings:
         "counts": {str(c): n for c, n in sorted(counts.items())},
         "images": len(samples) - skipped,
         "class_specific": bool(matches),
-        "beam_width": settings.beam_width,
-        "levels": settings.levels,
+        "preset": method.preset,
+        "beam_width": method.beam_width,
+        "levels": method.levels,
         "grid": [float(t) for t in grid],
     }
     if train is not None and unary:

@@ -35,8 +35,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--out", required=True, type=Path, help="thresholds JSON file to write")
     add_common(run)
     run.add_argument("--limit", type=int, default=None, help="use only the first N images")
-    run.add_argument("--beam-width", type=int, default=8, help="M, beams per level (default 8)")
-    run.add_argument("--levels", type=int, default=10, help="H, levels (default 10)")
+    run.add_argument("--preset", choices=["default", "paper"], default="default",
+                     help="search size: default (M = 4, H = 10) or paper (Bency et al.'s M = 8, "
+                          "H = 10); --beam-width / --levels given explicitly override it")
+    run.add_argument("--beam-width", type=int, default=None,
+                     help="M, beams per level (default 4; paper preset 8)")
+    run.add_argument("--levels", type=int, default=None, help="H, levels (default 10)")
     run.add_argument("--min-count", type=int, default=2,
                      help="(image, class) pairs a class needs for its own threshold (default 2)")
     run.add_argument("--train", type=Path, default=None,
@@ -62,7 +66,7 @@ def run_tune_beam(args: argparse.Namespace) -> int:
     train = open_dataset(args.train) if args.train is not None else None
     model = load_model(args.model, weights=args.weights, device=device(args))
     settings = TuneSettings(limit=args.limit, beam_width=args.beam_width, levels=args.levels,
-                            min_count=args.min_count)
+                            preset=args.preset, min_count=args.min_count)
     total = min(len(dataset), args.limit) if args.limit else len(dataset)
     with tqdm(total=total, unit="img", disable=args.quiet, file=sys.stderr) as bar:
         result = tune_thresholds(dataset, model, settings, train=train, progress=bar.update)

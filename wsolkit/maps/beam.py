@@ -15,11 +15,13 @@ so the next level's children refine inside it (iterative refinement). The region
 the source image the input was preprocessed from, when the caller gives it (``crop_from=
 "image"``, as the paper crops the test image), else from the input tensor.
 
-Beam search keeps the ``beam_width`` (M, default 8) best candidates per level over ``levels``
-(H, default 10) levels. Per level, the children of every beam of every image go through the
-head in one batched pass, and the kept crops through the network up to the feature layer in
-batched passes (chunks of ``batch_size``, split over one-thread workers on a CPU); all under
-``torch.inference_mode()``. With a pooled head the bilinear resize being linear, a child's
+Beam search keeps the ``beam_width`` (M) best candidates per level over ``levels`` (H) levels:
+M = 4, H = 10 by default (``preset="default"``), the paper's M = 8, H = 10 with
+``preset="paper"`` (:data:`PRESETS`; docs/beam.md: M = 4 takes 0.6-0.7x the time for 0.7
+points of MaxBoxAccV2 on imagenet-dev). Per level, the children of every beam of every image go
+through the head in one batched pass, and the kept crops through the network up to the feature
+layer in batched passes (chunks of ``batch_size``, split over one-thread workers on a CPU); all
+under ``torch.inference_mode()``. With a pooled head the bilinear resize being linear, a child's
 pooled resized crop is computed directly as a weighted sum of its cells
 (:func:`crop_resize_pooled`, equal to pooling :func:`crop_resize`). Candidates of one image
 that back-project to the same image region (reached through different parents) are merged,
@@ -62,6 +64,14 @@ from wsolkit.models.parallel import split_inference
 SCORES = ("probability", "logit")
 CROP_SOURCES = ("image", "tensor")
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+PRESETS: dict[str, dict[str, int]] = {
+    "default": {"beam_width": 4, "levels": 10},
+    "paper": {"beam_width": 8, "levels": 10},
+}
+"""Named search sizes (method option ``preset``): ``paper`` is Bency et al.'s M = 8, H = 10;
+``default`` halves the beam (M = 4): 36 crops re-encoded per image-class instead of 68, 0.6-0.7x
+the time on two CPU cores, for 0.7 points of MaxBoxAccV2 on imagenet-dev (docs/beam.md). Both
+crop the source image and score by class probability, as the paper."""
 
 
 @dataclass
@@ -145,8 +155,8 @@ class BeamSearch(HeatmapMethod):
         fc: name of the linear layer of a global-pool + linear head (detected when omitted).
         upsample: unused by the search (the map is made at the input size); kept for the
             common signature.
-        beam_width: M, candidates kept per level (default 8).
-        levels: H, levels of the search tree (default 10).
+        beam_width: M, candidates kept per level (default: the preset's, 4; paper 8).
+        levels: H, levels of the search tree (default: the preset's, 10).
         score: ``"probability"`` (of the candidate's logits: softmax, sigmoid for a multi-label
             model; default) or ``"logit"``.
         batch_size: crops per backbone pass (default 8: on a CPU, larger passes overflow the
@@ -160,8 +170,10 @@ class BeamSearch(HeatmapMethod):
         precision: ``"float32"`` (default) or ``"bfloat16"`` / ``"float16"``: the crops'
             backbone passes (most of the cost) run under ``torch.autocast`` in that type;
             the first forward pass and the head stay in float32. Faster where the hardware
-            has such units (GPUs; CPUs with AMX), at a small change of the scores
+            has such units (GPUs; CPUs with AMX or AVX-512 BF16), at a small change of the scores
             (docs/beam.md).
+        preset: ``"default"`` (M = 4, H = 10) or ``"paper"`` (Bency et al.'s M = 8, H = 10);
+            ``beam_width`` / ``levels`` given explicitly override it (:data:`PRESETS`).
     """
 
     name = "beam"
@@ -176,15 +188,20 @@ class BeamSearch(HeatmapMethod):
         layer: str | None = None,
         fc: str | None = None,
         upsample: str = "bilinear",
-        beam_width: int = 8,
-        levels: int = 10,
+        beam_width: int | None = None,
+        levels: int | None = None,
         score: str = "probability",
         batch_size: int = 8,
         head: str | nn.Module | None = None,
         crop_from: str = "image",
         precision: str = "float32",
+        preset: str = "default",
     ) -> None:
         super().__init__(model, layer=layer, fc=fc, upsample=upsample)
+        if not isinstance(preset, str) or preset not in PRESETS:
+            raise InputError(f"beam: preset={preset!r}: use one of {', '.join(PRESETS)}")
+        beam_width = PRESETS[preset]["beam_width"] if beam_width is None else beam_width
+        levels = PRESETS[preset]["levels"] if levels is None else levels
         for name, value in (("beam_width", beam_width), ("levels", levels),
                             ("batch_size", batch_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -203,6 +220,7 @@ class BeamSearch(HeatmapMethod):
         self.head = head
         self.crop_from = crop_from
         self.precision = precision
+        self.preset = preset
         self.last_trace: list[BeamLevel] = []
 
     # ------------------------------------------------------------------ the override point
@@ -368,6 +386,7 @@ def _last_spatial_child(module: nn.Module, sample: torch.Tensor) -> str | None:
 __all__ = [
     "BeamLevel",
     "BeamSearch",
+    "PRESETS",
     "find_head",
     "crop_images",
     "crop_resize",
