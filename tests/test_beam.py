@@ -359,6 +359,8 @@ def test_presets_set_the_search_size_and_explicit_options_override_them(tiny_mod
         8, 10, "image", "probability")
     mixed = BeamSearch(tiny_model, preset="paper", beam_width=2)
     assert (mixed.beam_width, mixed.levels) == (2, 10)
+    swept = BeamSearch(tiny_model, beam_width=np.int64(3))  # e.g. from a numpy sweep
+    assert swept.beam_width == 3 and type(swept.beam_width) is int
     with pytest.raises(InputError, match="beam: preset='fast': use one of default, paper"):
         BeamSearch(tiny_model, preset="fast")
 

@@ -23,6 +23,7 @@ from PIL import Image
 
 from wsolkit.apps.class_scoring import check_box_score, select_classes
 from wsolkit.apps.cooccurrence import rescore
+from wsolkit.checks import check_integer
 from wsolkit.errors import InputError
 from wsolkit.maps.base import check_images
 from wsolkit.maps.beam import BeamSearch
@@ -106,8 +107,7 @@ def beam_boxes(
         sources = [im.convert("RGB") for im in loaded]
         images = classifier.preprocess_batch(sources)
     images = check_images(images).to(classifier.device)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise InputError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    batch_size = check_integer(batch_size, "batch_size", 1)
     tuned = load_thresholds(thresholds)
     check_box_score(box_score)
     method = BeamSearch(classifier, beam_width=beam_width, levels=levels, crop_from=crop_from,

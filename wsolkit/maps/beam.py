@@ -42,6 +42,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from wsolkit.checks import check_integer
 from wsolkit.errors import InputError, LayerError, ModelError
 from wsolkit.maps.base import ForwardPass, HeatmapMethod
 from wsolkit.maps.hooks import run_to_layer
@@ -202,10 +203,9 @@ class BeamSearch(HeatmapMethod):
             raise InputError(f"beam: preset={preset!r}: use one of {', '.join(PRESETS)}")
         beam_width = PRESETS[preset]["beam_width"] if beam_width is None else beam_width
         levels = PRESETS[preset]["levels"] if levels is None else levels
-        for name, value in (("beam_width", beam_width), ("levels", levels),
-                            ("batch_size", batch_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise InputError(f"beam: {name} must be an integer >= 1, got {value!r}")
+        beam_width = check_integer(beam_width, "beam: beam_width", 1)
+        levels = check_integer(levels, "beam: levels", 1)
+        batch_size = check_integer(batch_size, "beam: batch_size", 1)
         for name, value, allowed in (("score", score, SCORES),
                                      ("crop_from", crop_from, CROP_SOURCES),
                                      ("precision", precision, tuple(PRECISIONS))):
