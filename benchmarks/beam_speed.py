@@ -38,7 +38,7 @@ from PIL import Image
 
 import wsolkit
 from wsolkit.data.images import load_image
-from wsolkit.maps.beam import BeamSearch, _Network
+from wsolkit.maps.beam import PRESETS, BeamSearch, _Network
 
 TARGET_SECONDS = 1.0
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "imagenet-dev"
@@ -103,7 +103,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--images", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--preset", choices=["default", "paper"], default="default")
+    parser.add_argument("--preset", choices=list(PRESETS), default="default")
     parser.add_argument("--beam-width", type=int, default=None,
                         help="M (default: the preset's)")
     parser.add_argument("--levels", type=int, default=None, help="H (default: the preset's)")

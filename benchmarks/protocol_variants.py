@@ -65,7 +65,8 @@ def main() -> None:
     cam = make_method("cam", model)
     samples = list(open_dataset(args.data / "imagenet-dev"))[: args.limit]
     height, width = model.input_size
-    scorers = {name: ProtocolScorer(True, False, 0.01, False) for name in VARIANTS}
+    scorers = {name: ProtocolScorer(boxes=True, masks=False, interval=0.01,
+                                     classes_known=False) for name in VARIANTS}
     for sample in samples:
         image = load_image(sample.path)
         for name, (resize, relu) in VARIANTS.items():

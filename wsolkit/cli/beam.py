@@ -16,6 +16,7 @@ from wsolkit.cli.options import (
     set_threads,
 )
 from wsolkit.errors import InputError
+from wsolkit.maps.beam import PRESETS
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -35,7 +36,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--out", required=True, type=Path, help="thresholds JSON file to write")
     add_common(run)
     run.add_argument("--limit", type=int, default=None, help="use only the first N images")
-    run.add_argument("--preset", choices=["default", "paper"], default="default",
+    run.add_argument("--preset", choices=list(PRESETS), default="default",
                      help="search size: default (M = 4, H = 10) or paper (Bency et al.'s M = 8, "
                           "H = 10); --beam-width / --levels given explicitly override it")
     run.add_argument("--beam-width", type=int, default=None,
